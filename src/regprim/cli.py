@@ -1,0 +1,123 @@
+"""Command line: ``regprim explain | models | reconstruct``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from regprim.explain import ExplainConfig, explain
+from regprim.minimal_features import REDUCTIONS, SPARSITY, SolverConfig
+from regprim.models import DEFAULT_MODEL, MODELS, load_model
+from regprim.regions import PLAYER_RULES, Grid, parse_cells, parse_grid
+from regprim.salient import SALIENT_RULES
+
+
+def _explain_parser(sub) -> None:
+    p = sub.add_parser("explain", help="disentangle the regional primitives of one image")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="built-in name (see `regprim models`) or path/file.py:function")
+    p.add_argument("--layer", help="layer to cut at (default: the model's default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the target image's code")
+    p.add_argument("--class", dest="class_index", help="class index or name (conditional models)")
+    p.add_argument("--grid", default="6x6", help="ROWSxCOLS grid over the image")
+    p.add_argument("--players", help="explicit player cells in bit order, e.g. 7,8,14")
+    p.add_argument("--n", type=int, default=9, help="number of players when not given")
+    p.add_argument("--player-rule", choices=PLAYER_RULES, default="foreground")
+    p.add_argument("--player-seed", type=int, default=0, help="seed of the random rule")
+    p.add_argument("--baseline-count", type=int, default=1000, help="codes averaged for f0")
+    d = SolverConfig()
+    p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps per subset")
+    p.add_argument("--lr", type=float, default=d.lr, help="initial Adam step (cosine to 0)")
+    p.add_argument("--lam", type=float, default=d.lam, help="lambda of the reconstruction term")
+    p.add_argument("--sparsity", choices=SPARSITY, default=d.sparsity)
+    p.add_argument("--reduction", choices=REDUCTIONS, default=d.reduction)
+    p.add_argument("--chunk", type=int, default=d.chunk, help="subsets optimised together")
+    p.add_argument("--constraint", type=float, default=d.constraint,
+                   help="max relative masked error for a subset to meet the constraint")
+    p.add_argument("--salient-rule", choices=SALIENT_RULES, default="tau")
+    p.add_argument("--salient-tau", type=float, default=0.05,
+                   help="salient if ||Δf_k|| > tau * ||f - f0||")
+    p.add_argument("--salient-top", type=float, default=0.6, help="ratio kept by the top rule")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    solver = SolverConfig(steps=args.steps, lr=args.lr, lam=args.lam, sparsity=args.sparsity,
+                          reduction=args.reduction, chunk=args.chunk, constraint=args.constraint)
+    cfg = ExplainConfig(
+        model=args.model, layer=args.layer, seed=args.seed, class_index=args.class_index,
+        grid=parse_grid(args.grid), players=parse_cells(args.players) if args.players else None,
+        n=args.n, player_rule=args.player_rule, player_seed=args.player_seed,
+        baseline_count=args.baseline_count, solver=solver, salient_rule=args.salient_rule,
+        salient_tau=args.salient_tau, salient_top=args.salient_top, device=args.device,
+    )
+    run = explain(cfg, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
+    s = run.summary
+    print(run)
+    print(f"wall {s['wall_seconds']:.1f} s, peak memory {s['peak_memory_bytes'] / 2**20:.0f} MiB")
+    print(f"results in {args.out}/ (summary.json, tensors.safetensors, *.png)")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    for name, (_, description) in MODELS.items():
+        print(f"{name}: {description}")
+        try:
+            gen = load_model(name)
+        except (ModuleNotFoundError, FileNotFoundError) as err:
+            print(f"  (not available: {err})")
+            continue
+        for layer in gen.layers:
+            cut = load_model(name, layer)
+            feature, image = cut.shapes()
+            mark = " (default)" if layer == gen.layer else ""
+            print(f"  {layer}: feature {tuple(feature)} -> image {tuple(image)}{mark}")
+    print("your own: --model path/to/file.py:function (returns a regprim.SplitGenerator)")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from regprim.figures import reconstruction_figure
+    from regprim.reconstruction import reconstruct_run
+    from regprim.run_folder import load_run, save_figure
+
+    run = load_run(args.run)
+    cells = parse_cells(args.cells)
+    image, count = reconstruct_run(run, cells, salient_only=not args.all_components)
+    rows, cols = run.summary["grid"]
+    grid = Grid(rows, cols, *image.shape[1:])
+    fig, _ = reconstruction_figure(run.tensors["image"], image, run.config["value_range"], grid,
+                                   run.players, cells, count)
+    out = args.out or args.run / f"reconstruct-{'-'.join(map(str, cells))}.png"
+    save_figure(fig, out)
+    print(json.dumps({"cells": cells, "components": count, "figure": str(out)}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="regprim", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _explain_parser(sub)
+    sub.add_parser("models", help="list models and the layers they can be cut at")
+    r = sub.add_parser("reconstruct", help="Algorithm 2: reconstruct cells from a run")
+    r.add_argument("run", type=Path, help="run folder written by `regprim explain`")
+    r.add_argument("--cells", required=True, help="player cells to reconstruct, e.g. 7,8")
+    r.add_argument("--all-components", action="store_true", help="not only the salient ones")
+    r.add_argument("--out", type=Path, help="PNG to write (default: in the run folder)")
+    args = parser.parse_args(argv)
+    handlers = {"explain": cmd_explain, "models": cmd_models, "reconstruct": cmd_reconstruct}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, FileExistsError, FileNotFoundError, ModuleNotFoundError,
+            MemoryError, TypeError) as err:
+        print(f"regprim: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Minimal features ``u(S)`` for every subset S of the players (Eq. 8, Sec. 3.2).
+
+For each subset S: ``u(S) = f0 + alpha * (f - f0)`` with ``alpha in [0, 1]^D`` minimising::
+
+    sparsity(u) + lambda / |S| * ||g_S(u) - x_S||_2^2
+
+``g_S`` keeps the pixels of the cells in S. Two sparsity terms (METHOD.md): ``"l1"`` is the
+paper's literal ``||u||_1``; ``"l1-delta"`` is ``||u - f0||_1``, the size of the change from the
+baseline. ``reduction="sum"`` uses the raw sums as the paper writes them; ``"mean"`` divides the
+L1 term by D and the squared error by the number of masked values (then ``lambda`` multiplies a
+mean squared error and ``|S|`` is not divided again).
+
+The solver is projected Adam on ``alpha`` with the step size decayed to zero by a cosine schedule
+(a constant step never settles around the L1 term; METHOD.md). Adam's update is per element, so
+a chunk of subsets optimised together gives the same result as one subset at a time. ``u(N)``
+is solved first from ``alpha = 1`` and warm-starts every other subset; ``u(empty) = f0``.
+The L1 gradient is analytic; only the reconstruction term goes through autograd.
+
+Every subset's masked reconstruction error is reported relative to the baseline image's error on
+the same pixels; a subset whose relative error is not below ``constraint`` is flagged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from regprim.generator import SplitGenerator
+from regprim.regions import subset_masks
+
+SPARSITY = ("l1-delta", "l1")
+REDUCTIONS = ("sum", "mean")
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Settings of the minimal-feature optimisation (defaults chosen by measurement,
+    docs/method-choices.md)."""
+
+    steps: int = 150
+    lr: float = 0.05
+    lam: float = 1e4
+    sparsity: str = "l1-delta"
+    reduction: str = "sum"
+    chunk: int = 64
+    constraint: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.sparsity not in SPARSITY:
+            msg = f"sparsity {self.sparsity!r} is not one of {list(SPARSITY)}"
+            raise ValueError(msg)
+        if self.reduction not in REDUCTIONS:
+            msg = f"reduction {self.reduction!r} is not one of {list(REDUCTIONS)}"
+            raise ValueError(msg)
+        for name in ("steps", "chunk"):
+            if getattr(self, name) < 1:
+                msg = f"solver {name}={getattr(self, name)} must be at least 1"
+                raise ValueError(msg)
+        for name in ("lr", "lam", "constraint"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                msg = f"solver {name}={value} must be a positive finite number"
+                raise ValueError(msg)
+
+
+@dataclass
+class MinimalFeatures:
+    """Solved minimal features and their reconstruction quality, all in bitmask order.
+
+    Attributes:
+        u: ``(2**n, *feature_shape)``; ``u[0] = f0``.
+        rel_error: ``(2**n,)`` masked squared error of ``g(u(S))`` on S over that of ``g(f0)``.
+        meets: ``(2**n,)`` bool, ``rel_error < constraint``.
+        passes: generator passes (forward + input gradient) spent on each subset.
+    """
+
+    u: Tensor
+    rel_error: Tensor
+    meets: Tensor
+    passes: Tensor
+
+
+class Problem:
+    """The masked-reconstruction objective for one target: fixed tensors and the loss."""
+
+    def __init__(
+        self,
+        gen: SplitGenerator,
+        code: Tensor,
+        f: Tensor,
+        f0: Tensor,
+        x: Tensor,
+        player_masks: Tensor,
+        cfg: SolverConfig,
+    ) -> None:
+        self.gen, self.code, self.f0, self.x, self.cfg = gen, code, f0, x, cfg
+        self.df = f - f0
+        self.player_masks = player_masks.to(x.device)
+        self.n = player_masks.shape[0]
+        self.channels = x.shape[0]
+        with torch.no_grad():
+            self.baseline_image = gen.g(f0[None], code)[0]
+
+    def masks(self, subsets: Tensor) -> tuple[Tensor, Tensor]:
+        """Pixel masks ``(B, 1, H, W)`` (float) and the weight of the squared error ``(B,)``."""
+        masks = subset_masks(self.player_masks, subsets.to(self.player_masks.device))
+        if self.cfg.reduction == "sum":
+            sizes = torch.tensor([bin(int(s)).count("1") for s in subsets], device=masks.device)
+            weight = self.cfg.lam / sizes
+        else:
+            weight = self.cfg.lam / (masks.flatten(1).sum(1) * self.channels)
+        return masks[:, None].to(self.x.dtype), weight.to(self.x.dtype)
+
+    def errors(self, images: Tensor, masks: Tensor) -> Tensor:
+        """Masked squared error ``(B,)`` of images ``(B, C, H, W)`` against the target."""
+        return ((images - self.x) ** 2 * masks).flatten(1).sum(1)
+
+    def sparsity_grad(self, alpha: Tensor) -> Tensor:
+        """Gradient of the sparsity term with respect to alpha."""
+        if self.cfg.sparsity == "l1-delta":
+            grad = self.df.abs().expand_as(alpha)
+        else:
+            grad = torch.sign(self.f0 + alpha * self.df) * self.df
+        if self.cfg.reduction == "mean":
+            grad = grad / self.df.numel()
+        return grad
+
+    @torch.no_grad()
+    def relative_errors(self, u: Tensor, masks: Tensor) -> Tensor:
+        err = self.errors(self.gen.g(u, self.code), masks)
+        base = self.errors(self.baseline_image[None], masks)
+        return err / base.clamp_min(1e-30)
+
+    def solve(self, subsets: Tensor, alpha0: Tensor) -> tuple[Tensor, Tensor]:
+        """Projected Adam with a cosine step for one chunk; returns (alpha, relative errors)."""
+        cfg = self.cfg
+        masks, weight = self.masks(subsets)
+        alpha = alpha0.clone()
+        m = torch.zeros_like(alpha)
+        v = torch.zeros_like(alpha)
+        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        for t in range(1, cfg.steps + 1):
+            alpha.requires_grad_(True)
+            u = self.f0 + alpha * self.df
+            loss = (weight * self.errors(self.gen.g(u, self.code), masks)).sum()
+            (grad,) = torch.autograd.grad(loss, alpha)
+            alpha = alpha.detach()
+            with torch.no_grad():
+                grad += self.sparsity_grad(alpha)
+                m.lerp_(grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / cfg.steps))
+                step = lr / (1 - beta1**t)
+                denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
+                alpha.addcdiv_(m, denom, value=-step).clamp_(0, 1)
+        rel = self.relative_errors(self.f0 + alpha * self.df, masks)
+        return alpha, rel
+
+
+def solve_minimal_features(
+    gen: SplitGenerator,
+    code: Tensor,
+    f: Tensor,
+    f0: Tensor,
+    x: Tensor,
+    player_masks: Tensor,
+    cfg: SolverConfig,
+    done: dict[str, Tensor] | None = None,
+    on_chunk: Callable[[dict[str, Tensor]], None] | None = None,
+    progress: bool = True,
+) -> MinimalFeatures:
+    """Solve ``u(S)`` for all ``2**n`` subsets.
+
+    Args:
+        gen: the split generator; ``code`` ``(1, code_dim)`` is the target's code.
+        f, f0: target and baseline features ``(*feature_shape)``.
+        x: target image ``(C, H, W)``.
+        player_masks: ``(n, H, W)`` pixel masks of the players, in bit order.
+        done: a partial state from an interrupted run (keys ``alpha``, ``rel_error``,
+            ``solved``), to resume from.
+        on_chunk: called with the state after each chunk (for checkpoints).
+    """
+    n = player_masks.shape[0]
+    size = 2**n
+    problem = Problem(gen, code, f, f0, x, player_masks, cfg)
+    if done is None:
+        state = {
+            "alpha": torch.zeros(size, *f.shape, dtype=f.dtype, device=f.device),
+            "rel_error": torch.zeros(size, dtype=f.dtype, device=f.device),
+            "solved": torch.zeros(size, dtype=torch.bool, device=f.device),
+        }
+        state["solved"][0] = True
+    else:
+        state = {k: v.to(f.device) for k, v in done.items()}
+    full = size - 1
+    bar = tqdm(total=size - 1, desc="minimal features", unit="subset", disable=not progress)
+    bar.update(int(state["solved"].sum()) - 1)
+    if not state["solved"][full]:
+        ones = torch.ones(1, *f.shape, dtype=f.dtype, device=f.device)
+        alpha, rel = problem.solve(torch.tensor([full]), ones)
+        state["alpha"][full], state["rel_error"][full] = alpha[0], rel[0]
+        state["solved"][full] = True
+        bar.update(1)
+        if on_chunk:
+            on_chunk(state)
+    todo = torch.nonzero(~state["solved"]).flatten().cpu()
+    warm = state["alpha"][full]
+    for start in range(0, len(todo), cfg.chunk):
+        subsets = todo[start : start + cfg.chunk]
+        alpha0 = warm.expand(len(subsets), *warm.shape)
+        alpha, rel = problem.solve(subsets, alpha0)
+        idx = subsets.to(f.device)
+        state["alpha"][idx], state["rel_error"][idx] = alpha, rel
+        state["solved"][idx] = True
+        bar.update(len(subsets))
+        if on_chunk:
+            on_chunk(state)
+    bar.close()
+    u = f0 + state["alpha"] * problem.df
+    u[0] = f0
+    passes = torch.full((size,), cfg.steps + 1, dtype=torch.int32)
+    passes[0] = 0
+    rel = state["rel_error"]
+    return MinimalFeatures(u=u, rel_error=rel, meets=rel < cfg.constraint, passes=passes)

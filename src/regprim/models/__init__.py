@@ -1,0 +1,68 @@
+"""Model registry: built-in split generators and a user's own, by one name.
+
+A model is named either by a built-in name (``regprim models`` lists them) or by a factory
+``path/to/file.py:function`` or ``package.module:function``. A factory is called as
+``function()`` or, when a layer is given, ``function(layer=LAYER)``, and returns a
+:class:`regprim.SplitGenerator` (see :func:`regprim.split_sequential` and
+:class:`regprim.HookSplit`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from regprim.generator import SplitGenerator
+from regprim.models.dcgan import dcgan_faces, eyes_128
+from regprim.models.planted import planted
+
+DEFAULT_MODEL = "dcgan-faces"
+
+MODELS: dict[str, tuple[Callable[..., SplitGenerator], str]] = {
+    "dcgan-faces": (dcgan_faces, "pretrained 64x64 faces DCGAN (gan-face-generate 1.1.1)"),
+    "eyes-128": (eyes_128, "pretrained class-conditional 128x128 eyes DCGAN, 8 colours"),
+    "planted": (planted, "48x48 generator with 8 planted primitives (ground truth known)"),
+}
+
+
+def _user_factory(spec: str) -> Callable[..., SplitGenerator]:
+    target, _, func = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            msg = f"model file {path} does not exist; give path/to/file.py:function"
+            raise FileNotFoundError(msg)
+        name = f"regprim_user_{path.stem}"
+        mod_spec = importlib.util.spec_from_file_location(name, path)
+        assert mod_spec is not None and mod_spec.loader is not None
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[name] = module
+        mod_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    if not hasattr(module, func):
+        msg = f"{target} has no function {func!r}; give {target}:FUNCTION returning a SplitGenerator"
+        raise ValueError(msg)
+    return getattr(module, func)
+
+
+def load_model(spec: str, layer: str | None = None, device: str = "cpu") -> SplitGenerator:
+    """A split generator by built-in name or ``file.py:function`` / ``module:function``."""
+    if spec in MODELS:
+        factory = MODELS[spec][0]
+    elif ":" in spec:
+        factory = _user_factory(spec)
+    else:
+        msg = (
+            f"unknown model {spec!r}; use one of {list(MODELS)} "
+            "or your own as path/to/file.py:function or package.module:function"
+        )
+        raise ValueError(msg)
+    gen = factory(layer=layer) if layer is not None else factory()
+    if not isinstance(gen, SplitGenerator):
+        msg = f"{spec} returned {type(gen).__name__}, not a regprim.SplitGenerator"
+        raise TypeError(msg)
+    return gen.freeze().to(device)
