@@ -47,8 +47,12 @@ def test_planted_minimal_features_equal_truth(planted_run):
 
 def test_wrong_solver_is_caught_by_the_planted_check():
     """A solver stopped far too early does not pass the recovery criterion (the test can fail)."""
-    cfg = ExplainConfig(model="planted", players=list(DEFAULT_PLAYERS), baseline_count=200,
-                        solver=SolverConfig(steps=3))
+    cfg = ExplainConfig(
+        model="planted",
+        players=list(DEFAULT_PLAYERS),
+        baseline_count=200,
+        solver=SolverConfig(steps=3),
+    )
     run = explain(cfg, progress=False)
     truth = Planted().true_components(run.tensors["f"], run.f0, run.players)
     others = [k for k in range(1, 2**run.n) if k not in truth]

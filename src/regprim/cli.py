@@ -16,15 +16,23 @@ from regprim.salient import SALIENT_RULES
 
 def _explain_parser(sub) -> None:
     p = sub.add_parser("explain", help="disentangle the regional primitives of one image")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="built-in name (see `regprim models`) or path/file.py:function")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="built-in name (see `regprim models`) or path/file.py:function",
+    )
     p.add_argument("--layer", help="layer to cut at (default: the model's default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the target image's code")
     p.add_argument("--class", dest="class_index", help="class index or name (conditional models)")
     p.add_argument("--grid", default="6x6", help="ROWSxCOLS grid over the image")
     p.add_argument("--players", help="explicit player cells in bit order, e.g. 7,8,14")
     p.add_argument("--n", type=int, default=9, help="number of players when not given")
-    p.add_argument("--player-rule", choices=PLAYER_RULES, default="foreground")
+    p.add_argument(
+        "--player-rule",
+        choices=PLAYER_RULES,
+        default="center",
+        help="how to choose n players: centre cells, most changed from g(f0), random",
+    )
     p.add_argument("--player-seed", type=int, default=0, help="seed of the random rule")
     p.add_argument("--baseline-count", type=int, default=1000, help="codes averaged for f0")
     d = SolverConfig()
@@ -34,11 +42,16 @@ def _explain_parser(sub) -> None:
     p.add_argument("--sparsity", choices=SPARSITY, default=d.sparsity)
     p.add_argument("--reduction", choices=REDUCTIONS, default=d.reduction)
     p.add_argument("--chunk", type=int, default=d.chunk, help="subsets optimised together")
-    p.add_argument("--constraint", type=float, default=d.constraint,
-                   help="max relative masked error for a subset to meet the constraint")
+    p.add_argument(
+        "--constraint",
+        type=float,
+        default=d.constraint,
+        help="max relative masked error for a subset to meet the constraint",
+    )
     p.add_argument("--salient-rule", choices=SALIENT_RULES, default="tau")
-    p.add_argument("--salient-tau", type=float, default=0.05,
-                   help="salient if ||Δf_k|| > tau * ||f - f0||")
+    p.add_argument(
+        "--salient-tau", type=float, default=0.05, help="salient if ||Δf_k|| > tau * ||f - f0||"
+    )
     p.add_argument("--salient-top", type=float, default=0.6, help="ratio kept by the top rule")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
@@ -47,14 +60,31 @@ def _explain_parser(sub) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    solver = SolverConfig(steps=args.steps, lr=args.lr, lam=args.lam, sparsity=args.sparsity,
-                          reduction=args.reduction, chunk=args.chunk, constraint=args.constraint)
+    solver = SolverConfig(
+        steps=args.steps,
+        lr=args.lr,
+        lam=args.lam,
+        sparsity=args.sparsity,
+        reduction=args.reduction,
+        chunk=args.chunk,
+        constraint=args.constraint,
+    )
     cfg = ExplainConfig(
-        model=args.model, layer=args.layer, seed=args.seed, class_index=args.class_index,
-        grid=parse_grid(args.grid), players=parse_cells(args.players) if args.players else None,
-        n=args.n, player_rule=args.player_rule, player_seed=args.player_seed,
-        baseline_count=args.baseline_count, solver=solver, salient_rule=args.salient_rule,
-        salient_tau=args.salient_tau, salient_top=args.salient_top, device=args.device,
+        model=args.model,
+        layer=args.layer,
+        seed=args.seed,
+        class_index=args.class_index,
+        grid=parse_grid(args.grid),
+        players=parse_cells(args.players) if args.players else None,
+        n=args.n,
+        player_rule=args.player_rule,
+        player_seed=args.player_seed,
+        baseline_count=args.baseline_count,
+        solver=solver,
+        salient_rule=args.salient_rule,
+        salient_tau=args.salient_tau,
+        salient_top=args.salient_top,
+        device=args.device,
     )
     run = explain(cfg, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
     s = run.summary
@@ -91,8 +121,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     image, count = reconstruct_run(run, cells, salient_only=not args.all_components)
     rows, cols = run.summary["grid"]
     grid = Grid(rows, cols, *image.shape[1:])
-    fig, _ = reconstruction_figure(run.tensors["image"], image, run.config["value_range"], grid,
-                                   run.players, cells, count)
+    fig, _ = reconstruction_figure(
+        run.tensors["image"], image, run.config["value_range"], grid, run.players, cells, count
+    )
     out = args.out or args.run / f"reconstruct-{'-'.join(map(str, cells))}.png"
     save_figure(fig, out)
     print(json.dumps({"cells": cells, "components": count, "figure": str(out)}))
@@ -113,8 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"explain": cmd_explain, "models": cmd_models, "reconstruct": cmd_reconstruct}
     try:
         return handlers[args.command](args)
-    except (ValueError, FileExistsError, FileNotFoundError, ModuleNotFoundError,
-            MemoryError, TypeError) as err:
+    except (
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+        ModuleNotFoundError,
+        MemoryError,
+        TypeError,
+    ) as err:
         print(f"regprim: error: {err}", file=sys.stderr)
         return 2
 

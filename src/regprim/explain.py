@@ -23,7 +23,13 @@ from regprim.generator import SplitGenerator
 from regprim.interactions import or_interactions, universal_matching_residual
 from regprim.minimal_features import SolverConfig, solve_minimal_features
 from regprim.models import DEFAULT_MODEL, load_model
-from regprim.regions import PLAYER_RULES, Grid, foreground_players, random_players
+from regprim.regions import (
+    PLAYER_RULES,
+    Grid,
+    center_players,
+    foreground_players,
+    random_players,
+)
 from regprim.run_folder import (
     Run,
     check_output,
@@ -46,7 +52,7 @@ class ExplainConfig:
     grid: tuple[int, int] = (6, 6)
     players: list[int] | None = None
     n: int = 9
-    player_rule: str = "foreground"
+    player_rule: str = "center"
     player_seed: int = 0
     baseline_count: int = 1000
     baseline_seed: int = 12345
@@ -123,6 +129,8 @@ def choose_players(cfg: ExplainConfig, grid: Grid, x, baseline_image) -> list[in
     if not 1 <= cfg.n <= grid.cells:
         msg = f"n={cfg.n} players do not fit a grid of {grid.cells} cells; use 1..{grid.cells}"
         raise ValueError(msg)
+    if cfg.player_rule == "center":
+        return center_players(grid, cfg.n)
     if cfg.player_rule == "foreground":
         return foreground_players(x, baseline_image, grid, cfg.n)
     return random_players(grid, cfg.n, cfg.player_seed)
@@ -151,7 +159,9 @@ def explain(
     device = torch.device(cfg.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    gen = generator.to(device) if generator is not None else load_model(cfg.model, cfg.layer, device)
+    gen = (
+        generator.to(device) if generator is not None else load_model(cfg.model, cfg.layer, device)
+    )
     class_index = gen.class_index(cfg.class_index)
 
     f0 = baseline(gen, cfg.baseline_count, cfg.baseline_seed).to(device)
@@ -205,8 +215,14 @@ def explain(
     }
     if top:
         figures["components.png"] = components_figure(
-            x, baseline_image, rendered, top, [float(norms[k]) for k in top],
-            gen.value_range, grid, players,
+            x,
+            baseline_image,
+            rendered,
+            top,
+            [float(norms[k]) for k in top],
+            gen.value_range,
+            grid,
+            players,
         )[0]
 
     failing = torch.nonzero(~mf.meets).flatten().tolist()

@@ -94,19 +94,50 @@ def components_figure(
         axes[2, j].imshow(change, cmap="magma", vmin=0, interpolation="nearest")
         for row in range(3):
             axes[row, j].axis("off")
-    axes[0, 0].text(-0.15, 0.5, "action region", transform=axes[0, 0].transAxes, rotation=90,
-                    va="center", ha="right", fontsize=8)
-    axes[1, 0].text(-0.15, 0.5, "g(f0 + Δf_k)", transform=axes[1, 0].transAxes, rotation=90,
-                    va="center", ha="right", fontsize=8)
-    axes[2, 0].text(-0.15, 0.5, "|change| vs g(f0)", transform=axes[2, 0].transAxes,
-                    rotation=90, va="center", ha="right", fontsize=8)
+    axes[0, 0].text(
+        -0.15,
+        0.5,
+        "action region",
+        transform=axes[0, 0].transAxes,
+        rotation=90,
+        va="center",
+        ha="right",
+        fontsize=8,
+    )
+    axes[1, 0].text(
+        -0.15,
+        0.5,
+        "g(f0 + Δf_k)",
+        transform=axes[1, 0].transAxes,
+        rotation=90,
+        va="center",
+        ha="right",
+        fontsize=8,
+    )
+    axes[2, 0].text(
+        -0.15,
+        0.5,
+        "|change| vs g(f0)",
+        transform=axes[2, 0].transAxes,
+        rotation=90,
+        va="center",
+        ha="right",
+        fontsize=8,
+    )
     fig.suptitle("Most salient feature components (by L2 norm)", fontsize=10)
     fig.tight_layout()
     return fig, axes
 
 
-def reconstruction_figure(target: Tensor, recon: Tensor, value_range, grid: Grid,
-                          players: list[int], cells: list[int], count: int):
+def reconstruction_figure(
+    target: Tensor,
+    recon: Tensor,
+    value_range,
+    grid: Grid,
+    players: list[int],
+    cells: list[int],
+    count: int,
+):
     """Target with the chosen cells, and the Algorithm 2 reconstruction."""
     fig, axes = plt.subplots(1, 2, figsize=(6, 3.3))
     axes[0].imshow(to_rgb(target, value_range), interpolation="nearest")

@@ -160,7 +160,9 @@ class SequentialSplit(SplitGenerator):
         """``cut_points`` maps readable layer names to child names of ``model``, in order."""
         super().__init__(layer=layer, layers=tuple(cut_points), **kwargs)
         if layer not in cut_points:
-            msg = f"unknown layer {layer!r} for model {self.name!r}; valid layers: {list(cut_points)}"
+            msg = (
+                f"unknown layer {layer!r} for model {self.name!r}; valid layers: {list(cut_points)}"
+            )
             raise ValueError(msg)
         children = [name for name, _ in model.named_children()]
         index = children.index(cut_points[layer])
@@ -223,8 +225,8 @@ class HookSplit(SplitGenerator):
         layers: Sequence[str] | None = None,
         **kwargs,
     ) -> None:
-        valid = tuple(layers) if layers is not None else tuple(
-            n for n, _ in model.named_modules() if n
+        valid = (
+            tuple(layers) if layers is not None else tuple(n for n, _ in model.named_modules() if n)
         )
         super().__init__(layer=layer, layers=valid, sees_code=True, **kwargs)
         if layer not in valid:
@@ -256,7 +258,9 @@ class HookSplit(SplitGenerator):
 
         def substitute(_m: nn.Module, _i: object, out: Tensor) -> Tensor:
             if out.shape != f.shape:
-                msg = f"feature shape {tuple(f.shape)} does not match layer output {tuple(out.shape)}"
+                msg = (
+                    f"feature shape {tuple(f.shape)} does not match layer output {tuple(out.shape)}"
+                )
                 raise ValueError(msg)
             return f
 

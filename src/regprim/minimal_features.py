@@ -42,7 +42,7 @@ class SolverConfig:
     """Settings of the minimal-feature optimisation (defaults chosen by measurement,
     docs/method-choices.md)."""
 
-    steps: int = 150
+    steps: int = 100
     lr: float = 0.05
     lam: float = 1e4
     sparsity: str = "l1-delta"

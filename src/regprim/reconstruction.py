@@ -46,8 +46,9 @@ def reconstruct(
     return gen.g(f_hat[None].to(gen.device), code)[0]
 
 
-def reconstruct_run(run, cells: list[int], generator: SplitGenerator | None = None,
-                    salient_only: bool = True) -> tuple[Tensor, int]:
+def reconstruct_run(
+    run, cells: list[int], generator: SplitGenerator | None = None, salient_only: bool = True
+) -> tuple[Tensor, int]:
     """Algorithm 2 on a saved :class:`regprim.Run` for grid ``cells`` (all must be players).
 
     The generator is rebuilt from the run's config unless given. Returns the image

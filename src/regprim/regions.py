@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-PLAYER_RULES = ("foreground", "random")
+PLAYER_RULES = ("center", "foreground", "random")
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,22 @@ def parse_cells(text: str) -> list[int]:
     except ValueError:
         msg = f"cells {text!r} must be comma-separated integers, e.g. 7,8,14"
         raise ValueError(msg) from None
+
+
+def center_players(grid: Grid, n: int) -> list[int]:
+    """The ``n`` cells whose centres are nearest the image centre (ties in row-major order).
+
+    The default rule: the generators regprim ships (faces, eyes) and BigGAN's ImageNet classes
+    are trained on object-centred images, so the object sits in the middle. On a 6x6 grid and
+    n = 9 it gives the central 2x2 cells, then 8, 9, 13, 16, 19 of the ring around them.
+    """
+    cy, cx = grid.height / 2, grid.width / 2
+
+    def distance(cell: int) -> float:
+        t, b, left, right = grid.cell_box(cell)
+        return ((t + b) / 2 - cy) ** 2 + ((left + right) / 2 - cx) ** 2
+
+    return sorted(range(grid.cells), key=lambda c: (round(distance(c), 6), c))[:n]
 
 
 def foreground_players(image: Tensor, baseline_image: Tensor, grid: Grid, n: int) -> list[int]:

@@ -203,4 +203,3 @@ def load_run(path: str | Path) -> Run:
             shape = tuple(tensors[key].shape)
             raise _corrupt(path, f"{key} has shape {shape}, expected ({size}, *f.shape)")
     return Run(config=config, summary=summary, tensors=tensors, path=path)
-

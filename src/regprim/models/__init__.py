@@ -44,7 +44,9 @@ def _user_factory(spec: str) -> Callable[..., SplitGenerator]:
     else:
         module = importlib.import_module(target)
     if not hasattr(module, func):
-        msg = f"{target} has no function {func!r}; give {target}:FUNCTION returning a SplitGenerator"
+        msg = (
+            f"{target} has no function {func!r}; give {target}:FUNCTION returning a SplitGenerator"
+        )
         raise ValueError(msg)
     return getattr(module, func)
 

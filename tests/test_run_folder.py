@@ -1,0 +1,132 @@
+"""Run folder: atomic writes, round trip, refusal to clobber, corrupt folders, resume."""
+
+import json
+
+import pytest
+import torch
+
+from regprim import ExplainConfig, SolverConfig, explain, load_run
+from regprim.run_folder import CHECKPOINT, TENSORS, partial_dir
+
+CFG = ExplainConfig(model="planted", n=4, baseline_count=50, solver=SolverConfig(steps=20))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rf") / "run"
+    run = explain(CFG, out=out, progress=False)
+    return out, run
+
+
+def test_round_trip(saved):
+    out, run = saved
+    loaded = load_run(out)
+    for key, value in run.tensors.items():
+        torch.testing.assert_close(loaded.tensors[key], value.cpu())
+    assert loaded.summary == json.loads(json.dumps(run.summary))
+    assert loaded.config["players"] == run.players and loaded.config["layer"] == "features"
+    assert loaded.minimal_features.shape[0] == 16 and torch.all(loaded.components[0] == 0)
+    for name in ("config.json", "summary.json", TENSORS, "target.png", "baseline.png"):
+        assert (out / name).is_file()
+    assert not partial_dir(out).exists()
+    assert not list(out.parent.glob(".run.*"))
+
+
+def test_summary_has_documented_keys(saved):
+    s = load_run(saved[0]).summary
+    for key in (
+        "model",
+        "layer",
+        "grid",
+        "players",
+        "n",
+        "universal_matching_max_rel_residual",
+        "subsets_meeting_constraint",
+        "salient",
+        "wall_seconds",
+        "peak_memory_bytes",
+    ):
+        assert key in s
+    assert s["peak_memory_bytes"] > 0 and s["wall_seconds"] > 0
+
+
+def test_refuses_to_overwrite_another_run(saved):
+    out, _ = saved
+    before = (out / TENSORS).read_bytes()
+    with pytest.raises(
+        FileExistsError, match="already holds a run of planted/features.*--overwrite"
+    ):
+        explain(CFG, out=out, progress=False)
+    assert (out / TENSORS).read_bytes() == before
+
+
+def test_refuses_non_run_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty and holds no run"):
+        explain(CFG, out=tmp_path, progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces(tmp_path):
+    out = tmp_path / "run"
+    explain(CFG, out=out, progress=False)
+    explain(ExplainConfig(**{**CFG.to_dict(), "seed": 3}), out=out, overwrite=True, progress=False)
+    assert load_run(out).config["seed"] == 3
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "json"])
+def test_corrupt_run_folder(tmp_path, saved, damage):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(saved[0], out)
+    if damage == "truncate":
+        data = (out / TENSORS).read_bytes()
+        (out / TENSORS).write_bytes(data[: len(data) // 2])
+    elif damage == "delete":
+        (out / "summary.json").unlink()
+    else:
+        (out / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt or truncated.*rerun `regprim explain`"):
+        load_run(out)
+
+
+def test_missing_run_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_run(tmp_path / "nothing")
+
+
+def test_interrupted_run_resumes_from_checkpoint(tmp_path, monkeypatch):
+    import regprim.minimal_features as mf
+
+    out = tmp_path / "run"
+    cfg = ExplainConfig(**{**CFG.to_dict(), "solver": SolverConfig(steps=20, chunk=4)})
+    calls = {"n": 0}
+    real = mf.Problem.solve
+
+    def dying(self, subsets, alpha0):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, subsets, alpha0)
+
+    monkeypatch.setattr(mf.Problem, "solve", dying)
+    with pytest.raises(KeyboardInterrupt):
+        explain(cfg, out=out, progress=False)
+    assert not out.exists() and (partial_dir(out) / CHECKPOINT).is_file()
+    monkeypatch.setattr(mf.Problem, "solve", real)
+    solved = []
+    monkeypatch.setattr(
+        mf.Problem, "solve", lambda self, s, a: solved.append(len(s)) or real(self, s, a)
+    )
+    resumed = explain(cfg, out=out, progress=False)
+    assert sum(solved) == 16 - 1 - 1 - 4  # u(N) and the first chunk came from the checkpoint
+    fresh = explain(cfg, progress=False)
+    torch.testing.assert_close(resumed.minimal_features, fresh.minimal_features)
+    assert not partial_dir(out).exists()
+
+
+def test_same_seed_same_result():
+    a = explain(CFG, progress=False)
+    b = explain(CFG, progress=False)
+    assert torch.equal(a.minimal_features, b.minimal_features)
