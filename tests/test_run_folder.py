@@ -104,11 +104,11 @@ def test_interrupted_run_resumes_from_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = mf.Problem.solve
 
-    def dying(self, subsets, alpha0):
+    def dying(self, subsets, alpha0, steps):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(self, subsets, alpha0)
+        return real(self, subsets, alpha0, steps)
 
     monkeypatch.setattr(mf.Problem, "solve", dying)
     with pytest.raises(KeyboardInterrupt):
@@ -117,7 +117,7 @@ def test_interrupted_run_resumes_from_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(mf.Problem, "solve", real)
     solved = []
     monkeypatch.setattr(
-        mf.Problem, "solve", lambda self, s, a: solved.append(len(s)) or real(self, s, a)
+        mf.Problem, "solve", lambda self, s, a, k: solved.append(len(s)) or real(self, s, a, k)
     )
     resumed = explain(cfg, out=out, progress=False)
     assert sum(solved) == 16 - 1 - 1 - 4  # u(N) and the first chunk came from the checkpoint

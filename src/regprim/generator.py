@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 CodeSampler = Callable[[int, torch.Generator, Tensor | None], Tensor]
 
@@ -172,13 +173,39 @@ class SequentialSplit(SplitGenerator):
         self.code_to_input = code_to_input
 
     def modules(self) -> list[nn.Module]:
-        return [self.model]
+        return [self.model, self.tail]
+
+    def freeze(self) -> SequentialSplit:
+        """Eval mode, no parameter gradients, and the tail's BatchNorms folded into the
+        convolutions before them (the same function, fewer passes over the activations)."""
+        super().freeze()
+        self.tail = fold_batchnorm(self.tail)
+        return self
 
     def d(self, code: Tensor) -> Tensor:
         return self.head(self.code_to_input(code))
 
     def g(self, f: Tensor, code: Tensor) -> Tensor:
         return self.tail(f)
+
+
+def fold_batchnorm(seq: nn.Sequential) -> nn.Sequential:
+    """A copy of an eval-mode ``seq`` with each ``(Conv|ConvTranspose)2d, BatchNorm2d`` pair
+    fused into one convolution; the original is not modified."""
+    layers: list[nn.Module] = []
+    for module in seq:
+        prev = layers[-1] if layers else None
+        if (
+            isinstance(module, nn.BatchNorm2d)
+            and not module.training
+            and module.track_running_stats
+            and isinstance(prev, nn.Conv2d | nn.ConvTranspose2d)
+        ):
+            transpose = isinstance(prev, nn.ConvTranspose2d)
+            layers[-1] = fuse_conv_bn_eval(prev, module, transpose=transpose).requires_grad_(False)
+        else:
+            layers.append(module)
+    return nn.Sequential(*layers)
 
 
 def split_sequential(
