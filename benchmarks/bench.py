@@ -1,0 +1,246 @@
+"""regprim benchmarks: print the numbers recorded in docs/performance.md.
+
+    python benchmarks/bench.py                 # every section
+    python benchmarks/bench.py transform       # one section: transform, solver, scaling, flops
+    python benchmarks/bench.py scaling --ns 6 8 9
+
+Sections:
+  transform  fast OR transform vs the dense 2**n x 2**n matrix of earlier interaction code
+  solver     regprim's batched solver vs the paper's procedure (one subset at a time, warm start
+             from u(N), same number of steps), with the quality of both
+  scaling    `regprim explain` end to end (baseline cached) as n grows: wall, peak memory,
+             passes per subset, constraint, universal-matching residual
+  flops      FLOPs per generator pass (forward + input gradient), achieved FLOP/s of the solver,
+             and this machine's measured sgemm FLOP/s
+  planted    recovery of the planted primitives (quality check for every speed-up)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from regprim import ExplainConfig, SolverConfig, explain, load_model
+from regprim.baseline import baseline
+from regprim.interactions import or_interactions
+from regprim.minimal_features import Problem
+from regprim.models.planted import DEFAULT_PLAYERS, Planted
+from regprim.regions import Grid, center_players
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def dense_or_matrix(n: int) -> torch.Tensor:
+    """The 2**n x 2**n matrix M with components = M @ u (Eq. 10), as earlier code built it."""
+    size = 2**n
+    full = size - 1
+    m = torch.zeros(size, size)
+    for s in range(1, size):
+        sub = s
+        while True:
+            sign = (-1) ** (s.bit_count() - sub.bit_count())
+            m[s, full ^ sub] -= sign
+            if sub == 0:
+                break
+            sub = (sub - 1) & s
+    return m
+
+
+def section_transform(args) -> None:
+    print("\n## OR transform: fast butterfly vs dense matrix (D = 4096 numbers per subset)")
+    print(f"{'n':>3} {'fast (s)':>10} {'dense (s)':>10} {'speed-up':>9} {'max |diff|':>11}")
+    d = 4096
+    for n in args.transform_ns:
+        u = torch.randn(2**n, d)
+        fast = best_of(lambda u=u: or_interactions(u))
+        if n <= 12:
+            m = dense_or_matrix(n)
+            dense = best_of(lambda m=m, u=u: m @ u)
+            diff = float((m @ u - or_interactions(u)).abs().max())
+            print(f"{n:>3} {fast:>10.4f} {dense:>10.4f} {dense / fast:>8.0f}x {diff:>11.2e}")
+        else:
+            need = 4 * 4**n / 2**30
+            print(
+                f"{n:>3} {fast:>10.4f} {'-':>10} {'-':>9} {'-':>11}  (dense matrix alone: {need:.2f} GiB)"
+            )
+
+
+def setup_problem(n: int, cfg: SolverConfig):
+    gen = load_model("dcgan-faces")
+    f0 = baseline(gen)
+    code = gen.sample_codes(1, 0)
+    with torch.no_grad():
+        f = gen.d(code)[0]
+        x = gen.g(f[None], code)[0]
+    grid = Grid(6, 6, *x.shape[1:])
+    masks = grid.cell_masks()[center_players(grid, n)]
+    return gen, code, f, f0, x, masks, Problem(gen, code, f, f0, x, masks, cfg)
+
+
+def section_solver(args) -> None:
+    n = args.solver_n
+    print(f"\n## Solver vs the paper's procedure (dcgan-faces block3, n = {n})")
+    cfg = SolverConfig()
+    gen = load_model("dcgan-faces")
+    start = time.perf_counter()
+    ours = explain(ExplainConfig(n=n, solver=cfg), generator=gen, progress=False)
+    t_ours = time.perf_counter() - start
+    paper_cfg = SolverConfig(warm_start="full", chunk=1)
+    start = time.perf_counter()
+    paper = explain(ExplainConfig(n=n, solver=paper_cfg), generator=gen, progress=False)
+    t_paper = time.perf_counter() - start
+    print(f"{'procedure':<44} {'wall (s)':>9} {'L1 mean':>8} {'max rel err':>12} {'top |Δf|':>9}")
+    for name, run, t in [
+        ("regprim (chunks of 32, parent warm start)", ours, t_ours),
+        ("paper (one subset at a time, from u(N))", paper, t_paper),
+    ]:
+        u, f0 = run.minimal_features, run.f0
+        l1 = float((u - f0).abs().flatten(1).sum(1)[1:].mean())
+        top = float(run.components.flatten(1).norm(dim=1).max())
+        s = run.summary
+        print(f"{name:<44} {t:>9.1f} {l1:>8.1f} {s['rel_error_max']:>12.2e} {top:>9.1f}")
+    print(f"speed-up: {t_paper / t_ours:.2f}x at {cfg.steps} steps per subset for both")
+
+
+def section_scaling(args) -> None:
+    print("\n## `regprim explain` end to end as n grows (dcgan-faces block3, baseline cached)")
+    print(
+        f"{'n':>3} {'subsets':>8} {'wall (s)':>9} {'peak MiB':>9} {'passes/subset':>14} "
+        f"{'meeting':>8} {'UM residual':>12}"
+    )
+    baseline(load_model("dcgan-faces"))  # fill the cache outside the timings
+    for n in args.ns:
+        grid = "6x6" if n <= 36 else "8x8"
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "run"
+            cmd = [
+                sys.executable,
+                "-m",
+                "regprim.cli",
+                "explain",
+                "--n",
+                str(n),
+                "--grid",
+                grid,
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            wall = time.perf_counter() - start
+            s = json.loads((out / "summary.json").read_text())
+        print(
+            f"{n:>3} {2**n:>8} {wall:>9.1f} {s['peak_memory_bytes'] / 2**20:>9.0f} "
+            f"{s['mean_passes_per_subset']:>14.1f} {s['subsets_meeting_constraint']:>8.3f} "
+            f"{s['universal_matching_max_rel_residual']:>12.1e}"
+        )
+
+
+def section_flops(args) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    print("\n## FLOP/s (dcgan-faces block3)")
+    cfg = SolverConfig()
+    gen, code, f, f0, x, masks, problem = setup_problem(9, cfg)
+    alpha = torch.ones(1, *f.shape, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        u = f0 + alpha * (f - f0)
+        loss = (gen.g(u, code) - x).pow(2).sum()
+        torch.autograd.grad(loss, alpha)
+    per_pass = counter.get_total_flops()
+    chunk, steps = cfg.chunk, 20
+    subsets = torch.arange(1, chunk + 1)
+    a0 = torch.ones(chunk, *f.shape)
+    problem.solve(subsets, a0, 2)
+    t = best_of(lambda: problem.solve(subsets, a0, steps), repeats=2)
+    passes = chunk * (steps + 2)
+    achieved = per_pass * passes / t
+    a = torch.randn(2048, 2048)
+    b = torch.randn(2048, 2048)
+    t_mm = best_of(lambda: a @ b, repeats=5)
+    peak = 2 * 2048**3 / t_mm
+    print(f"FLOPs per pass (forward + input gradient, one subset): {per_pass / 1e6:.0f} MFLOP")
+    print(
+        f"solver: {passes} passes in {t:.2f} s = {t / passes * 1e3:.2f} ms/pass, "
+        f"{achieved / 1e9:.0f} GFLOP/s"
+    )
+    print(
+        f"machine: sgemm 2048^3 at {peak / 1e9:.0f} GFLOP/s; the solver reaches "
+        f"{achieved / peak:.0%} of it"
+    )
+
+
+def section_planted(args) -> None:
+    print("\n## Planted recovery (n = 9, default settings)")
+    cfg = ExplainConfig(model="planted", players=list(DEFAULT_PLAYERS), baseline_count=200)
+    run = explain(cfg, progress=False)
+    truth = Planted().true_components(run.tensors["f"], run.f0, run.players)
+    smallest = min(float(t.norm()) for t in truth.values())
+    others = [k for k in range(1, 2**run.n) if k not in truth]
+    worst = max(float(run.components[k].norm()) for k in others)
+    cos = min(
+        float(torch.nn.functional.cosine_similarity(run.components[k].flatten(), v.flatten(), 0))
+        for k, v in truth.items()
+    )
+    exact = sorted(run.summary["salient"]) == sorted(truth)
+    print(
+        f"salient set == planted sets: {exact}; min cosine to truth {cos:.5f}; "
+        f"largest other component / smallest planted: {worst / smallest:.2%}"
+    )
+
+
+SECTIONS = {
+    "transform": section_transform,
+    "solver": section_solver,
+    "scaling": section_scaling,
+    "flops": section_flops,
+    "planted": section_planted,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("sections", nargs="*", choices=[*SECTIONS, []], default=[])
+    parser.add_argument("--ns", type=int, nargs="+", default=[6, 8, 9, 10, 12])
+    parser.add_argument("--transform-ns", type=int, nargs="+", default=list(range(6, 15)))
+    parser.add_argument("--solver-n", type=int, default=9)
+    args = parser.parse_args()
+    print(f"# regprim benchmarks on {machine()}")
+    for name in args.sections or SECTIONS:
+        SECTIONS[name](args)
+
+
+if __name__ == "__main__":
+    main()
