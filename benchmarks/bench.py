@@ -89,9 +89,8 @@ def section_transform(args) -> None:
             print(f"{n:>3} {fast:>10.4f} {dense:>10.4f} {dense / fast:>8.0f}x {diff:>11.2e}")
         else:
             need = 4 * 4**n / 2**30
-            print(
-                f"{n:>3} {fast:>10.4f} {'-':>10} {'-':>9} {'-':>11}  (dense matrix alone: {need:.2f} GiB)"
-            )
+            dashes = f"{'-':>10} {'-':>9} {'-':>11}"
+            print(f"{n:>3} {fast:>10.4f} {dashes}  (dense matrix alone: {need:.2f} GiB)")
 
 
 def setup_problem(n: int, cfg: SolverConfig):
