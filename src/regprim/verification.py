@@ -47,14 +47,19 @@ class Verifier:
         self.grid = Grid(rows, cols, *self.x.shape[1:])
         self.cell_masks = self.grid.cell_masks()[run.players].to(self.device)  # (n, H, W)
         self.norms = self.components.flatten(1).norm(dim=1)
-        self.order = [int(k) for k in torch.argsort(self.norms, descending=True, stable=True)
-                      if k != 0 and self.norms[k] > 0]
+        self.order = [
+            int(k)
+            for k in torch.argsort(self.norms, descending=True, stable=True)
+            if k != 0 and self.norms[k] > 0
+        ]
         self.base_err = self.cell_errors(self.baseline_image[None])[0]  # (n,)
 
     @torch.no_grad()
     def render(self, features: Tensor) -> Tensor:
-        out = [self.gen.g(features[i : i + self.batch], self.code)
-               for i in range(0, len(features), self.batch)]
+        out = [
+            self.gen.g(features[i : i + self.batch], self.code)
+            for i in range(0, len(features), self.batch)
+        ]
         return torch.cat(out) if out else features.new_zeros(0, *self.x.shape)
 
     def cell_errors(self, images: Tensor) -> Tensor:
@@ -69,7 +74,7 @@ class Verifier:
         return errs / self.base_err[bits].sum().clamp_min(1e-30)
 
     def ratio_features(self, ks: list[int]) -> Tensor:
-        """``f0 + the first ceil(p * len(ks)) of ks`` for every p in RATIOS: ``(len(RATIOS), *f)``."""
+        """``f0 + the first ceil(p * len(ks)) of ks`` for each p in RATIOS: ``(11, *f)``."""
         counts = [math.ceil(p * len(ks)) for p in RATIOS]
         if not ks:
             return self.f0.expand(len(RATIOS), *self.f0.shape).clone()
@@ -97,8 +102,12 @@ class Verifier:
             "the baseline image's error there (mean over player cells; 0 = exact)",
             False,
             sum(final) / len(final),
-            {"ratios": RATIOS, "per_cell_curves": curves, "per_cell": final,
-             "mean_curve": _mean_curve(curves)},
+            {
+                "ratios": RATIOS,
+                "per_cell_curves": curves,
+                "per_cell": final,
+                "mean_curve": _mean_curve(curves),
+            },
         )
 
     def requirement_2_beta(self, sets: int = 16, seed: int = 0) -> Metric:
@@ -115,8 +124,13 @@ class Verifier:
             "sets S, relative to the baseline image's error (mean; 0 = exact)",
             False,
             sum(final) / len(final),
-            {"ratios": RATIOS, "targets": targets, "curves": curves, "per_set": final,
-             "mean_curve": _mean_curve(curves)},
+            {
+                "ratios": RATIOS,
+                "targets": targets,
+                "curves": curves,
+                "per_set": final,
+                "mean_curve": _mean_curve(curves),
+            },
         )
 
     def irrelevant_components(self) -> Metric:
@@ -131,11 +145,17 @@ class Verifier:
             "1 - error / baseline error (mean over cells, all of them added; should stay near 0)",
             False,
             sum(final) / len(final),
-            {"ratios": RATIOS, "per_cell_curves": curves, "per_cell": final,
-             "mean_curve": _mean_curve(curves)},
+            {
+                "ratios": RATIOS,
+                "per_cell_curves": curves,
+                "per_cell": final,
+                "mean_curve": _mean_curve(curves),
+            },
         )
 
-    def leakage(self, salient: list[int], top: int = 24, contexts: int = 8, seed: int = 0) -> Metric:
+    def leakage(
+        self, salient: list[int], top: int = 24, contexts: int = 8, seed: int = 0
+    ) -> Metric:
         full = 2**self.n - 1
         chosen = [k for k in salient if k != full and self.norms[k] > 0][:top]
         rng = torch.Generator().manual_seed(seed)
@@ -166,10 +186,15 @@ class Verifier:
             "change inside it (median; 0 = exclusive)",
             False,
             _median(flat) if flat else float("nan"),
-            {"components": chosen, "contexts": contexts, "ratios": ratios,
-             "median_by_order": {str(o): _median(v) for o, v in sorted(by_order.items())},
-             "quantiles": {str(q): _quantile(flat, q) for q in (0.1, 0.25, 0.5, 0.75, 0.9)}
-             if flat else {}},
+            {
+                "components": chosen,
+                "contexts": contexts,
+                "ratios": ratios,
+                "median_by_order": {str(o): _median(v) for o, v in sorted(by_order.items())},
+                "quantiles": {str(q): _quantile(flat, q) for q in (0.1, 0.25, 0.5, 0.75, 0.9)}
+                if flat
+                else {},
+            },
         )
 
     def sparsity(self, salient: list[int]) -> Metric:
@@ -185,10 +210,15 @@ class Verifier:
             "(smaller = sparser); also the fraction above the salient threshold",
             False,
             min(carry90, count) / count,
-            {"fraction_salient": len(salient) / count, "components": count,
-             "sorted_magnitudes": {"rank_fraction": (points.float() / len(mags)).tolist(),
-                                   "magnitude": mags[points.to(mags.device)].tolist()},
-             "norms_sorted": self.norms[self.order].tolist()},
+            {
+                "fraction_salient": len(salient) / count,
+                "components": count,
+                "sorted_magnitudes": {
+                    "rank_fraction": (points.float() / len(mags)).tolist(),
+                    "magnitude": mags[points.to(mags.device)].tolist(),
+                },
+                "norms_sorted": self.norms[self.order].tolist(),
+            },
         )
 
     def code_influence(self, codes: int = 8, seed: int = 1) -> Metric:
