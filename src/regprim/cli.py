@@ -57,6 +57,11 @@ def _explain_parser(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the metrics, the paper's figures and report.html",
+    )
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -86,11 +91,38 @@ def cmd_explain(args: argparse.Namespace) -> int:
         salient_top=args.salient_top,
         device=args.device,
     )
-    run = explain(cfg, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
+    run = explain(
+        cfg,
+        out=args.out,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        verify=not args.no_verify,
+    )
     s = run.summary
     print(run)
     print(f"wall {s['wall_seconds']:.1f} s, peak memory {s['peak_memory_bytes'] / 2**20:.0f} MiB")
     print(f"results in {args.out}/ (summary.json, tensors.safetensors, *.png)")
+    if run.metrics:
+        _print_metrics(run.metrics)
+        print(f"report: {args.out / 'report.html'}")
+    return 0
+
+
+def _print_metrics(metrics) -> None:
+    for m in metrics:
+        better = {True: "higher is better", False: "lower is better", None: ""}
+        print(f"  {m.name:<28} {m.value:>10.4g}  {better[m.higher_is_better]}")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from regprim.report import REPORT, write_verification
+    from regprim.run_folder import load_run
+
+    run = load_run(args.run)
+    gen = load_model(run.config["model"], run.config["layer"], args.device)
+    metrics = write_verification(run, gen)
+    _print_metrics(metrics)
+    print(f"metrics.json, figures and {REPORT} written to {args.run}/")
     return 0
 
 
@@ -140,8 +172,21 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--cells", required=True, help="player cells to reconstruct, e.g. 7,8")
     r.add_argument("--all-components", action="store_true", help="not only the salient ones")
     r.add_argument("--out", type=Path, help="PNG to write (default: in the run folder)")
+    for name, text in (
+        ("verify", "compute the faithfulness metrics of a run (and its report)"),
+        ("report", "rebuild the figures and report.html of a run"),
+    ):
+        v = sub.add_parser(name, help=text)
+        v.add_argument("run", type=Path, help="run folder written by `regprim explain`")
+        v.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
-    handlers = {"explain": cmd_explain, "models": cmd_models, "reconstruct": cmd_reconstruct}
+    handlers = {
+        "explain": cmd_explain,
+        "models": cmd_models,
+        "reconstruct": cmd_reconstruct,
+        "verify": cmd_verify,
+        "report": cmd_verify,
+    }
     try:
         return handlers[args.command](args)
     except (

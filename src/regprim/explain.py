@@ -30,6 +30,7 @@ from regprim.regions import (
     foreground_players,
     random_players,
 )
+from regprim.report import write_verification
 from regprim.run_folder import (
     Run,
     check_output,
@@ -39,6 +40,7 @@ from regprim.run_folder import (
     write_run,
 )
 from regprim.salient import SALIENT_RULES, component_norms, select_salient
+from regprim.verification import verify as verify_run
 
 
 @dataclass
@@ -142,6 +144,7 @@ def explain(
     overwrite: bool = False,
     progress: bool = True,
     generator: SplitGenerator | None = None,
+    verify: bool = True,
 ) -> Run:
     """Disentangle the feature of one generated image into regional primitives.
 
@@ -150,6 +153,8 @@ def explain(
         out: run folder to write (atomically); None keeps the run in memory only.
         overwrite: replace a run already in ``out``.
         generator: an already built split generator (``cfg.model`` then only names it).
+        verify: also compute the faithfulness metrics, the paper's figures and report.html
+            (written into ``out``; see :mod:`regprim.report`).
     """
     cfg = cfg or ExplainConfig()
     start = time.perf_counter()
@@ -273,9 +278,15 @@ def explain(
         "universal_matching_residual": residual,
     }
     run = Run(config=config, summary=summary, tensors=tensors, figures=figures)
+
+    def verification(folder: Path) -> None:
+        run.metrics = write_verification(run, gen, folder)
+
     try:
         if out is not None:
-            write_run(run, out, overwrite=overwrite)
+            write_run(run, out, overwrite=overwrite, extra=verification if verify else None)
+        elif verify:
+            run.metrics = verify_run(run, gen)
     finally:
         for fig in figures.values():
             plt.close(fig)

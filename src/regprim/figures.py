@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 
@@ -148,5 +151,198 @@ def reconstruction_figure(
     axes[1].set_title(f"g(f0 + {count} components meeting the cells)", fontsize=8)
     for ax in axes:
         ax.axis("off")
+    fig.tight_layout()
+    return fig, axes
+
+
+# -- the paper's figures, from a run's own data (regprim.verification) ----------------------
+def cell_map(values: list[float], grid: Grid, players: list[int]) -> np.ndarray:
+    """A ``rows x cols`` array with ``values`` on the player cells and NaN elsewhere."""
+    out = np.full((grid.rows, grid.cols), np.nan)
+    for v, cell in zip(values, players, strict=True):
+        out[cell // grid.cols, cell % grid.cols] = v
+    return out
+
+
+def region_weights(v, ks: list[int]) -> list[float]:
+    """Appendix H: per player cell, the sum of L1 norm / |S_k| over the components ``ks``."""
+    l1 = v.components.flatten(1).abs().sum(1)
+    w = [0.0] * v.n
+    for k in ks:
+        for i in range(v.n):
+            if k >> i & 1:
+                w[i] += float(l1[k]) / k.bit_count()
+    return w
+
+
+def fig3_incremental(v, target: int, ratios=(0.0, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)):
+    """Fig. 3: reconstruction of the target cells as covering components are added (by norm),
+    with the heatmap of the added components' action regions (exponentiated for contrast)."""
+    ks = v.covering(target)
+    counts = [math.ceil(r * len(ks)) for r in ratios]
+    feats = [v.f0 + v.components[ks[:c]].sum(0) for c in counts]
+    images = v.render(torch.stack(feats))
+    cells = cells_of(target, v.run.players)
+    fig, axes = plt.subplots(2, len(ratios), figsize=(1.9 * len(ratios), 4.2), squeeze=False)
+    vr = v.run.config["value_range"]
+    for j, (count, image) in enumerate(zip(counts, images, strict=True)):
+        axes[0, j].imshow(to_rgb(image, vr), interpolation="nearest")
+        draw_grid(axes[0, j], v.grid, v.run.players, highlight=cells)
+        err = float(v.set_rel_error(image[None], target)[0])
+        axes[0, j].set_title(f"{count}/{len(ks)} comps\nrel. error {err:.2g}", fontsize=7)
+        w = np.array(region_weights(v, ks[:count]))
+        heat = np.exp(3 * w / w.max()) if count else np.ones_like(w)
+        axes[1, j].imshow(cell_map(list(heat), v.grid, v.run.players), cmap="inferno")
+        axes[1, j].set_title("action regions (exp)", fontsize=7)
+        for row in range(2):
+            axes[row, j].axis("off")
+    fig.suptitle(f"Fig. 3: incremental reconstruction of cells {cells}", fontsize=10)
+    fig.tight_layout()
+    return fig, axes
+
+
+def fig4_action_regions(v, salient: list[int], count: int = 16):
+    """Fig. 4: action regions of the most salient components."""
+    ks = salient[:count]
+    cols = min(8, max(len(ks), 1))
+    rows = max(1, -(-len(ks) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for j, k in enumerate(ks):
+        ax = axes.flat[j]
+        inside = [float(k >> i & 1) for i in range(v.n)]
+        ax.imshow(cell_map(inside, v.grid, v.run.players), cmap="Oranges", vmin=0, vmax=1.2)
+        ax.set_title(f"#{j + 1} |S|={k.bit_count()}\n|Δf|={float(v.norms[k]):.3g}", fontsize=7)
+    fig.suptitle(
+        "Fig. 4: action regions of the most salient components "
+        "(orange = cells of S_k, white = not a player)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig, axes
+
+
+def fig5_sparsity(metric, tau_norm: float | None):
+    """Fig. 5: all elements of all components sorted by magnitude, and component norms."""
+    d = metric.details
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    mags = d["sorted_magnitudes"]
+    axes[0].semilogy(mags["rank_fraction"], np.maximum(mags["magnitude"], 1e-12))
+    axes[0].set_xlabel("rank / number of elements")
+    axes[0].set_ylabel("|element|")
+    axes[0].set_title("all elements of all components", fontsize=9)
+    norms = d["norms_sorted"]
+    axes[1].semilogy(np.arange(1, len(norms) + 1) / max(len(norms), 1), np.maximum(norms, 1e-12))
+    if tau_norm:
+        axes[1].axhline(tau_norm, color="red", ls="--", lw=1, label="salient threshold")
+        axes[1].legend(fontsize=7)
+    axes[1].set_xlabel("rank / number of components")
+    axes[1].set_ylabel("||Δf_k||₂")
+    axes[1].set_title(
+        f"component norms; 90% of the energy in {metric.value:.0%} of them", fontsize=9
+    )
+    fig.suptitle("Fig. 5: sparsity", fontsize=10)
+    fig.tight_layout()
+    return fig, axes
+
+
+def _curves(ax, ratios, curves, mean, ylabel, log: bool):
+    for c in curves:
+        ax.plot(ratios, c, color="gray", alpha=0.35, lw=0.8)
+    ax.plot(ratios, mean, color="black", lw=2, label="mean")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("ratio p of the components added (largest norm first)")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+
+
+def _strip(axes, v, feats_by_p, target, ps):
+    images = v.render(feats_by_p)
+    cells = cells_of(target, v.run.players)
+    for ax, image, p in zip(axes, images, ps, strict=True):
+        ax.imshow(to_rgb(image, v.run.config["value_range"]), interpolation="nearest")
+        draw_grid(ax, v.grid, v.run.players, highlight=cells)
+        ax.set_title(f"p = {p:g}", fontsize=7)
+        ax.axis("off")
+
+
+def _curve_figure(v, metric, title, ylabel, ks_of, target, log):
+    from regprim.verification import RATIOS
+
+    fig = plt.figure(figsize=(10, 3.4))
+    ax = fig.add_axes((0.06, 0.15, 0.4, 0.72))
+    d = metric.details
+    curves = d.get("per_cell_curves") or d.get("curves")
+    _curves(ax, d["ratios"], curves, d["mean_curve"], ylabel, log)
+    ps = [0.0, 0.2, 0.5, 1.0]
+    feats = v.ratio_features(ks_of(target))[[RATIOS.index(p) for p in ps]]
+    strip = [fig.add_axes((0.52 + 0.12 * j, 0.15, 0.11, 0.65)) for j in range(len(ps))]
+    _strip(strip, v, feats, target, ps)
+    fig.suptitle(title, fontsize=10)
+    return fig, [ax, *strip]
+
+
+def fig6_irrelevant(v, metric):
+    return _curve_figure(
+        v,
+        metric,
+        "Fig. 6: components NOT covering cell i do not reconstruct it (cell of bit 0)",
+        "1 - error / baseline error on cell i",
+        v.not_covering,
+        1,
+        log=False,
+    )
+
+
+def fig7a(v, metric):
+    return _curve_figure(
+        v,
+        metric,
+        "Fig. 7a: components covering cell i reconstruct it (cell of bit 0 shown)",
+        "error / baseline error on cell i",
+        v.covering,
+        1,
+        log=True,
+    )
+
+
+def fig7b(v, metric):
+    target = metric.details["targets"][0]
+    return _curve_figure(
+        v,
+        metric,
+        f"Fig. 7b: components meeting a set S reconstruct it (S = cells "
+        f"{cells_of(target, v.run.players)} shown)",
+        "error / baseline error on S",
+        v.covering,
+        target,
+        log=True,
+    )
+
+
+def fig8_code_influence(v, codes: int = 5):
+    """Fig. 8: the same feature f rendered with other codes."""
+    class_index = v.run.summary.get("class_index")
+    others = v.gen.sample_codes(codes, 10_001, class_index)
+    with torch.no_grad():
+        images = [v.gen.g(v.f[None], c[None])[0] for c in others]
+    vr = v.run.config["value_range"]
+    fig, axes = plt.subplots(2, codes + 1, figsize=(1.9 * (codes + 1), 4), squeeze=False)
+    axes[0, 0].imshow(to_rgb(v.x, vr))
+    axes[0, 0].set_title("target code", fontsize=7)
+    axes[1, 0].axis("off")
+    lo, hi = vr
+    for j, image in enumerate(images, start=1):
+        axes[0, j].imshow(to_rgb(image, vr))
+        axes[0, j].set_title(f"other code {j}", fontsize=7)
+        change = ((image - v.x).abs().sum(0) / (hi - lo)).cpu().numpy()
+        axes[1, j].imshow(change, cmap="magma", vmin=0, vmax=max(float(change.max()), 1e-6))
+        axes[1, j].set_title(f"|change| max {change.max():.2g}", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    note = "" if v.gen.sees_code else " (g does not see the code: identical by construction)"
+    fig.suptitle("Fig. 8: the same feature f rendered with different codes" + note, fontsize=9)
     fig.tight_layout()
     return fig, axes

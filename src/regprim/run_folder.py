@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ CONFIG = "config.json"
 SUMMARY = "summary.json"
 TENSORS = "tensors.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
+METRICS = "metrics.json"
 REQUIRED_TENSORS = ("f", "f0", "image", "minimal_features", "components")
 
 
@@ -37,6 +39,7 @@ class Run:
     tensors: dict[str, Tensor]
     path: Path | None = None
     figures: dict[str, Any] = field(default_factory=dict, repr=False)
+    metrics: list[Any] | None = field(default=None, repr=False)
 
     @property
     def players(self) -> list[int]:
@@ -137,8 +140,10 @@ def load_checkpoint(out: Path, key: str) -> dict[str, Tensor] | None:
         return None
 
 
-def write_run(run: Run, out: Path, overwrite: bool = False) -> Path:
-    """Write ``run`` to ``out`` atomically; return the path."""
+def write_run(
+    run: Run, out: Path, overwrite: bool = False, extra: Callable[[Path], Any] | None = None
+) -> Path:
+    """Write ``run`` to ``out`` atomically; ``extra(folder)`` adds files before the rename."""
     check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.writing"
@@ -151,6 +156,8 @@ def write_run(run: Run, out: Path, overwrite: bool = False) -> Path:
         save_file(tensors, staging / TENSORS)
         for name, fig in run.figures.items():
             save_figure(fig, staging / name)
+        if extra is not None:
+            extra(staging)
         if out.exists():
             old = out.parent / f".{out.name}.old"
             shutil.rmtree(old, ignore_errors=True)
@@ -202,4 +209,12 @@ def load_run(path: str | Path) -> Run:
         if tensors[key].shape != (size, *tensors["f"].shape):
             shape = tuple(tensors[key].shape)
             raise _corrupt(path, f"{key} has shape {shape}, expected ({size}, *f.shape)")
-    return Run(config=config, summary=summary, tensors=tensors, path=path)
+    metrics = None
+    if (path / METRICS).is_file():
+        from regprim.verification import Metric
+
+        try:
+            metrics = [Metric(**m) for m in json.loads((path / METRICS).read_text())["metrics"]]
+        except (ValueError, KeyError, TypeError) as err:
+            raise _corrupt(path, f"{METRICS} does not parse: {err}") from err
+    return Run(config=config, summary=summary, tensors=tensors, path=path, metrics=metrics)
