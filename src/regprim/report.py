@@ -12,7 +12,6 @@ import base64
 import html
 import io
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ def paper_figures(v: Verifier, metrics: list[Metric]) -> dict[str, Any]:
 def _data_url(image: torch.Tensor, value_range, fmt: str = "PNG") -> str:
     arr = (figures.to_rgb(image, value_range) * 255).round().astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format=fmt, quality=92)
+    Image.fromarray(arr).save(buf, format=fmt, quality=92, subsampling=0)
     mime = "image/png" if fmt == "PNG" else "image/jpeg"
     return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode()}"
 
@@ -70,14 +69,16 @@ def explorer_data(v: Verifier) -> dict[str, Any]:
     ratios = EXPLORER_RATIOS if size * len(EXPLORER_RATIOS) <= MAX_EXPLORER_IMAGES else [1.0]
     vr = v.run.config["value_range"]
     by_norm = sorted(salient, key=lambda k: -float(v.norms[k]))
+    masks = torch.tensor(by_norm, dtype=torch.long)
+    cover = (torch.arange(size)[:, None] & masks[None, :]) != 0  # (2**n, m), by norm
+    rank = torch.cumsum(cover, dim=1)
+    comps = v.components[by_norm].flatten(1)
     images: list[list[str]] = []
     for p in ratios:
-        feats = []
-        for s in range(size):
-            ks = [k for k in by_norm if k & s]
-            ks = ks[: math.ceil(p * len(ks))]
-            feats.append(v.f0 + v.components[ks].sum(0) if ks else v.f0)
-        rendered = v.render(torch.stack(feats))
+        keep = torch.ceil(p * cover.sum(1, keepdim=True))
+        chosen = (cover & (rank <= keep)).to(comps.dtype).to(comps.device)
+        feats = v.f0 + (chosen @ comps).view(size, *v.f0.shape)
+        rendered = v.render(feats)
         images.append([_data_url(img, vr, "JPEG") for img in rendered])
     rows, cols = v.run.summary["grid"]
     return {
