@@ -111,11 +111,13 @@ def section_solver(args) -> None:
     cfg = SolverConfig()
     gen = load_model("dcgan-faces")
     start = time.perf_counter()
-    ours = explain(ExplainConfig(n=n, solver=cfg), generator=gen, progress=False)
+    ours = explain(ExplainConfig(n=n, solver=cfg), generator=gen, progress=False, verify=False)
     t_ours = time.perf_counter() - start
     paper_cfg = SolverConfig(warm_start="full", chunk=1)
     start = time.perf_counter()
-    paper = explain(ExplainConfig(n=n, solver=paper_cfg), generator=gen, progress=False)
+    paper = explain(
+        ExplainConfig(n=n, solver=paper_cfg), generator=gen, progress=False, verify=False
+    )
     t_paper = time.perf_counter() - start
     print(f"{'procedure':<44} {'wall (s)':>9} {'L1 mean':>8} {'max rel err':>12} {'top |Δf|':>9}")
     for name, run, t in [
@@ -153,6 +155,7 @@ def section_scaling(args) -> None:
                 "--out",
                 str(out),
                 "--quiet",
+                "--no-verify",
             ]
             start = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True)
@@ -202,7 +205,7 @@ def section_flops(args) -> None:
 def section_planted(args) -> None:
     print("\n## Planted recovery (n = 9, default settings)")
     cfg = ExplainConfig(model="planted", players=list(DEFAULT_PLAYERS), baseline_count=200)
-    run = explain(cfg, progress=False)
+    run = explain(cfg, progress=False, verify=False)
     truth = Planted().true_components(run.tensors["f"], run.f0, run.players)
     smallest = min(float(t.norm()) for t in truth.values())
     others = [k for k in range(1, 2**run.n) if k not in truth]

@@ -51,7 +51,7 @@ def test_eyes_128_is_conditional_and_runs_end_to_end():
 
 
 def test_every_builtin_model_loads():
-    for name in MODELS:
+    for name in [m for m in MODELS if not m.startswith("biggan")]:  # tests/test_biggan.py
         gen = load_model(name)
         feature, image = gen.shapes()
         assert len(image) == 3

@@ -22,6 +22,7 @@ def _explain_parser(sub) -> None:
         help="built-in name (see `regprim models`) or path/file.py:function",
     )
     p.add_argument("--layer", help="layer to cut at (default: the model's default)")
+    p.add_argument("--weights", help="weights file or folder (BigGAN: folder; 'random' init)")
     p.add_argument("--seed", type=int, default=0, help="seed of the target image's code")
     p.add_argument("--class", dest="class_index", help="class index or name (conditional models)")
     p.add_argument("--grid", default="6x6", help="ROWSxCOLS grid over the image")
@@ -53,6 +54,22 @@ def _explain_parser(sub) -> None:
         "--salient-tau", type=float, default=0.05, help="salient if ||Δf_k|| > tau * ||f - f0||"
     )
     p.add_argument("--salient-top", type=float, default=0.6, help="ratio kept by the top rule")
+    p.add_argument(
+        "--removal-threshold",
+        type=float,
+        default=0.1,
+        help="removal rule: image matches the baseline below this relative distance",
+    )
+    p.add_argument(
+        "--denoise", action="store_true", help="remove noise from the minimal features (Appendix G)"
+    )
+    p.add_argument(
+        "--denoise-tau",
+        type=float,
+        default=0.04,
+        help="noise bound per number, relative to |u(N) - f0|",
+    )
+    p.add_argument("--denoise-steps", type=int, default=300)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -77,6 +94,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     cfg = ExplainConfig(
         model=args.model,
         layer=args.layer,
+        weights=args.weights,
         seed=args.seed,
         class_index=args.class_index,
         grid=parse_grid(args.grid),
@@ -89,6 +107,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         salient_rule=args.salient_rule,
         salient_tau=args.salient_tau,
         salient_top=args.salient_top,
+        removal_threshold=args.removal_threshold,
+        denoise=args.denoise,
+        denoise_tau=args.denoise_tau,
+        denoise_steps=args.denoise_steps,
         device=args.device,
     )
     run = explain(
@@ -119,7 +141,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from regprim.run_folder import load_run
 
     run = load_run(args.run)
-    gen = load_model(run.config["model"], run.config["layer"], args.device)
+    gen = load_model(
+        run.config["model"], run.config["layer"], args.device, run.config.get("weights")
+    )
     metrics = write_verification(run, gen)
     _print_metrics(metrics)
     print(f"metrics.json, figures and {REPORT} written to {args.run}/")
@@ -132,11 +156,13 @@ def cmd_models(args: argparse.Namespace) -> int:
         try:
             gen = load_model(name)
         except (ModuleNotFoundError, FileNotFoundError) as err:
-            print(f"  (not available: {err})")
-            continue
+            if not name.startswith("biggan") or isinstance(err, ModuleNotFoundError):
+                print(f"  (not available: {err})")
+                continue
+            print("  (no weights here: shapes of a random initialisation; --weights FOLDER)")
+            gen = load_model(name, weights="random")
         for layer in gen.layers:
-            cut = load_model(name, layer)
-            feature, image = cut.shapes()
+            feature, image = gen.cut_at(layer).shapes()
             mark = " (default)" if layer == gen.layer else ""
             print(f"  {layer}: feature {tuple(feature)} -> image {tuple(image)}{mark}")
     print("your own: --model path/to/file.py:function (returns a regprim.SplitGenerator)")
@@ -162,6 +188,34 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stability(args: argparse.Namespace) -> int:
+    from regprim.explain import ExplainConfig
+    from regprim.report import write_verification
+    from regprim.run_folder import load_run
+    from regprim.stability import stability, write_stability
+
+    run = load_run(args.run)
+    cfg = ExplainConfig.from_dict(run.config)
+    gen = load_model(
+        run.config["model"], run.config["layer"], args.device, run.config.get("weights")
+    )
+    result = stability(
+        cfg, args.repeats, args.init_jitter, args.f0_noise, args.k, gen, progress=not args.quiet
+    )
+    write_stability(args.run, result)
+    write_verification(run, gen)
+    for name in ("raw", "denoised"):
+        r = result[name]
+        print(
+            f"{name:>9}: matched cosine {r['matched_cosine']:.3f}, matched region Jaccard "
+            f"{r['matched_region_jaccard']:.3f}, top-{args.k} set Jaccard "
+            f"{r['topk_set_jaccard']:.3f}, L1 {r['sparsity']['l1_total']:.4g}, 90% energy in "
+            f"{r['sparsity']['fraction_carrying_90pct']:.1%} of components"
+        )
+    print(f"stability.json and the report updated in {args.run}/")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="regprim", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         v = sub.add_parser(name, help=text)
         v.add_argument("run", type=Path, help="run folder written by `regprim explain`")
         v.add_argument("--device", default="cpu", help="cpu or cuda")
+    st = sub.add_parser("stability", help="re-explain with perturbations; compare components")
+    st.add_argument("run", type=Path, help="run folder written by `regprim explain`")
+    st.add_argument("--repeats", type=int, default=3, help="perturbed re-runs")
+    st.add_argument("--init-jitter", type=float, default=0.05, help="jitter of u(N)'s start")
+    st.add_argument("--f0-noise", type=float, default=0.01, help="noise on f0 (x std of f0)")
+    st.add_argument("--k", type=int, default=10, help="top-k components compared")
+    st.add_argument("--device", default="cpu")
+    st.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     handlers = {
         "explain": cmd_explain,
@@ -186,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "reconstruct": cmd_reconstruct,
         "verify": cmd_verify,
         "report": cmd_verify,
+        "stability": cmd_stability,
     }
     try:
         return handlers[args.command](args)

@@ -18,10 +18,15 @@ import torch
 
 import regprim
 from regprim.baseline import baseline
+from regprim.denoise import remove_noise
 from regprim.figures import components_figure, image_figure, target_figure
 from regprim.generator import SplitGenerator
 from regprim.interactions import or_interactions, universal_matching_residual
-from regprim.minimal_features import SolverConfig, solve_minimal_features
+from regprim.minimal_features import (
+    SolverConfig,
+    reconstruction_errors,
+    solve_minimal_features,
+)
 from regprim.models import DEFAULT_MODEL, load_model
 from regprim.regions import (
     PLAYER_RULES,
@@ -39,7 +44,7 @@ from regprim.run_folder import (
     save_checkpoint,
     write_run,
 )
-from regprim.salient import SALIENT_RULES, component_norms, select_salient
+from regprim.salient import SALIENT_RULES, component_norms, removal_salient, select_salient
 from regprim.verification import verify as verify_run
 
 
@@ -49,6 +54,7 @@ class ExplainConfig:
 
     model: str = DEFAULT_MODEL
     layer: str | None = None
+    weights: str | None = None
     seed: int = 0
     class_index: int | str | None = None
     grid: tuple[int, int] = (6, 6)
@@ -62,6 +68,11 @@ class ExplainConfig:
     salient_rule: str = "tau"
     salient_tau: float = 0.05
     salient_top: float = 0.6
+    removal_threshold: float = 0.1
+    denoise: bool = False
+    denoise_tau: float = 0.04
+    denoise_steps: int = 300
+    f0_noise: float = 0.0
     top_figure: int = 8
     device: str = "cpu"
     memory_budget_gb: float | None = None
@@ -82,6 +93,12 @@ class ExplainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExplainConfig:
+        """The settings of a saved ``config.json`` (metadata keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def available_memory_bytes() -> int:
@@ -170,6 +187,10 @@ def explain(
     class_index = gen.class_index(cfg.class_index)
 
     f0 = baseline(gen, cfg.baseline_count, cfg.baseline_seed).to(device)
+    if cfg.f0_noise:  # perturbed baseline, for stability studies
+        rng = torch.Generator().manual_seed(cfg.solver.seed)
+        noise = torch.randn(f0.shape, generator=rng).to(device)
+        f0 = f0 + cfg.f0_noise * f0.std() * noise
     code = gen.sample_codes(1, cfg.seed, class_index)
     with torch.no_grad():
         f = gen.d(code)[0]
@@ -206,14 +227,50 @@ def explain(
     if not torch.isfinite(residual).all():
         msg = "universal matching residual is not finite; the minimal features hold NaN or inf"
         raise ValueError(msg)
+    denoise_summary: dict[str, Any] = {}
+    extra_tensors: dict[str, torch.Tensor] = {}
+    used = components
+    if cfg.denoise:
+        dn = remove_noise(mf.u, f0, cfg.denoise_tau, cfg.denoise_steps)
+        rel_dn = reconstruction_errors(gen, code, f, f0, x, player_masks, dn.u, cfg.solver)
+        meets_dn = rel_dn < cfg.solver.constraint
+        used = dn.components
+        extra_tensors = {
+            "minimal_features_denoised": dn.u,
+            "components_denoised": dn.components,
+            "rel_error_denoised": rel_dn,
+        }
+        denoise_summary = {
+            "tau_rel": dn.tau_rel,
+            "steps": dn.steps,
+            "seconds": dn.seconds,
+            "l1_before": dn.l1_before,
+            "l1_after": dn.l1_after,
+            "subsets_meeting_constraint": float(meets_dn.float().mean()),
+            "subsets_failing_constraint": torch.nonzero(~meets_dn).flatten().tolist(),
+            "universal_matching_max_rel_residual": float(
+                universal_matching_residual(dn.u, dn.components, f0).max()
+            ),
+        }
     scale = float((f - f0).norm())
-    salient = select_salient(components, scale, cfg.salient_rule, cfg.salient_tau, cfg.salient_top)
-    norms = component_norms(components)
+    rules = {
+        "tau": select_salient(used, scale, "tau", cfg.salient_tau),
+        "top": select_salient(used, scale, "top", top=cfg.salient_top),
+        "removal": removal_salient(
+            used,
+            f0,
+            lambda feats: torch.cat([gen.g(c, code) for c in feats.split(mf.chunk)]),
+            player_masks,
+            cfg.removal_threshold,
+        ),
+    }
+    salient = rules[cfg.salient_rule]
+    norms = component_norms(used)
 
     title = f"{gen.name} seed {cfg.seed}" + (f" class {class_index}" if gen.num_classes else "")
     top = salient[: cfg.top_figure].tolist()
     with torch.no_grad():
-        rendered = list(gen.g(f0 + components[top], code)) if top else []
+        rendered = list(gen.g(f0 + used[top], code)) if top else []
     figures = {
         "target.png": target_figure(x, gen.value_range, grid, players, f"target: {title}")[0],
         "baseline.png": image_figure(baseline_image, gen.value_range, "baseline g(f0)")[0],
@@ -247,11 +304,15 @@ def explain(
         "rel_error_median": float(mf.rel_error[1:].median()) if n else 0.0,
         "rel_error_max": float(mf.rel_error.max()),
         "constraint": cfg.solver.constraint,
+        "components_used": "denoised" if cfg.denoise else "raw",
+        "denoise": denoise_summary,
         "salient_rule": cfg.salient_rule,
+        "salient_counts": {rule: len(ks) for rule, ks in rules.items()},
         "salient": salient.tolist(),
         "salient_norms": [float(norms[k]) for k in salient],
         "feature_change_norm": scale,
         "mean_passes_per_subset": float(mf.passes[1:].float().mean()) if n else 0.0,
+        "chunk": mf.chunk,
         "device": str(device),
         "wall_seconds": time.perf_counter() - start,
         "peak_memory_bytes": peak_memory_bytes(device),
@@ -276,6 +337,7 @@ def explain(
         "meets_constraint": mf.meets.to(torch.uint8),
         "passes": mf.passes,
         "universal_matching_residual": residual,
+        **extra_tensors,
     }
     run = Run(config=config, summary=summary, tensors=tensors, figures=figures)
 

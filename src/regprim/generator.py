@@ -139,6 +139,11 @@ class SplitGenerator:
                 classes = torch.full((count,), class_index, dtype=torch.long)
         return self.sampler(count, rng, classes).to(self.device)
 
+    def cut_at(self, layer: str) -> SplitGenerator:
+        """The same model cut at another layer (sharing its modules)."""
+        msg = f"{type(self).__name__} cannot be re-cut; build it again with layer={layer!r}"
+        raise NotImplementedError(msg)
+
     @torch.no_grad()
     def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(feature_shape, image_shape) of one sample."""
@@ -160,6 +165,7 @@ class SequentialSplit(SplitGenerator):
     ) -> None:
         """``cut_points`` maps readable layer names to child names of ``model``, in order."""
         super().__init__(layer=layer, layers=tuple(cut_points), **kwargs)
+        self.cut_points, self.kwargs = cut_points, kwargs
         if layer not in cut_points:
             msg = (
                 f"unknown layer {layer!r} for model {self.name!r}; valid layers: {list(cut_points)}"
@@ -174,6 +180,11 @@ class SequentialSplit(SplitGenerator):
 
     def modules(self) -> list[nn.Module]:
         return [self.model, self.tail]
+
+    def cut_at(self, layer: str) -> SequentialSplit:
+        return SequentialSplit(
+            self.model, self.cut_points, layer, self.code_to_input, **self.kwargs
+        ).freeze()
 
     def freeze(self) -> SequentialSplit:
         """Eval mode, no parameter gradients, and the tail's BatchNorms folded into the

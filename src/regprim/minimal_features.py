@@ -67,6 +67,8 @@ class SolverConfig:
     warm_start: str = "parent"
     full_steps: int = 200
     precision: str = "float32"
+    init_jitter: float = 0.0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.sparsity not in SPARSITY:
@@ -81,10 +83,16 @@ class SolverConfig:
         if self.precision not in PRECISIONS:
             msg = f"precision {self.precision!r} is not one of {list(PRECISIONS)}"
             raise ValueError(msg)
-        for name in ("steps", "full_steps", "chunk"):
+        if self.chunk < 0:
+            msg = f"solver chunk={self.chunk} must be >= 0 (0 = chosen from free memory)"
+            raise ValueError(msg)
+        for name in ("steps", "full_steps"):
             if getattr(self, name) < 1:
                 msg = f"solver {name}={getattr(self, name)} must be at least 1"
                 raise ValueError(msg)
+        if not 0 <= self.init_jitter < 1:
+            msg = f"init_jitter={self.init_jitter} must be in [0, 1)"
+            raise ValueError(msg)
         for name in ("lr", "lam", "constraint"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
@@ -101,12 +109,14 @@ class MinimalFeatures:
         rel_error: ``(2**n,)`` masked squared error of ``g(u(S))`` on S over that of ``g(f0)``.
         meets: ``(2**n,)`` bool, ``rel_error < constraint``.
         passes: generator passes (forward + input gradient) spent on each subset.
+        chunk: subsets optimised together.
     """
 
     u: Tensor
     rel_error: Tensor
     meets: Tensor
     passes: Tensor
+    chunk: int
 
 
 class Problem:
@@ -165,6 +175,23 @@ class Problem:
             grad = grad / self.df.numel()
         return grad
 
+    def auto_chunk(self) -> int:
+        """Subsets per chunk: on CUDA from the free memory and a measured two-subset pass; on
+        the CPU the 32 that keeps the caches warm (docs/method-choices.md)."""
+        if self.x.device.type != "cuda":
+            return 32
+        device = self.x.device
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        alpha = torch.ones(2, *self.df.shape, device=device)
+        masks, _ = self.masks(torch.tensor([1, 1]))
+        self.reach(alpha, masks)
+        per_subset = (torch.cuda.max_memory_allocated(device) - before) / 2
+        per_subset += 6 * self.df.numel() * 4  # alpha, Adam moments, gradient, u, probe
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(1, min(512, int(0.6 * free / per_subset)))
+
     def reach(self, alpha: Tensor, masks: Tensor) -> Tensor:
         """Which numbers have a path to the pixels of each subset at ``alpha`` (bool, alpha's
         shape): the gradient of a random projection of the masked image is non-zero exactly
@@ -222,6 +249,29 @@ class Problem:
         return alpha, rel
 
 
+def reconstruction_errors(
+    gen: SplitGenerator,
+    code: Tensor,
+    f: Tensor,
+    f0: Tensor,
+    x: Tensor,
+    player_masks: Tensor,
+    u: Tensor,
+    cfg: SolverConfig,
+) -> Tensor:
+    """Relative masked error of ``g(u(S))`` on the cells of S for every subset: ``(2**n,)``
+    (0 for the empty set)."""
+    problem = Problem(gen, code, f, f0, x, player_masks, cfg)
+    size = u.shape[0]
+    out = torch.zeros(size, dtype=x.dtype, device=x.device)
+    chunk = cfg.chunk or problem.auto_chunk()
+    for start in range(1, size, chunk):
+        subsets = torch.arange(start, min(start + chunk, size))
+        masks, _ = problem.masks(subsets)
+        out[subsets.to(out.device)] = problem.relative_errors(u[subsets.to(u.device)], masks)
+    return out
+
+
 def subsets_of_size(n: int, k: int) -> list[int]:
     """Bitmasks with ``k`` of ``n`` bits set, increasing."""
     return [s for s in range(2**n) if s.bit_count() == k]
@@ -270,13 +320,17 @@ def solve_minimal_features(
     else:
         state = {k: v.to(f.device) for k, v in done.items()}
     full = size - 1
+    chunk = cfg.chunk or problem.auto_chunk()
     bar = tqdm(total=size - 1, desc="minimal features", unit="subset", disable=not progress)
     bar.update(int(state["solved"].sum()) - 1)
     ones = torch.ones(1, *f.shape, dtype=f.dtype, device=f.device)
+    if cfg.init_jitter:  # perturbed start of u(N), for stability studies
+        rng = torch.Generator().manual_seed(cfg.seed)
+        ones = ones - cfg.init_jitter * torch.rand(ones.shape, generator=rng).to(ones.device)
     for level in range(n, 0, -1):
         todo = [s for s in subsets_of_size(n, level) if not state["solved"][s]]
-        for start in range(0, len(todo), cfg.chunk):
-            subsets = torch.tensor(todo[start : start + cfg.chunk])
+        for start in range(0, len(todo), chunk):
+            subsets = torch.tensor(todo[start : start + chunk])
             if level == n:
                 alpha0 = ones
             elif cfg.warm_start == "full":
@@ -297,4 +351,5 @@ def solve_minimal_features(
     u[0] = f0
     rel = state["rel_error"]
     meets = rel < cfg.constraint
-    return MinimalFeatures(u=u, rel_error=rel, meets=meets, passes=state["passes"].cpu())
+    passes = state["passes"].cpu()
+    return MinimalFeatures(u=u, rel_error=rel, meets=meets, passes=passes, chunk=chunk)

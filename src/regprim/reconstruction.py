@@ -61,7 +61,9 @@ def reconstruct_run(
     if target == 0:
         msg = "no cells given; name at least one player cell, e.g. --cells 14"
         raise ValueError(msg)
-    gen = generator or load_model(run.config["model"], run.config["layer"])
+    gen = generator or load_model(
+        run.config["model"], run.config["layer"], weights=run.config.get("weights")
+    )
     chosen = run.salient if salient_only else None
     code = run.tensors["code"][None].to(gen.device)
     image = reconstruct(gen, code, run.components, run.f0, target, chosen)

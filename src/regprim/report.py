@@ -27,6 +27,7 @@ from regprim.run_folder import METRICS, save_figure
 from regprim.verification import Metric, Verifier, metrics_json, verify
 
 REPORT = "report.html"
+STABILITY = "stability.json"
 EXPLORER_RATIOS = [0.25, 0.5, 0.75, 1.0]
 MAX_EXPLORER_IMAGES = 8192
 
@@ -100,7 +101,34 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-def render_html(run, metrics: list[Metric], figure_files: list[Path], data: dict[str, Any]) -> str:
+def stability_html(result: dict[str, Any] | None) -> str:
+    if not result:
+        return "<p>Not measured; run <code>regprim stability RUN</code>.</p>"
+    head = (
+        f"<p>{result['repeats']} re-runs with u(N)'s start jittered by {result['init_jitter']} "
+        f"and noise {result['f0_noise']} x std on f0; top-{result['k']} components matched to "
+        "the unperturbed run.</p><table><tr><th></th><th>matched cosine</th>"
+        "<th>matched region Jaccard</th><th>top-k set Jaccard</th><th>total L1</th>"
+        "<th>components with 90% of the energy</th></tr>"
+    )
+    rows = "".join(
+        f"<tr><td>{name}</td><td class=num>{r['matched_cosine']:.3f}</td>"
+        f"<td class=num>{r['matched_region_jaccard']:.3f}</td>"
+        f"<td class=num>{r['topk_set_jaccard']:.3f}</td>"
+        f"<td class=num>{r['sparsity']['l1_total']:.4g}</td>"
+        f"<td class=num>{r['sparsity']['fraction_carrying_90pct']:.1%}</td></tr>"
+        for name, r in ((n, result[n]) for n in ("raw", "denoised"))
+    )
+    return head + rows + "</table>"
+
+
+def render_html(
+    run,
+    metrics: list[Metric],
+    figure_files: list[Path],
+    data: dict[str, Any],
+    stability: dict[str, Any] | None = None,
+) -> str:
     s, c = run.summary, run.config
     rows = "".join(
         f"<tr><td>{html.escape(m.name)}</td><td class=num>{_fmt(m.value)}</td>"
@@ -128,6 +156,16 @@ def render_html(run, metrics: list[Metric], figure_files: list[Path], data: dict
         "regprim": c.get("regprim_version"),
         "created": c.get("created"),
     }
+    if s.get("salient_counts"):
+        settings["components kept by each salient rule"] = s["salient_counts"]
+    settings["components used"] = s.get("components_used", "raw")
+    if s.get("denoise"):
+        d = s["denoise"]
+        settings["noise removal"] = (
+            f"tau {d['tau_rel']}, {d['steps']} steps, {d['seconds']:.1f} s, total L1 "
+            f"{d['l1_before']:.4g} -> {d['l1_after']:.4g}, subsets meeting constraint "
+            f"{d['subsets_meeting_constraint']:.3f}"
+        )
     settings_rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
         for k, v in settings.items()
@@ -142,6 +180,7 @@ def render_html(run, metrics: list[Metric], figure_files: list[Path], data: dict
         settings=settings_rows,
         metrics=rows,
         figures=figs,
+        stability=stability_html(stability),
         data=json.dumps(data).replace("</", "<\\/"),
     )
 
@@ -160,7 +199,14 @@ def write_verification(run, gen: SplitGenerator, folder: Path | None = None) -> 
         files.append(save_figure(fig, folder / name))
         plt.close(fig)
     shown = [folder / n for n in ("target.png", "baseline.png", "components.png")]
-    page = render_html(run, metrics, [p for p in shown if p.is_file()] + files, explorer_data(v))
+    stab = folder / STABILITY
+    page = render_html(
+        run,
+        metrics,
+        [p for p in shown if p.is_file()] + files,
+        explorer_data(v),
+        json.loads(stab.read_text()) if stab.is_file() else None,
+    )
     tmp = folder / f".{REPORT}.tmp{os.getpid()}"
     tmp.write_text(page)
     os.replace(tmp, folder / REPORT)
@@ -202,6 +248,7 @@ fraction p of them. Reconstructions are precomputed for every subset.</p>
   <input id="ratio" type="range" min="0" step="1" value="0" style="width:320px"></div>
  <div><div id="count"></div><div id="list"></div></div>
 </div>
+<h2>Stability</h2>{stability}
 <h2>Figures</h2>{figures}
 <script id="data" type="application/json">{data}</script>
 <script>

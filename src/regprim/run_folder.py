@@ -50,12 +50,18 @@ class Run:
         return int(self.summary["n"])
 
     @property
+    def denoised(self) -> bool:
+        return self.summary.get("components_used") == "denoised"
+
+    @property
     def components(self) -> Tensor:
-        return self.tensors["components"]
+        """The components the run uses: the denoised ones after ``--denoise``, else the raw."""
+        return self.tensors["components_denoised" if self.denoised else "components"]
 
     @property
     def minimal_features(self) -> Tensor:
-        return self.tensors["minimal_features"]
+        """Minimal features matching :attr:`components`."""
+        return self.tensors["minimal_features_denoised" if self.denoised else "minimal_features"]
 
     @property
     def f0(self) -> Tensor:

@@ -7,16 +7,19 @@ Components are ranked by L2 norm. Two rules choose the salient set:
   models and layers.
 - ``"top"``: the ``top`` ratio of the non-zero components with the largest norms (Appendix H
   found the top 60% salient for most samples).
+- ``"removal"``: remove components by decreasing norm until the image matches the baseline image
+  (Appendix H; :func:`removal_salient` states the similarity rule). It needs the generator.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-SALIENT_RULES = ("tau", "top")
+SALIENT_RULES = ("tau", "top", "removal")
 
 
 def component_norms(components: Tensor) -> Tensor:
@@ -47,5 +50,39 @@ def select_salient(
             raise ValueError(msg)
         nonzero = order[norms[order] > 0]
         return nonzero[: math.ceil(top * len(nonzero))]
-    msg = f"salient rule {rule!r} is not one of {list(SALIENT_RULES)}"
+    msg = f"salient rule {rule!r} is not one of {list(SALIENT_RULES[:2])} (or use removal_salient)"
     raise ValueError(msg)
+
+
+@torch.no_grad()
+def removal_salient(
+    components: Tensor,
+    f0: Tensor,
+    render: Callable[[Tensor], Tensor],
+    player_masks: Tensor,
+    threshold: float = 0.1,
+) -> Tensor:
+    """Appendix H: remove components in descending norm order until the image matches the
+    baseline image; the removed ones are salient.
+
+    Starting from ``f0 + sum of all components`` (= u(N)), the image after removing the j
+    largest components is compared with ``g(f0)`` on the player cells: it "matches" when the
+    squared distance is below ``threshold`` times that of the starting image. Returns the
+    bitmasks of the removed components, by decreasing norm.
+    """
+    if not 0 < threshold < 1:
+        msg = f"removal threshold {threshold} must be in (0, 1), e.g. 0.1"
+        raise ValueError(msg)
+    norms = component_norms(components)
+    order = torch.argsort(norms, descending=True, stable=True)
+    order = order[(order != 0) & (norms[order] > 0)]
+    start = f0 + components.sum(0)
+    removed = torch.cumsum(components[order], dim=0)
+    features = torch.cat([start[None], start - removed])  # (m + 1, ...): j removed
+    images = render(features)
+    target = render(f0[None])
+    pixels = player_masks.any(0)
+    dist = ((images - target) ** 2).sum(1)[:, pixels].sum(1)
+    below = torch.nonzero(dist < threshold * dist[0].clamp_min(1e-30)).flatten()
+    count = int(below[0]) if len(below) else len(order)
+    return order[:count]

@@ -257,7 +257,7 @@ class Verifier:
 
     def minimal_feature_quality(self) -> Metric:
         u = self.run.minimal_features
-        rel = self.run.tensors["rel_error"]
+        rel = self.run.tensors["rel_error_denoised" if self.run.denoised else "rel_error"]
         size = (u - self.run.f0).abs().flatten(1).sum(1)
         levels = torch.tensor([s.bit_count() for s in range(2**self.n)])
         by_size = {str(k): float(size[levels == k].mean()) for k in range(self.n + 1)}

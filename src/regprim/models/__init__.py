@@ -13,9 +13,11 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from regprim.generator import SplitGenerator
+from regprim.models.biggan import biggan
 from regprim.models.dcgan import dcgan_faces, eyes_128
 from regprim.models.planted import planted
 
@@ -25,6 +27,9 @@ MODELS: dict[str, tuple[Callable[..., SplitGenerator], str]] = {
     "dcgan-faces": (dcgan_faces, "pretrained 64x64 faces DCGAN (gan-face-generate 1.1.1)"),
     "eyes-128": (eyes_128, "pretrained class-conditional 128x128 eyes DCGAN, 8 colours"),
     "planted": (planted, "48x48 generator with 8 planted primitives (ground truth known)"),
+    "biggan-deep-128": (partial(biggan, resolution=128), "BigGAN-deep 128 (local weights)"),
+    "biggan-deep-256": (partial(biggan, resolution=256), "BigGAN-deep 256 (local weights)"),
+    "biggan-deep-512": (partial(biggan, resolution=512), "BigGAN-deep 512 (local weights)"),
 }
 
 
@@ -51,8 +56,13 @@ def _user_factory(spec: str) -> Callable[..., SplitGenerator]:
     return getattr(module, func)
 
 
-def load_model(spec: str, layer: str | None = None, device: str = "cpu") -> SplitGenerator:
-    """A split generator by built-in name or ``file.py:function`` / ``module:function``."""
+def load_model(
+    spec: str, layer: str | None = None, device: str = "cpu", weights: str | None = None
+) -> SplitGenerator:
+    """A split generator by built-in name or ``file.py:function`` / ``module:function``.
+
+    ``weights`` is passed to the factory when given (a weights file or folder; ``"random"``
+    for BigGAN's random initialisation)."""
     if spec in MODELS:
         factory = MODELS[spec][0]
     elif ":" in spec:
@@ -63,7 +73,8 @@ def load_model(spec: str, layer: str | None = None, device: str = "cpu") -> Spli
             "or your own as path/to/file.py:function or package.module:function"
         )
         raise ValueError(msg)
-    gen = factory(layer=layer) if layer is not None else factory()
+    kwargs = {k: v for k, v in (("layer", layer), ("weights", weights)) if v is not None}
+    gen = factory(**kwargs)
     if not isinstance(gen, SplitGenerator):
         msg = f"{spec} returned {type(gen).__name__}, not a regprim.SplitGenerator"
         raise TypeError(msg)

@@ -67,8 +67,14 @@ def package_file(package: str, filename: str, install: str) -> Path:
     return path
 
 
-def load_state_dict(module: nn.Module, path: Path, key: str | None = None) -> None:
-    """Load weights from ``path`` (``weights_only=True``) and check they fit ``module``."""
+def load_state_dict(
+    module: nn.Module, path: Path, key: str | None = None, allow_missing: bool = False
+) -> None:
+    """Load weights from ``path`` (``weights_only=True``) and check they fit ``module``.
+
+    ``allow_missing`` accepts a file without some of the module's keys (they keep their
+    initial values), as BigGAN's own loader does; present keys must still match in shape.
+    """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated zip files, non-tensor payloads
@@ -87,7 +93,8 @@ def load_state_dict(module: nn.Module, path: Path, key: str | None = None) -> No
     bad = [
         k
         for k, v in expected.items()
-        if k not in obj or not isinstance(obj[k], torch.Tensor) or obj[k].shape != v.shape
+        if (k not in obj and not allow_missing)
+        or (k in obj and (not isinstance(obj[k], torch.Tensor) or obj[k].shape != v.shape))
     ]
     if bad or set(obj) - set(expected):
         msg = (
@@ -95,7 +102,7 @@ def load_state_dict(module: nn.Module, path: Path, key: str | None = None) -> No
             f"{bad[:5]}, unexpected {sorted(set(obj) - set(expected))[:5]}"
         )
         raise ValueError(msg)
-    module.load_state_dict(obj)
+    module.load_state_dict(obj, strict=not allow_missing)
 
 
 def dcgan_faces(layer: str | None = None, weights: str | Path | None = None) -> SequentialSplit:

@@ -77,6 +77,12 @@ class Planted(SplitGenerator):
     def modules(self) -> list[nn.Module]:
         return [self.decoder]
 
+    def cut_at(self, layer: str) -> Planted:
+        if layer != "features":
+            msg = f"unknown layer {layer!r} for model 'planted'; valid layers: ['features']"
+            raise ValueError(msg)
+        return self
+
     def d(self, code: Tensor) -> Tensor:
         return 0.5 + code.view(code.shape[0], *self.feature_shape)
 
