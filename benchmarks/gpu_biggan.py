@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,11 +50,10 @@ def main() -> None:
         start = time.perf_counter()
         run = explain(
             cfg,
-            out=args.out / precision,
+            out=Path(tempfile.mkdtemp()) / precision,  # the run folders stay on the machine
             generator=gen,
             progress=False,
             verify=False,
-            overwrite=True,
         )
         torch.cuda.synchronize()
         wall = time.perf_counter() - start
@@ -72,6 +72,7 @@ def main() -> None:
         }
         results.append(row)
         print(json.dumps(row))
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_biggan.json").write_text(json.dumps(results, indent=2))
 
 

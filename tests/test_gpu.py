@@ -1,0 +1,35 @@
+"""CUDA path (run with `pytest -m gpu` on a machine with a GPU; CI has none)."""
+
+import pytest
+import torch
+
+from regprim import ExplainConfig, SolverConfig, explain
+from regprim.models.planted import DEFAULT_PLAYERS
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def test_planted_on_cuda_matches_cpu():
+    cfg = dict(model="planted", players=list(DEFAULT_PLAYERS), baseline_count=200)
+    cpu = explain(ExplainConfig(**cfg), progress=False, verify=False)
+    gpu = explain(ExplainConfig(**cfg, device="cuda"), progress=False)
+    assert sorted(gpu.summary["salient"]) == sorted(cpu.summary["salient"])
+    diff = (gpu.minimal_features.cpu() - cpu.minimal_features).abs().max()
+    assert diff < 1e-3
+    assert gpu.summary["peak_memory_bytes"] > 0
+
+
+def test_dcgan_on_cuda_with_auto_chunk_and_bf16():
+    cfg = ExplainConfig(
+        model="dcgan-faces",
+        n=4,
+        baseline_count=100,
+        device="cuda",
+        solver=SolverConfig(chunk=0, precision="bfloat16"),
+    )
+    run = explain(cfg, progress=False)
+    assert run.summary["chunk"] >= 1
+    assert run.summary["subsets_meeting_constraint"] == 1.0
