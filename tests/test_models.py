@@ -156,3 +156,17 @@ def test_user_model_from_file(tmp_path):
         progress=False,
     )
     assert run.summary["model"] == "mygen"
+
+
+def test_split_at_picks_the_cheaper_split():
+    from regprim import split_at
+    from regprim.generator import SequentialSplit
+
+    seq = _tiny_sequential()
+    assert isinstance(split_at(seq, "1", code_dim=6), SequentialSplit)
+    skip = SkipGenerator()
+    hooked = split_at(skip, "mid", code_dim=4)
+    assert isinstance(hooked, HookSplit)
+    code = hooked.sample_codes(2, 0)
+    with torch.no_grad():
+        torch.testing.assert_close(hooked.g(hooked.d(code), code), skip(code))

@@ -15,7 +15,12 @@ The pipeline reads as the paper does, one module per step::
 __version__ = "0.1.0"
 
 from regprim.explain import ExplainConfig, explain  # noqa: E402
-from regprim.generator import HookSplit, SplitGenerator, split_sequential  # noqa: E402
+from regprim.generator import (  # noqa: E402
+    HookSplit,
+    SplitGenerator,
+    split_at,
+    split_sequential,
+)
 from regprim.interactions import or_interactions, universal_matching_residual  # noqa: E402
 from regprim.minimal_features import SolverConfig  # noqa: E402
 from regprim.models import MODELS, load_model  # noqa: E402
@@ -35,6 +40,7 @@ __all__ = [
     "or_interactions",
     "reconstruct",
     "reconstruct_run",
+    "split_at",
     "split_sequential",
     "universal_matching_residual",
 ]

@@ -69,7 +69,7 @@ def _explain_parser(sub) -> None:
         default=0.04,
         help="noise bound per number, relative to |u(N) - f0|",
     )
-    p.add_argument("--denoise-steps", type=int, default=300)
+    p.add_argument("--denoise-steps", type=int, default=100)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")

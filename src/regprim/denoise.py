@@ -3,10 +3,11 @@ components sparse.
 
 Learn ``q_S in [-tau, tau]^D`` for every subset (``q_empty = 0``) and minimise
 ``sum_S ||I_or(S | u + q)||_1``. The objective is separable over the D numbers (one linear
-program per number, 2**n variables each); here it is solved for all numbers at once by projected
-Adam on q with a cosine step (as the AND-OR interaction work solves its noise terms by projected
-SGD), where the subgradient ``A^T sign(I_or(u + q))`` costs two butterflies: the OR transform and
-its transpose, the superset Moebius transform, ``O(n 2**n D)`` each. ``tau`` is
+program per number, 2**n variables each); here it is solved by projected Adam on q with a cosine
+step (as the AND-OR interaction work solves its noise terms by projected SGD), vectorised over
+blocks of 512 numbers that stay in the CPU caches for all their steps. The subgradient
+``A^T sign(I_or(u + q))`` costs two butterflies: the OR transform and its transpose, the superset
+Moebius transform, ``O(n 2**n D)`` each. ``tau`` is
 ``tau_rel * |u(N) - f0|`` per number: a correction never exceeds that fraction of the number's
 own change from the baseline.
 """
@@ -56,13 +57,20 @@ class Denoised:
 
 
 def remove_noise(
-    u: Tensor, f0: Tensor, tau_rel: float = 0.04, steps: int = 300, lr: float = 0.1
+    u: Tensor,
+    f0: Tensor,
+    tau_rel: float = 0.04,
+    steps: int = 100,
+    lr: float = 0.1,
+    block: int = 512,
 ) -> Denoised:
     """Appendix G on minimal features ``u`` ``(2**n, *feature_shape)``.
 
     Args:
         tau_rel: bound of the correction per number, relative to ``|u(N) - f0|``.
         steps: projected Adam steps (cosine schedule from ``lr * tau`` to zero).
+        block: numbers optimised together. The problem is separable over numbers, so blocks
+            that fit the CPU caches run all their steps before the next block starts.
     """
     if not 0 <= tau_rel < 1:
         msg = f"noise bound tau_rel={tau_rel} must be in [0, 1), e.g. 0.04"
@@ -71,20 +79,34 @@ def remove_noise(
         msg = f"denoise steps={steps} must be at least 1"
         raise ValueError(msg)
     start = time.perf_counter()
-    tau = tau_rel * (u[-1] - f0).abs()
-    comps = or_interactions(u)
-    l1_before = float(comps.abs().sum())
+    flat = u.reshape(u.shape[0], -1)
+    tau = tau_rel * (flat[-1] - f0.reshape(-1)).abs()
+    out = torch.empty_like(flat)
+    for lo in range(0, flat.shape[1], block):
+        cols = slice(lo, lo + block)
+        out[:, cols] = _denoise_block(flat[:, cols].contiguous(), tau[cols], steps, lr)
+    before = or_interactions(u)
+    after = or_interactions(out.view_as(u))
+    return Denoised(
+        u=out.view_as(u),
+        components=after,
+        l1_before=float(before.abs().sum()),
+        l1_after=float(after.abs().sum()),
+        tau_rel=tau_rel,
+        steps=steps,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _denoise_block(u: Tensor, tau: Tensor, steps: int, lr: float) -> Tensor:
+    """Projected Adam on q for a ``(2**n, b)`` block; returns ``u + q`` (or ``u`` if the
+    correction did not lower the objective)."""
     q = torch.zeros_like(u)
     m = torch.zeros_like(u)
     v = torch.zeros_like(u)
-    best, best_q = l1_before, q.clone()
     beta1, beta2, eps = 0.9, 0.999, 1e-12
     for t in range(1, steps + 1):
-        c = or_interactions(u + q)
-        value = float(c.abs().sum())
-        if value < best:
-            best, best_q = value, q.clone()
-        grad = or_transpose(torch.sign(c))
+        grad = or_transpose(torch.sign(or_interactions(u + q)))
         grad[0] = 0
         m.lerp_(grad, 1 - beta1)
         v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -92,15 +114,6 @@ def remove_noise(
         denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
         q.addcdiv_(m * tau, denom, value=-rate)
         q = torch.maximum(torch.minimum(q, tau), -tau)
-    final = or_interactions(u + q)
-    if float(final.abs().sum()) > best:
-        q, final = best_q, or_interactions(u + best_q)
-    return Denoised(
-        u=u + q,
-        components=final,
-        l1_before=l1_before,
-        l1_after=float(final.abs().sum()),
-        tau_rel=tau_rel,
-        steps=steps,
-        seconds=time.perf_counter() - start,
-    )
+    if or_interactions(u + q).abs().sum() > or_interactions(u).abs().sum():
+        return u
+    return u + q

@@ -71,7 +71,7 @@ class ExplainConfig:
     removal_threshold: float = 0.1
     denoise: bool = False
     denoise_tau: float = 0.04
-    denoise_steps: int = 300
+    denoise_steps: int = 100
     f0_noise: float = 0.0
     top_figure: int = 8
     device: str = "cpu"

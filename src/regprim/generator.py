@@ -307,3 +307,36 @@ class HookSplit(SplitGenerator):
             return self.forward(self.model, code)
         finally:
             handle.remove()
+
+
+def split_at(
+    model: nn.Module,
+    layer: str,
+    *,
+    code_dim: int,
+    forward: Callable[[nn.Module, Tensor], Tensor] | None = None,
+    name: str = "custom",
+    sampler: CodeSampler | None = None,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+) -> SplitGenerator:
+    """Cut ``model`` at the module named ``layer``, by the cheapest means it allows.
+
+    An ``nn.Sequential`` cut at one of its children with no ``forward`` given is sliced
+    (:func:`split_sequential`: ``g`` runs only the layers after the cut). Anything else is cut
+    with hooks (:class:`HookSplit`: a full forward per evaluation); ``forward(model, code)``
+    then runs the model on codes (default: ``model(code)``).
+    """
+    children = [n for n, _ in model.named_children()]
+    if isinstance(model, nn.Sequential) and forward is None and layer in children[:-1]:
+        return split_sequential(
+            model, layer, name=name, code_dim=code_dim, sampler=sampler, value_range=value_range
+        )
+    return HookSplit(
+        model,
+        layer,
+        forward or (lambda m, z: m(z)),
+        name=name,
+        code_dim=code_dim,
+        sampler=sampler or gaussian_sampler(code_dim),
+        value_range=value_range,
+    )
