@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 
 from regprim.explain import ExplainConfig, explain
-from regprim.minimal_features import REDUCTIONS, SPARSITY, SolverConfig
+from regprim.minimal_features import (
+    PRECISIONS,
+    REDUCTIONS,
+    SPARSITY,
+    WARM_STARTS,
+    SolverConfig,
+)
 from regprim.models import DEFAULT_MODEL, MODELS, load_model
 from regprim.regions import PLAYER_RULES, Grid, parse_cells, parse_grid
 from regprim.salient import SALIENT_RULES
@@ -42,7 +48,22 @@ def _explain_parser(sub) -> None:
     p.add_argument("--lam", type=float, default=d.lam, help="lambda of the reconstruction term")
     p.add_argument("--sparsity", choices=SPARSITY, default=d.sparsity)
     p.add_argument("--reduction", choices=REDUCTIONS, default=d.reduction)
-    p.add_argument("--chunk", type=int, default=d.chunk, help="subsets optimised together")
+    p.add_argument(
+        "--chunk", type=int, default=d.chunk, help="subsets optimised together (0: from memory)"
+    )
+    p.add_argument("--full-steps", type=int, default=d.full_steps, help="steps for u(N)")
+    p.add_argument(
+        "--warm-start",
+        choices=WARM_STARTS,
+        default=d.warm_start,
+        help="start each subset from its parent S+{i} or (the paper) from u(N)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=d.precision,
+        help="generator passes in the loop (bfloat16: faster, less exact)",
+    )
     p.add_argument(
         "--constraint",
         type=float,
@@ -90,6 +111,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         reduction=args.reduction,
         chunk=args.chunk,
         constraint=args.constraint,
+        full_steps=args.full_steps,
+        warm_start=args.warm_start,
+        precision=args.precision,
     )
     cfg = ExplainConfig(
         model=args.model,
