@@ -13,6 +13,7 @@ Sections:
   flops      FLOPs per generator pass (forward + input gradient), achieved FLOP/s of the solver,
              and this machine's measured sgemm FLOP/s
   planted    recovery of the planted primitives (quality check for every speed-up)
+  choices    sparsity term x scale by leakage, sparsity and reconstruction (docs/method-choices.md)
 """
 
 from __future__ import annotations
@@ -221,12 +222,46 @@ def section_planted(args) -> None:
     )
 
 
+def section_choices(args) -> None:
+    from regprim.verification import Verifier
+
+    print("\n## Sparsity term x scale (dcgan-faces block3), by the faithfulness metrics")
+    print(
+        f"{'n':>2} {'sparsity':>9} {'reduction':>9} {'leak med':>9} {'leak o1':>8} "
+        f"{'leak o2':>8} {'90% energy':>10} {'2-alpha':>8} {'max rel err':>11} {'wall':>6}"
+    )
+    gen = load_model("dcgan-faces")
+    for n in args.choice_ns:
+        for sparsity in ("l1-delta", "l1"):
+            for reduction in ("sum", "mean"):
+                cfg = ExplainConfig(
+                    n=n, solver=SolverConfig(sparsity=sparsity, reduction=reduction)
+                )
+                start = time.perf_counter()
+                run = explain(cfg, generator=gen, progress=False, verify=False)
+                wall = time.perf_counter() - start
+                v = Verifier(run, gen)
+                # leakage over every component but N, so that low orders are measured too
+                masks = [k for k in v.order if k != 2**n - 1]
+                leak = v.leakage(masks, top=len(masks), contexts=4)
+                by_order = leak.details["median_by_order"]
+                energy = v.sparsity([]).value
+                alpha = v.requirement_2_alpha().value
+                print(
+                    f"{n:>2} {sparsity:>9} {reduction:>9} {leak.value:>9.3g} "
+                    f"{by_order.get('1', float('nan')):>8.3g} "
+                    f"{by_order.get('2', float('nan')):>8.3g} {energy:>10.1%} {alpha:>8.2g} "
+                    f"{run.summary['rel_error_max']:>11.2e} {wall:>6.1f}"
+                )
+
+
 SECTIONS = {
     "transform": section_transform,
     "solver": section_solver,
     "scaling": section_scaling,
     "flops": section_flops,
     "planted": section_planted,
+    "choices": section_choices,
 }
 
 
@@ -238,6 +273,7 @@ def main() -> None:
     parser.add_argument("--ns", type=int, nargs="+", default=[6, 8, 9, 10, 12])
     parser.add_argument("--transform-ns", type=int, nargs="+", default=list(range(6, 15)))
     parser.add_argument("--solver-n", type=int, default=9)
+    parser.add_argument("--choice-ns", type=int, nargs="+", default=[5, 9])
     args = parser.parse_args()
     print(f"# regprim benchmarks on {machine()}")
     for name in args.sections or SECTIONS:

@@ -89,9 +89,8 @@ class SkipGenerator(nn.Module):
         return torch.tanh(self.head(torch.relu(self.mid(h)) + h))
 
 
-def test_hook_split_with_skip_connection_and_no_hooks_left():
-    model = SkipGenerator()
-    gen = HookSplit(
+def hooked(model):
+    return HookSplit(
         model,
         "mid",
         lambda m, z: m(z),
@@ -99,6 +98,11 @@ def test_hook_split_with_skip_connection_and_no_hooks_left():
         code_dim=4,
         sampler=lambda c, rng, _: torch.randn(c, 4, generator=rng),
     )
+
+
+def test_hook_split_with_skip_connection_and_no_hooks_left():
+    model = SkipGenerator()
+    gen = hooked(model)
     code = gen.sample_codes(2, 0)
     with torch.no_grad():
         f = gen.d(code)
@@ -120,14 +124,7 @@ def test_hook_split_with_skip_connection_and_no_hooks_left():
 
 def test_hook_split_removes_hooks_when_forward_raises():
     model = SkipGenerator()
-    gen = HookSplit(
-        model,
-        "mid",
-        lambda m, z: m(z),
-        name="skip",
-        code_dim=4,
-        sampler=lambda c, rng, _: torch.randn(c, 4, generator=rng),
-    )
+    gen = hooked(model)
     code = gen.sample_codes(1, 0)
     with pytest.raises(ValueError, match="feature shape"):
         gen.g(torch.zeros(1, 5, 4, 4), code)

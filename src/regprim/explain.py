@@ -24,6 +24,7 @@ from regprim.generator import SplitGenerator
 from regprim.interactions import or_interactions, universal_matching_residual
 from regprim.minimal_features import (
     SolverConfig,
+    check_choice,
     reconstruction_errors,
     solve_minimal_features,
 )
@@ -81,12 +82,8 @@ class ExplainConfig:
         if isinstance(self.solver, dict):
             self.solver = SolverConfig(**self.solver)
         self.grid = tuple(self.grid)  # type: ignore[assignment]
-        if self.player_rule not in PLAYER_RULES:
-            msg = f"player rule {self.player_rule!r} is not one of {list(PLAYER_RULES)}"
-            raise ValueError(msg)
-        if self.salient_rule not in SALIENT_RULES:
-            msg = f"salient rule {self.salient_rule!r} is not one of {list(SALIENT_RULES)}"
-            raise ValueError(msg)
+        check_choice("player rule", self.player_rule, PLAYER_RULES)
+        check_choice("salient rule", self.salient_rule, SALIENT_RULES)
         if self.players is None and self.n < 1:
             msg = f"n={self.n} must be at least 1 player"
             raise ValueError(msg)

@@ -97,36 +97,18 @@ def components_figure(
         axes[2, j].imshow(change, cmap="magma", vmin=0, interpolation="nearest")
         for row in range(3):
             axes[row, j].axis("off")
-    axes[0, 0].text(
-        -0.15,
-        0.5,
-        "action region",
-        transform=axes[0, 0].transAxes,
-        rotation=90,
-        va="center",
-        ha="right",
-        fontsize=8,
-    )
-    axes[1, 0].text(
-        -0.15,
-        0.5,
-        "g(f0 + Δf_k)",
-        transform=axes[1, 0].transAxes,
-        rotation=90,
-        va="center",
-        ha="right",
-        fontsize=8,
-    )
-    axes[2, 0].text(
-        -0.15,
-        0.5,
-        "|change| vs g(f0)",
-        transform=axes[2, 0].transAxes,
-        rotation=90,
-        va="center",
-        ha="right",
-        fontsize=8,
-    )
+    for row, label in enumerate(("action region", "g(f0 + Δf_k)", "|change| vs g(f0)")):
+        ax = axes[row, 0]
+        ax.text(
+            -0.15,
+            0.5,
+            label,
+            transform=ax.transAxes,
+            rotation=90,
+            va="center",
+            ha="right",
+            fontsize=8,
+        )
     fig.suptitle("Most salient feature components (by L2 norm)", fontsize=10)
     fig.tight_layout()
     return fig, axes
@@ -274,8 +256,7 @@ def _curve_figure(v, metric, title, ylabel, ks_of, target, log):
     fig = plt.figure(figsize=(10, 3.4))
     ax = fig.add_axes((0.06, 0.15, 0.4, 0.72))
     d = metric.details
-    curves = d.get("per_cell_curves") or d.get("curves")
-    _curves(ax, d["ratios"], curves, d["mean_curve"], ylabel, log)
+    _curves(ax, d["ratios"], d["curves"], d["mean_curve"], ylabel, log)
     ps = [0.0, 0.2, 0.5, 1.0]
     feats = v.ratio_features(ks_of(target))[[RATIOS.index(p) for p in ps]]
     strip = [fig.add_axes((0.52 + 0.12 * j, 0.15, 0.11, 0.65)) for j in range(len(ps))]

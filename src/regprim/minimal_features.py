@@ -52,6 +52,13 @@ WARM_STARTS = ("parent", "full")
 PRECISIONS = ("float32", "bfloat16", "float16")
 
 
+def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise a ValueError naming ``value`` and the valid ``choices``."""
+    if value not in choices:
+        msg = f"{what} {value!r} is not one of {list(choices)}"
+        raise ValueError(msg)
+
+
 @dataclass(frozen=True)
 class SolverConfig:
     """Settings of the minimal-feature optimisation (defaults chosen by measurement,
@@ -71,18 +78,10 @@ class SolverConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.sparsity not in SPARSITY:
-            msg = f"sparsity {self.sparsity!r} is not one of {list(SPARSITY)}"
-            raise ValueError(msg)
-        if self.reduction not in REDUCTIONS:
-            msg = f"reduction {self.reduction!r} is not one of {list(REDUCTIONS)}"
-            raise ValueError(msg)
-        if self.warm_start not in WARM_STARTS:
-            msg = f"warm start {self.warm_start!r} is not one of {list(WARM_STARTS)}"
-            raise ValueError(msg)
-        if self.precision not in PRECISIONS:
-            msg = f"precision {self.precision!r} is not one of {list(PRECISIONS)}"
-            raise ValueError(msg)
+        check_choice("sparsity", self.sparsity, SPARSITY)
+        check_choice("reduction", self.reduction, REDUCTIONS)
+        check_choice("warm start", self.warm_start, WARM_STARTS)
+        check_choice("precision", self.precision, PRECISIONS)
         if self.chunk < 0:
             msg = f"solver chunk={self.chunk} must be >= 0 (0 = chosen from free memory)"
             raise ValueError(msg)

@@ -90,67 +90,56 @@ class Verifier:
         return [k for k in self.order if not k & target]
 
     # -- the metrics ------------------------------------------------------------------------
-    def requirement_2_alpha(self) -> Metric:
+    def curves(self, targets: list[int], candidates, reconstructed: bool = False) -> dict:
+        """For each target bitmask, the relative error on its cells (or ``1 -`` it, when
+        ``reconstructed``) as the ratio p of ``candidates(target)`` grows."""
         curves = []
-        for i in range(self.n):
-            images = self.render(self.ratio_features(self.covering(1 << i)))
-            curves.append(self.set_rel_error(images, 1 << i).tolist())
+        for target in targets:
+            rel = self.set_rel_error(self.render(self.ratio_features(candidates(target))), target)
+            curves.append((1 - rel if reconstructed else rel).tolist())
         final = [c[-1] for c in curves]
+        return {
+            "ratios": RATIOS,
+            "targets": targets,
+            "curves": curves,
+            "final": final,
+            "mean_curve": _mean_curve(curves),
+            "mean": sum(final) / len(final),
+        }
+
+    def requirement_2_alpha(self) -> Metric:
+        d = self.curves([1 << i for i in range(self.n)], self.covering)
         return Metric(
             "requirement_2_alpha",
             "Eq. 6 / Fig. 7a: error of g(f0 + components covering cell i) on cell i, relative to "
             "the baseline image's error there (mean over player cells; 0 = exact)",
             False,
-            sum(final) / len(final),
-            {
-                "ratios": RATIOS,
-                "per_cell_curves": curves,
-                "per_cell": final,
-                "mean_curve": _mean_curve(curves),
-            },
+            d.pop("mean"),
+            d,
         )
 
     def requirement_2_beta(self, sets: int = 16, seed: int = 0) -> Metric:
         rng = torch.Generator().manual_seed(seed)
         targets = sorted({int(t) for t in torch.randint(1, 2**self.n, (sets,), generator=rng)})
-        curves = []
-        for target in targets:
-            images = self.render(self.ratio_features(self.covering(target)))
-            curves.append(self.set_rel_error(images, target).tolist())
-        final = [c[-1] for c in curves]
+        d = self.curves(targets, self.covering)
         return Metric(
             "requirement_2_beta",
             "Eq. 7 / Fig. 7b: error of g(f0 + components meeting S) on the cells of S for random "
             "sets S, relative to the baseline image's error (mean; 0 = exact)",
             False,
-            sum(final) / len(final),
-            {
-                "ratios": RATIOS,
-                "targets": targets,
-                "curves": curves,
-                "per_set": final,
-                "mean_curve": _mean_curve(curves),
-            },
+            d.pop("mean"),
+            d,
         )
 
     def irrelevant_components(self) -> Metric:
-        curves = []
-        for i in range(self.n):
-            images = self.render(self.ratio_features(self.not_covering(1 << i)))
-            curves.append((1 - self.set_rel_error(images, 1 << i)).tolist())
-        final = [c[-1] for c in curves]
+        d = self.curves([1 << i for i in range(self.n)], self.not_covering, reconstructed=True)
         return Metric(
             "irrelevant_components",
             "Fig. 6: how much of cell i the components NOT covering it reconstruct, "
             "1 - error / baseline error (mean over cells, all of them added; should stay near 0)",
             False,
-            sum(final) / len(final),
-            {
-                "ratios": RATIOS,
-                "per_cell_curves": curves,
-                "per_cell": final,
-                "mean_curve": _mean_curve(curves),
-            },
+            d.pop("mean"),
+            d,
         )
 
     def leakage(
