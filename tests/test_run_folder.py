@@ -112,7 +112,7 @@ def test_interrupted_run_resumes_from_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mf.Problem, "solve", dying)
     with pytest.raises(KeyboardInterrupt):
-        explain(cfg, out=out, progress=False)
+        explain(cfg, out=out, progress=False, checkpoint_every=0)
     assert not out.exists() and (partial_dir(out) / CHECKPOINT).is_file()
     monkeypatch.setattr(mf.Problem, "solve", real)
     solved = []

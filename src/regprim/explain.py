@@ -159,6 +159,7 @@ def explain(
     progress: bool = True,
     generator: SplitGenerator | None = None,
     verify: bool = True,
+    checkpoint_every: float = 20.0,
 ) -> Run:
     """Disentangle the feature of one generated image into regional primitives.
 
@@ -169,6 +170,9 @@ def explain(
         generator: an already built split generator (``cfg.model`` then only names it).
         verify: also compute the faithfulness metrics, the paper's figures and report.html
             (written into ``out``; see :mod:`regprim.report`).
+        checkpoint_every: seconds between checkpoints of the solver state in ``out`` (an
+            interrupted run loses at most that much work; each checkpoint writes the whole
+            ``2**n x D`` state, so not after every chunk).
     """
     cfg = cfg or ExplainConfig()
     start = time.perf_counter()
@@ -212,9 +216,13 @@ def explain(
     key = fingerprint(resolved)
     resume = load_checkpoint(out, key) if out is not None else None
 
+    last_save = time.perf_counter()
+
     def checkpoint(state: dict[str, torch.Tensor]) -> None:
-        if out is not None:
+        nonlocal last_save
+        if out is not None and time.perf_counter() - last_save >= checkpoint_every:
             save_checkpoint(out, key, state)
+            last_save = time.perf_counter()
 
     mf = solve_minimal_features(
         gen, code, f, f0, x, player_masks, cfg.solver, resume, checkpoint, progress
