@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from regprim import ExplainConfig, explain, load_model
-from regprim.denoise import moebius_superset_, or_transpose, remove_noise
-from regprim.interactions import matched_features, moebius_, or_interactions
+from regprim.denoise import remove_noise
+from regprim.interactions import (
+    matched_features,
+    moebius_,
+    moebius_superset_,
+    or_interactions,
+    or_transpose,
+)
 from regprim.models.planted import DEFAULT_PLAYERS
 from regprim.salient import removal_salient, select_salient
 from regprim.stability import compare, jaccard, stability

@@ -21,26 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from regprim.interactions import _log2, or_interactions
-
-
-def moebius_superset_(t: Tensor) -> Tensor:
-    """In place: ``t[T] <- sum_{S superset of T} (-1)^(|S|-|T|) t[S]`` (transpose of
-    :func:`regprim.interactions.moebius_`)."""
-    n = _log2(t.shape[0])
-    flat = t.view(t.shape[0], -1)
-    for i in range(n):
-        v = flat.view(2 ** (n - i - 1), 2, 2**i, -1)
-        v[:, 0] -= v[:, 1]
-    return t
-
-
-def or_transpose(y: Tensor) -> Tensor:
-    """The adjoint of :func:`or_interactions` applied to ``y`` (``(2**n, ...)``)."""
-    y = y.clone()
-    y[0] = 0
-    moebius_superset_(y)
-    return -y.flip(0)
+from regprim.interactions import or_interactions, or_transpose
 
 
 @dataclass

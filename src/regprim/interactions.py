@@ -5,6 +5,8 @@
 ``N \\ T`` is ``(2**n - 1) - T`` and ``w`` is ``u`` reversed along the subset axis. The fast
 transform is the in-place butterfly over bits, ``O(n 2**n D)``, vectorised over ``D``; the
 powerset double loop in :func:`or_interactions_reference` is the slow twin used in tests.
+:func:`or_transpose` (the adjoint, by the superset butterfly) gives the subgradients of the noise
+removal in :mod:`regprim.denoise`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 from torch import Tensor
 
 
-def _log2(size: int) -> int:
+def players_of(size: int) -> int:
+    """n for a subset axis of length ``2**n`` (error otherwise)."""
     n = size.bit_length() - 1
     if size < 1 or 1 << n != size:
         msg = f"subset axis has length {size}; it must be 2**n (all subsets of n players)"
@@ -22,7 +25,7 @@ def _log2(size: int) -> int:
 
 def moebius_(t: Tensor) -> Tensor:
     """In place: ``t[S] <- sum_{T subset of S} (-1)^(|S|-|T|) t[T]`` over axis 0 (length 2**n)."""
-    n = _log2(t.shape[0])
+    n = players_of(t.shape[0])
     flat = t.view(t.shape[0], -1)
     for i in range(n):
         v = flat.view(2 ** (n - i - 1), 2, 2**i, -1)
@@ -32,12 +35,31 @@ def moebius_(t: Tensor) -> Tensor:
 
 def zeta_(t: Tensor) -> Tensor:
     """In place: ``t[S] <- sum_{T subset of S} t[T]`` over axis 0 (inverse of :func:`moebius_`)."""
-    n = _log2(t.shape[0])
+    n = players_of(t.shape[0])
     flat = t.view(t.shape[0], -1)
     for i in range(n):
         v = flat.view(2 ** (n - i - 1), 2, 2**i, -1)
         v[:, 1] += v[:, 0]
     return t
+
+
+def moebius_superset_(t: Tensor) -> Tensor:
+    """In place: ``t[T] <- sum_{S superset of T} (-1)^(|S|-|T|) t[S]`` (the transpose of
+    :func:`moebius_`)."""
+    n = players_of(t.shape[0])
+    flat = t.view(t.shape[0], -1)
+    for i in range(n):
+        v = flat.view(2 ** (n - i - 1), 2, 2**i, -1)
+        v[:, 0] -= v[:, 1]
+    return t
+
+
+def or_transpose(y: Tensor) -> Tensor:
+    """The adjoint of :func:`or_interactions` applied to ``y`` (``(2**n, ...)``)."""
+    y = y.clone()
+    y[0] = 0
+    moebius_superset_(y)
+    return -y.flip(0)
 
 
 def or_interactions(u: Tensor) -> Tensor:

@@ -131,12 +131,6 @@ def random_players(grid: Grid, n: int, seed: int) -> list[int]:
     return [int(c) for c in rng.choice(grid.cells, size=n, replace=False)]
 
 
-def subset_bits(n: int) -> Tensor:
-    """``(2**n, n)`` bool: row S holds the bits of bitmask S."""
-    idx = torch.arange(2**n)
-    return (idx[:, None] >> torch.arange(n)[None, :]) & 1 == 1
-
-
 def subset_masks(player_masks: Tensor, subsets: Tensor) -> Tensor:
     """Pixel masks ``(len(subsets), H, W)`` (bool) of the union of the players in each subset.
 
