@@ -138,21 +138,32 @@ def test_user_model_from_file(tmp_path):
     path = tmp_path / "mygen.py"
     path.write_text(
         "import torch\nfrom torch import nn\nfrom regprim import split_sequential\n"
-        "def build(layer='1'):\n"
-        "    torch.manual_seed(0)\n"
+        "def build(layer='1', weights=None):\n"
+        "    torch.manual_seed(0 if weights is None else int(weights))\n"
         "    seq = nn.Sequential(nn.ConvTranspose2d(6, 8, 4, 1, 0), nn.ReLU(),\n"
         "                        nn.ConvTranspose2d(8, 3, 4, 2, 1), nn.Tanh())\n"
         "    return split_sequential(seq, layer, name='mygen', code_dim=6)\n"
     )
     gen = load_model(f"{path}:build", layer="0")
     assert gen.name == "mygen" and gen.layer == "0"
-    run = explain(
-        ExplainConfig(
-            model=f"{path}:build", grid=(4, 4), n=3, baseline_count=8, solver=SolverConfig(steps=3)
-        ),
-        progress=False,
-    )
-    assert run.summary["model"] == "mygen"
+    runs = [
+        explain(
+            ExplainConfig(
+                model=f"{path}:build",
+                weights=w,
+                grid=(4, 4),
+                n=3,
+                baseline_count=8,
+                solver=SolverConfig(steps=3),
+            ),
+            progress=False,
+            verify=False,
+        )
+        for w in (None, "7")
+    ]
+    assert runs[0].summary["model"] == "mygen"
+    # --weights reaches the factory: other weights, another image
+    assert not torch.allclose(runs[0].tensors["image"], runs[1].tensors["image"])
 
 
 def test_split_at_picks_the_cheaper_split():

@@ -164,7 +164,7 @@ def explain(
     """Disentangle the feature of one generated image into regional primitives.
 
     Args:
-        cfg: settings (defaults: ``dcgan-faces``, 6x6 grid, 9 foreground players).
+        cfg: settings (defaults: ``dcgan-faces``, 6x6 grid, the 9 centre cells as players).
         out: run folder to write (atomically); None keeps the run in memory only.
         overwrite: replace a run already in ``out``.
         generator: an already built split generator (``cfg.model`` then only names it).
@@ -182,9 +182,10 @@ def explain(
     device = torch.device(cfg.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    gen = (
-        generator.to(device) if generator is not None else load_model(cfg.model, cfg.layer, device)
-    )
+    if generator is not None:
+        gen = generator.freeze().to(device)
+    else:
+        gen = load_model(cfg.model, cfg.layer, device, cfg.weights)
     class_index = gen.class_index(cfg.class_index)
 
     f0 = baseline(gen, cfg.baseline_count, cfg.baseline_seed).to(device)
@@ -213,7 +214,9 @@ def explain(
         "n": n,
         "class_index": class_index,
     }
-    key = fingerprint(resolved)
+    # the checkpoint holds minimal features: only the settings that shape them must match
+    after_solve = ("salient", "removal", "denoise", "top_figure")
+    key = fingerprint({k: v for k, v in resolved.items() if not k.startswith(after_solve)})
     resume = load_checkpoint(out, key) if out is not None else None
 
     last_save = time.perf_counter()
