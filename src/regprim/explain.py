@@ -23,9 +23,9 @@ from regprim.figures import components_figure, image_figure, target_figure
 from regprim.generator import SplitGenerator
 from regprim.interactions import or_interactions, universal_matching_residual
 from regprim.minimal_features import (
+    Problem,
     SolverConfig,
     check_choice,
-    reconstruction_errors,
     solve_minimal_features,
 )
 from regprim.models import DEFAULT_MODEL, load_model
@@ -240,7 +240,8 @@ def explain(
     used = components
     if cfg.denoise:
         dn = remove_noise(mf.u, f0, cfg.denoise_tau, cfg.denoise_steps)
-        rel_dn = reconstruction_errors(gen, code, f, f0, x, player_masks, dn.u, cfg.solver)
+        problem = Problem(gen, code, f, f0, x, player_masks, cfg.solver)
+        rel_dn = problem.all_relative_errors(dn.u)
         meets_dn = rel_dn < cfg.solver.constraint
         used = dn.components
         extra_tensors = {

@@ -202,6 +202,19 @@ class Problem:
         safe = torch.where(self.df == 0, torch.ones_like(self.df), self.df)
         return (-self.f0 / safe).clamp(0, 1)
 
+    def all_relative_errors(self, u: Tensor) -> Tensor:
+        """Relative masked error of ``g(u(S))`` on the cells of S for all ``2**n`` subsets of
+        ``u`` (0 for the empty set)."""
+        size = u.shape[0]
+        chunk = self.cfg.chunk or self.auto_chunk()
+        out = torch.zeros(size, dtype=self.x.dtype, device=self.x.device)
+        for start in range(1, size, chunk):
+            subsets = torch.arange(start, min(start + chunk, size))
+            masks, _ = self.masks(subsets)
+            idx = subsets.to(out.device)
+            out[idx] = self.relative_errors(u[idx], masks)
+        return out
+
     @torch.no_grad()
     def relative_errors(self, u: Tensor, masks: Tensor) -> Tensor:
         err = self.errors(self.gen.g(u, self.code), masks)
@@ -249,29 +262,6 @@ class Problem:
                 alpha.addcdiv_(m, denom, value=-lr * root / (1 - beta1**t)).clamp_(0, 1)
         rel = self.relative_errors(self.f0 + alpha * self.df, masks)
         return alpha, rel
-
-
-def reconstruction_errors(
-    gen: SplitGenerator,
-    code: Tensor,
-    f: Tensor,
-    f0: Tensor,
-    x: Tensor,
-    player_masks: Tensor,
-    u: Tensor,
-    cfg: SolverConfig,
-) -> Tensor:
-    """Relative masked error of ``g(u(S))`` on the cells of S for every subset: ``(2**n,)``
-    (0 for the empty set)."""
-    problem = Problem(gen, code, f, f0, x, player_masks, cfg)
-    size = u.shape[0]
-    out = torch.zeros(size, dtype=x.dtype, device=x.device)
-    chunk = cfg.chunk or problem.auto_chunk()
-    for start in range(1, size, chunk):
-        subsets = torch.arange(start, min(start + chunk, size))
-        masks, _ = problem.masks(subsets)
-        out[subsets.to(out.device)] = problem.relative_errors(u[subsets.to(u.device)], masks)
-    return out
 
 
 def subsets_of_size(n: int, k: int) -> list[int]:
