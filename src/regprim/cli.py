@@ -59,6 +59,11 @@ def _explain_parser(sub) -> None:
         help="start each subset from its parent S+{i} or (the paper) from u(N)",
     )
     p.add_argument(
+        "--no-crop",
+        action="store_true",
+        help="optimise the whole feature map, not only the window that reaches the players",
+    )
+    p.add_argument(
         "--precision",
         choices=PRECISIONS,
         default=d.precision,
@@ -114,6 +119,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         full_steps=args.full_steps,
         warm_start=args.warm_start,
         precision=args.precision,
+        crop=not args.no_crop,
     )
     cfg = ExplainConfig(
         model=args.model,
