@@ -178,3 +178,13 @@ def test_split_at_picks_the_cheaper_split():
     code = hooked.sample_codes(2, 0)
     with torch.no_grad():
         torch.testing.assert_close(hooked.g(hooked.d(code), code), skip(code))
+
+
+@pytest.mark.slow
+def test_dcgan_faces_full_default_run(tmp_path):
+    """The demo at full size (about 35 s with verification): `pytest -m slow`."""
+    run = explain(ExplainConfig(), out=tmp_path / "demo", progress=False)
+    s = run.summary
+    assert s["n"] == 9 and s["subsets_meeting_constraint"] == 1.0
+    assert s["universal_matching_max_rel_residual"] < 1e-5
+    assert (tmp_path / "demo" / "report.html").is_file()
