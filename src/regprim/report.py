@@ -24,7 +24,7 @@ from PIL import Image
 from regprim import figures
 from regprim.generator import SplitGenerator
 from regprim.run_folder import METRICS, save_figure
-from regprim.verification import Metric, Verifier, metrics_json, verify
+from regprim.verification import Metric, Verifier, metrics_json
 
 REPORT = "report.html"
 STABILITY = "stability.json"
@@ -190,7 +190,7 @@ def write_verification(run, gen: SplitGenerator, folder: Path | None = None) -> 
     ``folder`` (default: the run's folder). Each file is written atomically."""
     folder = Path(folder or run.path)
     v = Verifier(run, gen)
-    metrics = verify(run, gen)
+    metrics = v.all()
     tmp = folder / f".{METRICS}.tmp{os.getpid()}"
     tmp.write_text(json.dumps(metrics_json(metrics), indent=2))
     os.replace(tmp, folder / METRICS)

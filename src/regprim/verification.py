@@ -89,6 +89,20 @@ class Verifier:
     def not_covering(self, target: int) -> list[int]:
         return [k for k in self.order if not k & target]
 
+    def all(self) -> list[Metric]:
+        """Every metric, in the order of docs/metrics.md."""
+        salient = [int(k) for k in self.run.summary["salient"]]
+        return [
+            self.requirement_2_alpha(),
+            self.requirement_2_beta(),
+            self.irrelevant_components(),
+            self.leakage(salient),
+            self.sparsity(salient),
+            self.code_influence(),
+            self.action_regions(salient),
+            self.minimal_feature_quality(),
+        ]
+
     # -- the metrics ------------------------------------------------------------------------
     def curves(self, targets: list[int], candidates, reconstructed: bool = False) -> dict:
         """For each target bitmask, the relative error on its cells (or ``1 -`` it, when
@@ -275,18 +289,7 @@ def _median(values: list[float]) -> float:
 
 def verify(run, gen: SplitGenerator) -> list[Metric]:
     """All metrics of a run (see :class:`Verifier`)."""
-    v = Verifier(run, gen)
-    salient = [int(k) for k in run.summary["salient"]]
-    return [
-        v.requirement_2_alpha(),
-        v.requirement_2_beta(),
-        v.irrelevant_components(),
-        v.leakage(salient),
-        v.sparsity(salient),
-        v.code_influence(),
-        v.action_regions(salient),
-        v.minimal_feature_quality(),
-    ]
+    return Verifier(run, gen).all()
 
 
 def metrics_json(metrics: list[Metric]) -> dict[str, Any]:
