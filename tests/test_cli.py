@@ -58,3 +58,46 @@ def test_cli_error_is_clear(tmp_path, capsys):
     assert rc == 2
     assert "[1] are repeated" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_options_reach_the_config_and_stability_runs(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [
+        "explain",
+        "--model",
+        "planted",
+        "--players",
+        "7,8,14",
+        "--baseline-count",
+        "50",
+        "--steps",
+        "40",
+        "--denoise",
+        "--denoise-steps",
+        "20",
+        "--salient-rule",
+        "removal",
+        "--no-crop",
+        "--warm-start",
+        "full",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        "--quiet",
+        "--no-verify",
+    ]
+    assert main(args) == 0
+    run = load_run(out)
+    solver = run.config["solver"]
+    assert solver["steps"] == 40 and solver["warm_start"] == "full" and solver["crop"] is False
+    assert solver["perturb_seed"] == 0  # --seed is the target's seed, not the solver's
+    assert run.config["seed"] == 3 and run.config["denoise_steps"] == 20
+    assert run.summary["components_used"] == "denoised"
+    assert run.summary["salient_rule"] == "removal"
+    capsys.readouterr()
+    assert main(["stability", str(out), "--repeats", "1", "--k", "3", "--quiet"]) == 0
+    assert "matched cosine" in capsys.readouterr().out
+    result = json.loads((out / "stability.json").read_text())
+    assert result["repeats"] == 1 and result["raw"]["matched_cosine"] > 0.99
+    assert "Stability" in (out / "report.html").read_text()

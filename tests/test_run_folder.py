@@ -133,3 +133,16 @@ def test_same_seed_same_result():
     a = explain(CFG, progress=False)
     b = explain(CFG, progress=False)
     assert torch.equal(a.minimal_features, b.minimal_features)
+
+
+def test_checkpoints_are_throttled(tmp_path, monkeypatch):
+    import sys
+
+    ex = sys.modules["regprim.explain"]  # the module (regprim.explain is also the function)
+    calls = []
+    monkeypatch.setattr(ex, "save_checkpoint", lambda *a: calls.append(1))
+    cfg = ExplainConfig(**{**CFG.to_dict(), "solver": SolverConfig(steps=5, chunk=4)})
+    explain(cfg, out=tmp_path / "a", progress=False, verify=False, checkpoint_every=1e9)
+    assert calls == []
+    explain(cfg, out=tmp_path / "b", progress=False, verify=False, checkpoint_every=0)
+    assert len(calls) == 5  # u(N), then 4 + 6 + 4 subsets in chunks of 4

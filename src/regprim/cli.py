@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -107,41 +108,21 @@ def _explain_parser(sub) -> None:
     )
 
 
+def _fields_from(args: argparse.Namespace, cls, **overrides):
+    """A config dataclass from the parsed options of the same names (plus ``overrides``)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    return cls(**(values | overrides))
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
-    solver = SolverConfig(
-        steps=args.steps,
-        lr=args.lr,
-        lam=args.lam,
-        sparsity=args.sparsity,
-        reduction=args.reduction,
-        chunk=args.chunk,
-        constraint=args.constraint,
-        full_steps=args.full_steps,
-        warm_start=args.warm_start,
-        precision=args.precision,
-        crop=not args.no_crop,
-    )
-    cfg = ExplainConfig(
-        model=args.model,
-        layer=args.layer,
-        weights=args.weights,
-        seed=args.seed,
-        class_index=args.class_index,
+    solver = _fields_from(args, SolverConfig, crop=not args.no_crop)
+    cfg = _fields_from(
+        args,
+        ExplainConfig,
         grid=parse_grid(args.grid),
         players=parse_cells(args.players) if args.players else None,
-        n=args.n,
-        player_rule=args.player_rule,
-        player_seed=args.player_seed,
-        baseline_count=args.baseline_count,
         solver=solver,
-        salient_rule=args.salient_rule,
-        salient_tau=args.salient_tau,
-        salient_top=args.salient_top,
-        removal_threshold=args.removal_threshold,
-        denoise=args.denoise,
-        denoise_tau=args.denoise_tau,
-        denoise_steps=args.denoise_steps,
-        device=args.device,
     )
     run = explain(
         cfg,

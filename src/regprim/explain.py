@@ -190,7 +190,7 @@ def explain(
 
     f0 = baseline(gen, cfg.baseline_count, cfg.baseline_seed).to(device)
     if cfg.f0_noise:  # perturbed baseline, for stability studies
-        rng = torch.Generator().manual_seed(cfg.solver.seed)
+        rng = torch.Generator().manual_seed(cfg.solver.perturb_seed)
         noise = torch.randn(f0.shape, generator=rng).to(device)
         f0 = f0 + cfg.f0_noise * f0.std() * noise
     code = gen.sample_codes(1, cfg.seed, class_index)
@@ -348,18 +348,18 @@ def explain(
         "universal_matching_residual": residual,
         **extra_tensors,
     }
-    run = Run(config=config, summary=summary, tensors=tensors, figures=figures)
+    run = Run(config=config, summary=summary, tensors=tensors)
 
     def verification(folder: Path) -> None:
         run.metrics = write_verification(run, gen, folder)
 
     try:
         if out is not None:
-            write_run(run, out, overwrite=overwrite, extra=verification if verify else None)
+            extra = verification if verify else None
+            write_run(run, out, overwrite=overwrite, figures=figures, extra=extra)
         elif verify:
             run.metrics = verify_run(run, gen)
     finally:
         for fig in figures.values():
             plt.close(fig)
-        run.figures = {}
     return run

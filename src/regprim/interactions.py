@@ -23,35 +23,32 @@ def players_of(size: int) -> int:
     return n
 
 
-def moebius_(t: Tensor) -> Tensor:
-    """In place: ``t[S] <- sum_{T subset of S} (-1)^(|S|-|T|) t[T]`` over axis 0 (length 2**n)."""
+def _butterfly_(t: Tensor, sign: float, superset: bool) -> Tensor:
+    """In place over axis 0 (length 2**n), bit by bit: each subset with the bit set gets
+    ``sign`` times its partner without it added (or, with ``superset``, the other way round)."""
     n = players_of(t.shape[0])
     flat = t.view(t.shape[0], -1)
     for i in range(n):
         v = flat.view(2 ** (n - i - 1), 2, 2**i, -1)
-        v[:, 1] -= v[:, 0]
+        target, source = (v[:, 0], v[:, 1]) if superset else (v[:, 1], v[:, 0])
+        target.add_(source, alpha=sign)
     return t
+
+
+def moebius_(t: Tensor) -> Tensor:
+    """In place: ``t[S] <- sum_{T subset of S} (-1)^(|S|-|T|) t[T]`` over axis 0 (length 2**n)."""
+    return _butterfly_(t, -1.0, superset=False)
 
 
 def zeta_(t: Tensor) -> Tensor:
     """In place: ``t[S] <- sum_{T subset of S} t[T]`` over axis 0 (inverse of :func:`moebius_`)."""
-    n = players_of(t.shape[0])
-    flat = t.view(t.shape[0], -1)
-    for i in range(n):
-        v = flat.view(2 ** (n - i - 1), 2, 2**i, -1)
-        v[:, 1] += v[:, 0]
-    return t
+    return _butterfly_(t, 1.0, superset=False)
 
 
 def moebius_superset_(t: Tensor) -> Tensor:
     """In place: ``t[T] <- sum_{S superset of T} (-1)^(|S|-|T|) t[S]`` (the transpose of
     :func:`moebius_`)."""
-    n = players_of(t.shape[0])
-    flat = t.view(t.shape[0], -1)
-    for i in range(n):
-        v = flat.view(2 ** (n - i - 1), 2, 2**i, -1)
-        v[:, 0] -= v[:, 1]
-    return t
+    return _butterfly_(t, -1.0, superset=True)
 
 
 def or_transpose(y: Tensor) -> Tensor:

@@ -80,7 +80,7 @@ class SolverConfig:
     full_steps: int = 200
     precision: str = "float32"
     init_jitter: float = 0.0
-    seed: int = 0
+    perturb_seed: int = 0  # seed of init_jitter and of ExplainConfig.f0_noise
     crop: bool = True
 
     def __post_init__(self) -> None:
@@ -373,7 +373,7 @@ def solve_minimal_features(
         x: target image ``(C, H, W)``.
         player_masks: ``(n, H, W)`` pixel masks of the players, in bit order.
         done: a partial state from an interrupted run (keys ``alpha``, ``rel_error``,
-            ``solved``), to resume from.
+            ``solved``, ``passes``), to resume from.
         on_chunk: called with the state after each chunk (for checkpoints).
     """
     n = player_masks.shape[0]
@@ -395,7 +395,7 @@ def solve_minimal_features(
     bar.update(int(state["solved"].sum()) - 1)
     ones = torch.ones(1, *f.shape, dtype=f.dtype, device=f.device)
     if cfg.init_jitter:  # perturbed start of u(N), for stability studies
-        rng = torch.Generator().manual_seed(cfg.seed)
+        rng = torch.Generator().manual_seed(cfg.perturb_seed)
         ones = ones - cfg.init_jitter * torch.rand(ones.shape, generator=rng).to(ones.device)
     for level in range(n, 0, -1):
         todo = [s for s in subsets_of_size(n, level) if not state["solved"][s]]

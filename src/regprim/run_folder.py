@@ -38,7 +38,6 @@ class Run:
     summary: dict[str, Any]
     tensors: dict[str, Tensor]
     path: Path | None = None
-    figures: dict[str, Any] = field(default_factory=dict, repr=False)
     metrics: list[Any] | None = field(default=None, repr=False)
 
     @property
@@ -147,9 +146,14 @@ def load_checkpoint(out: Path, key: str) -> dict[str, Tensor] | None:
 
 
 def write_run(
-    run: Run, out: Path, overwrite: bool = False, extra: Callable[[Path], Any] | None = None
+    run: Run,
+    out: Path,
+    overwrite: bool = False,
+    figures: dict[str, Any] | None = None,
+    extra: Callable[[Path], Any] | None = None,
 ) -> Path:
-    """Write ``run`` to ``out`` atomically; ``extra(folder)`` adds files before the rename."""
+    """Write ``run`` and its ``figures`` ({file name: matplotlib figure}) to ``out``
+    atomically; ``extra(folder)`` adds files before the rename."""
     check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.writing"
@@ -160,7 +164,7 @@ def write_run(
         (staging / SUMMARY).write_text(json.dumps(run.summary, indent=2))
         tensors = {k: v.detach().cpu().contiguous() for k, v in run.tensors.items()}
         save_file(tensors, staging / TENSORS)
-        for name, fig in run.figures.items():
+        for name, fig in (figures or {}).items():
             save_figure(fig, staging / name)
         if extra is not None:
             extra(staging)

@@ -27,6 +27,15 @@ def component_norms(components: Tensor) -> Tensor:
     return components.flatten(1).norm(dim=1)
 
 
+def energy_fraction(components: Tensor, share: float = 0.9) -> float:
+    """Fraction of the non-empty components that carry ``share`` of the total squared norm
+    (largest first): small = sparse."""
+    sq = (component_norms(components)[1:] ** 2).sort(descending=True).values
+    cum = torch.cumsum(sq, 0) / sq.sum().clamp_min(1e-30)
+    carry = int(torch.searchsorted(cum, torch.tensor(share, device=cum.device))) + 1
+    return min(carry, len(sq)) / len(sq)
+
+
 def select_salient(
     components: Tensor, scale: float, rule: str = "tau", tau: float = 0.05, top: float = 0.6
 ) -> Tensor:

@@ -25,9 +25,8 @@ from torch import Tensor
 from regprim.denoise import remove_noise
 from regprim.explain import ExplainConfig, explain
 from regprim.generator import SplitGenerator
-from regprim.interactions import or_interactions
 from regprim.report import STABILITY
-from regprim.salient import component_norms
+from regprim.salient import component_norms, energy_fraction
 
 
 def top_k(components: Tensor, k: int) -> list[int]:
@@ -67,12 +66,9 @@ def compare(reference: Tensor, other: Tensor, k: int) -> dict[str, float]:
 
 
 def sparsity_figures(components: Tensor) -> dict[str, float]:
-    sq = (component_norms(components)[1:] ** 2).sort(descending=True).values
-    cum = torch.cumsum(sq, 0) / sq.sum().clamp_min(1e-30)
-    carry = int(torch.searchsorted(cum, torch.tensor(0.9, device=cum.device))) + 1
     return {
         "l1_total": float(components.abs().sum()),
-        "fraction_carrying_90pct": min(carry, len(sq)) / len(sq),
+        "fraction_carrying_90pct": energy_fraction(components),
     }
 
 
@@ -93,11 +89,11 @@ def stability(
     base = dataclasses.replace(cfg, denoise=False)
     runs = [explain(base, generator=generator, progress=progress, verify=False)]
     for r in range(1, repeats + 1):
-        solver = dataclasses.replace(cfg.solver, init_jitter=init_jitter, seed=r)
+        solver = dataclasses.replace(cfg.solver, init_jitter=init_jitter, perturb_seed=r)
         perturbed = dataclasses.replace(base, solver=solver, f0_noise=f0_noise)
         runs.append(explain(perturbed, generator=generator, progress=progress, verify=False))
     solve_seconds = time.perf_counter() - start
-    raw = [or_interactions(run.tensors["minimal_features"]) for run in runs]
+    raw = [run.tensors["components"] for run in runs]
     start = time.perf_counter()
     denoised = [
         remove_noise(

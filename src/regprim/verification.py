@@ -17,6 +17,7 @@ from torch import Tensor
 
 from regprim.generator import SplitGenerator
 from regprim.regions import Grid
+from regprim.salient import energy_fraction
 
 RATIOS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 
@@ -202,9 +203,6 @@ class Verifier:
 
     def sparsity(self, salient: list[int]) -> Metric:
         count = 2**self.n - 1
-        sq = (self.norms[1:] ** 2).sort(descending=True).values
-        cum = torch.cumsum(sq, 0) / sq.sum().clamp_min(1e-30)
-        carry90 = int(torch.searchsorted(cum, torch.tensor(0.9, device=cum.device))) + 1
         mags = self.components[1:].abs().flatten().sort(descending=True).values
         points = torch.linspace(0, len(mags) - 1, 400).long()
         return Metric(
@@ -212,7 +210,7 @@ class Verifier:
             "Fig. 5: fraction of the components that carry 90% of the total squared norm "
             "(smaller = sparser); also the fraction above the salient threshold",
             False,
-            min(carry90, count) / count,
+            energy_fraction(self.components),
             {
                 "fraction_salient": len(salient) / count,
                 "components": count,
