@@ -50,10 +50,14 @@ def test_both_warm_starts_reach_the_planted_minimal_features(warm_start):
 
 
 def test_chunk_size_does_not_change_the_result():
+    """Chunks of 1 and 64 subsets solve the same problems. Batched convolutions and matrix
+    products sum in another order for another batch size, CPU or thread count, so the results
+    agree to ~1e-4 (4.1e-4 seen on an Intel Xeon, 2e-6 on an AMD EPYC), not bit for bit; a
+    chunking bug (subsets mixed up) would differ by O(1)."""
     base = dict(model="planted", players=[7, 8, 13, 14], baseline_count=50)
     a = explain(ExplainConfig(**base, solver=SolverConfig(chunk=1)), progress=False)
     b = explain(ExplainConfig(**base, solver=SolverConfig(chunk=64)), progress=False)
-    torch.testing.assert_close(a.minimal_features, b.minimal_features, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.minimal_features, b.minimal_features, atol=2e-3, rtol=0)
 
 
 def test_subsets_missing_the_constraint_are_flagged():
