@@ -34,9 +34,10 @@ import torch
 from regprim import ExplainConfig, SolverConfig, explain, load_model
 from regprim.baseline import baseline
 from regprim.interactions import or_interactions
-from regprim.minimal_features import Problem
 from regprim.models.planted import DEFAULT_PLAYERS, Planted
-from regprim.regions import Grid, center_players
+from regprim.solvers import Objective
+from regprim.solvers.paper import adam_chunk
+from regprim.target import build_target
 
 
 def machine() -> str:
@@ -95,16 +96,10 @@ def section_transform(args) -> None:
             print(f"{n:>3} {fast:>10.4f} {dashes}  (dense matrix alone: {need:.2f} GiB)")
 
 
-def setup_problem(n: int, cfg: SolverConfig):
-    gen = load_model("dcgan-faces")
-    f0 = baseline(gen)
-    code = gen.sample_codes(1, 0)
-    with torch.no_grad():
-        f = gen.d(code)[0]
-        x = gen.g(f[None], code)[0]
-    grid = Grid(6, 6, *x.shape[1:])
-    masks = grid.cell_masks()[center_players(grid, n)]
-    return gen, code, f, f0, x, masks, Problem(gen, code, f, f0, x, masks, cfg)
+def setup_problem(n: int, cfg: SolverConfig) -> Objective:
+    """The dcgan-faces objective of the default image with n centre players."""
+    target = build_target(ExplainConfig(n=n, solver=cfg), load_model("dcgan-faces"))
+    return Objective(target, cfg)
 
 
 def section_solver(args) -> None:
@@ -175,7 +170,8 @@ def section_flops(args) -> None:
 
     print("\n## FLOP/s (dcgan-faces block3)")
     cfg = SolverConfig()
-    gen, code, f, f0, x, masks, problem = setup_problem(9, cfg)
+    problem = setup_problem(9, cfg)
+    gen, code = problem.gen, problem.code
 
     def flops_per_pass(f0: torch.Tensor, df: torch.Tensor) -> int:
         alpha = torch.ones(1, *f0.shape, requires_grad=True)
@@ -184,13 +180,13 @@ def section_flops(args) -> None:
             torch.autograd.grad(image.pow(2).sum(), alpha)
         return counter.get_total_flops()
 
-    whole = flops_per_pass(f0, f - f0)
+    whole = flops_per_pass(problem.full_f0, problem.full_df)
     per_pass = flops_per_pass(problem.f0, problem.df)  # the window the solver renders
     chunk, steps = cfg.chunk, 20
     subsets = torch.arange(1, chunk + 1)
-    a0 = torch.ones(chunk, *f.shape)
-    problem.solve(subsets, a0, 2)
-    t = best_of(lambda: problem.solve(subsets, a0, steps), repeats=2)
+    a0 = torch.ones(chunk, *problem.full_f0.shape)
+    adam_chunk(problem, subsets, a0, 2)
+    t = best_of(lambda: adam_chunk(problem, subsets, a0, steps), repeats=2)
     passes = chunk * (steps + 2)
     achieved = per_pass * passes / t
     a = torch.randn(2048, 2048)
@@ -215,7 +211,7 @@ def section_planted(args) -> None:
     print("\n## Planted recovery (n = 9, default settings)")
     cfg = ExplainConfig(model="planted", players=list(DEFAULT_PLAYERS), baseline_count=200)
     run = explain(cfg, progress=False, verify=False)
-    truth = Planted().true_components(run.tensors["f"], run.f0, run.players)
+    truth = Planted().true_components(run.f, run.f0, run.players)
     smallest = min(float(t.norm()) for t in truth.values())
     others = [k for k in range(1, 2**run.n) if k not in truth]
     worst = max(float(run.components[k].norm()) for k in others)
@@ -231,7 +227,7 @@ def section_planted(args) -> None:
 
 
 def section_choices(args) -> None:
-    from regprim.verification import Verifier
+    from regprim import metrics
 
     print("\n## Sparsity term x scale (dcgan-faces block3), by the faithfulness metrics")
     print(
@@ -248,13 +244,13 @@ def section_choices(args) -> None:
                 start = time.perf_counter()
                 run = explain(cfg, generator=gen, progress=False, verify=False)
                 wall = time.perf_counter() - start
-                v = Verifier(run, gen)
+                v = metrics.Scorer(run, gen)
                 # leakage over every component but N, so that low orders are measured too
-                masks = [k for k in v.order if k != 2**n - 1]
-                leak = v.leakage(masks, top=len(masks), contexts=4)
+                masks = [k for k in run.ranked if k != 2**n - 1]
+                leak = metrics.leakage(v, masks, top=len(masks), contexts=4)
                 by_order = leak.details["median_by_order"]
-                energy = v.sparsity([]).value
-                alpha = v.requirement_2_alpha().value
+                energy = metrics.sparsity(v, []).value
+                alpha = metrics.requirement_2_alpha(v)[0].value
                 print(
                     f"{n:>2} {sparsity:>9} {reduction:>9} {leak.value:>9.3g} "
                     f"{by_order.get('1', float('nan')):>8.3g} "

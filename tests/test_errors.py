@@ -7,7 +7,7 @@ import torch
 
 from regprim import ExplainConfig, SolverConfig, explain, load_model
 from regprim.models.dcgan import dcgan_faces
-from regprim.regions import Grid, parse_grid
+from regprim.regions import parse_grid
 
 FAST = SolverConfig(steps=2)
 
@@ -96,11 +96,3 @@ def test_bad_class():
         load_model("eyes-128").class_index("purple")
     with pytest.raises(ValueError, match="class index 8 out of range.*0..7"):
         load_model("eyes-128").class_index(8)
-
-
-def test_grid_uneven_division_covers_every_pixel_once():
-    grid = Grid(6, 6, 64, 50)
-    masks = grid.cell_masks()
-    assert torch.equal(masks.sum(0), torch.ones(64, 50, dtype=torch.long))
-    sizes = masks.flatten(1).sum(1)
-    assert sizes.min() >= 10 * 8 and sizes.max() <= 11 * 9

@@ -4,8 +4,10 @@ import torch
 from regprim.interactions import (
     matched_features,
     moebius_,
+    moebius_superset_,
     or_interactions,
     or_interactions_reference,
+    or_transpose,
     universal_matching_residual,
     zeta_,
 )
@@ -75,3 +77,14 @@ def test_matched_features_shape_and_empty_set():
 def test_subset_axis_must_be_power_of_two():
     with pytest.raises(ValueError, match="2\\*\\*n"):
         or_interactions(torch.zeros(6, 2))
+
+
+def test_or_transpose_is_the_adjoint():
+    x = torch.randn(64, 5, dtype=torch.float64)
+    y = torch.randn(64, 5, dtype=torch.float64)
+    lhs = (or_interactions(x) * y).sum()
+    rhs = (x * or_transpose(y)).sum()
+    assert abs(float(lhs - rhs)) < 1e-10
+    t = torch.randn(16, 3, dtype=torch.float64)
+    dense = torch.stack([moebius_(e.clone()) for e in torch.eye(16, dtype=torch.float64)], 1)
+    torch.testing.assert_close(moebius_superset_(t.clone()), dense.T @ t)

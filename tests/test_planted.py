@@ -1,25 +1,16 @@
 """The method against ground truth: a generator with planted, known primitives."""
 
-import pytest
 import torch
 
 from regprim import ExplainConfig, SolverConfig, explain
 from regprim.models.planted import DEFAULT_PLAYERS, Planted
 
 
-@pytest.fixture(scope="module")
-def planted_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "planted"
-    cfg = ExplainConfig(model="planted", players=list(DEFAULT_PLAYERS), baseline_count=200)
-    return explain(cfg, out=out, progress=False)
-
-
 def test_salient_components_are_exactly_the_planted_sets(planted_run):
-    gen = Planted()
     run = planted_run
-    truth = gen.true_components(run.tensors["f"], run.f0, run.players)
+    truth = Planted().true_components(run.f, run.f0, run.players)
     assert len(truth) == 8
-    assert sorted(run.summary["salient"]) == sorted(truth)
+    assert sorted(run.salient) == sorted(truth)
     smallest = min(float(t.norm()) for t in truth.values())
     comps = run.components
     for mask, true in truth.items():
@@ -38,10 +29,10 @@ def test_planted_run_meets_constraint_and_matches(planted_run):
 
 def test_planted_minimal_features_equal_truth(planted_run):
     run = planted_run
-    truth = Planted().true_components(run.tensors["f"], run.f0, run.players)
+    truth = Planted().true_components(run.f, run.f0, run.players)
     for s in [1, 7, 2**run.n - 1]:
         expected = run.f0 + sum(v for k, v in truth.items() if k & s)
-        err = (run.minimal_features[s] - expected).norm() / (run.tensors["f"] - run.f0).norm()
+        err = (run.minimal_features[s] - expected).norm() / (run.f - run.f0).norm()
         assert err < 1e-3
 
 
@@ -53,8 +44,8 @@ def test_wrong_solver_is_caught_by_the_planted_check():
         baseline_count=200,
         solver=SolverConfig(steps=3),
     )
-    run = explain(cfg, progress=False)
-    truth = Planted().true_components(run.tensors["f"], run.f0, run.players)
+    run = explain(cfg, progress=False, verify=False)
+    truth = Planted().true_components(run.f, run.f0, run.players)
     others = [k for k in range(1, 2**run.n) if k not in truth]
     smallest = min(float(t.norm()) for t in truth.values())
     worst = max(float(run.components[k].norm()) for k in others)

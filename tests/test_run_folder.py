@@ -97,32 +97,32 @@ def test_missing_run_folder(tmp_path):
 
 
 def test_interrupted_run_resumes_from_checkpoint(tmp_path, monkeypatch):
-    import regprim.minimal_features as mf
+    import regprim.solvers.paper as paper
 
     out = tmp_path / "run"
     cfg = ExplainConfig(**{**CFG.to_dict(), "solver": SolverConfig(steps=20, chunk=4)})
     calls = {"n": 0}
-    real = mf.Problem.solve
+    real = paper.adam_chunk
 
-    def dying(self, subsets, alpha0, steps):
+    def dying(obj, subsets, alpha0, steps):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(self, subsets, alpha0, steps)
+        return real(obj, subsets, alpha0, steps)
 
-    monkeypatch.setattr(mf.Problem, "solve", dying)
+    monkeypatch.setattr(paper, "adam_chunk", dying)
     with pytest.raises(KeyboardInterrupt):
         explain(cfg, out=out, progress=False, checkpoint_every=0)
     assert not out.exists() and (partial_dir(out) / CHECKPOINT).is_file()
-    monkeypatch.setattr(mf.Problem, "solve", real)
     solved = []
     monkeypatch.setattr(
-        mf.Problem, "solve", lambda self, s, a, k: solved.append(len(s)) or real(self, s, a, k)
+        paper, "adam_chunk", lambda o, s, a, k: solved.append(len(s)) or real(o, s, a, k)
     )
     # settings applied after the solve (salient rule, noise removal) do not block the resume
     later = ExplainConfig(**{**cfg.to_dict(), "salient_tau": 0.2, "denoise": True})
     resumed = explain(later, out=out, progress=False)
     assert sum(solved) == 16 - 1 - 1 - 4  # u(N) and the first chunk came from the checkpoint
+    monkeypatch.setattr(paper, "adam_chunk", real)
     fresh = explain(cfg, progress=False)
     raw = resumed.tensors["minimal_features"]
     torch.testing.assert_close(raw, fresh.minimal_features)
@@ -136,11 +136,10 @@ def test_same_seed_same_result():
 
 
 def test_checkpoints_are_throttled(tmp_path, monkeypatch):
-    import sys
+    import regprim.run_folder as rf
 
-    ex = sys.modules["regprim.explain"]  # the module (regprim.explain is also the function)
     calls = []
-    monkeypatch.setattr(ex, "save_checkpoint", lambda *a: calls.append(1))
+    monkeypatch.setattr(rf, "save_checkpoint", lambda *a: calls.append(1))
     cfg = ExplainConfig(**{**CFG.to_dict(), "solver": SolverConfig(steps=5, chunk=4)})
     explain(cfg, out=tmp_path / "a", progress=False, verify=False, checkpoint_every=1e9)
     assert calls == []

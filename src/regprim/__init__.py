@@ -1,31 +1,31 @@
 """regprim: disentangle regional primitives of image generators.
 
-The pipeline reads as the paper does, one module per step::
+The pipeline reads as the paper does, one module per step (docs/architecture.md)::
 
     generator          split generator  z --d--> f --g--> x
     regions            grid cells, players, subset masks
     baseline           f0 = E_z[d(z)]
-    minimal_features   u(S) for every subset S of the players (Eq. 8)
+    target             the image to explain: code, f, f0, x, grid, players
+    solvers/           minimal features u(S) (Eq. 8): the paper's per-subset solver, ...
     interactions       OR interactions Delta f_k = I_or(S_k) (Eq. 10), universal matching
+    denoise            noise removal (Appendix G)
     salient            salient components (Algorithm 1, Appendix H)
     reconstruction     Algorithm 2
-    explain            the whole pipeline -> run_folder (figures from figures)
+    metrics            faithfulness metrics (each claim of the paper as a number)
+    figures, report    PNG figures and one offline report.html
+    run, run_folder    the result object and the folder it is written to
+    explain            the whole pipeline, as named stages
 """
 
-__version__ = "0.1.0"
-
-from regprim.explain import ExplainConfig, explain  # noqa: E402
-from regprim.generator import (  # noqa: E402
-    HookSplit,
-    SplitGenerator,
-    split_at,
-    split_sequential,
-)
-from regprim.interactions import or_interactions, universal_matching_residual  # noqa: E402
-from regprim.minimal_features import SolverConfig  # noqa: E402
-from regprim.models import MODELS, load_model  # noqa: E402
-from regprim.reconstruction import reconstruct, reconstruct_run  # noqa: E402
-from regprim.run_folder import Run, load_run  # noqa: E402
+from regprim.config import ExplainConfig, SolverConfig
+from regprim.explain import explain
+from regprim.generator import HookSplit, SplitGenerator, split_at, split_sequential
+from regprim.interactions import or_interactions, universal_matching_residual
+from regprim.models import MODELS, load_model
+from regprim.run import Run
+from regprim.run_folder import load_run
+from regprim.target import Target
+from regprim.version import __version__
 
 __all__ = [
     "MODELS",
@@ -34,12 +34,12 @@ __all__ = [
     "Run",
     "SolverConfig",
     "SplitGenerator",
+    "Target",
+    "__version__",
     "explain",
     "load_model",
     "load_run",
     "or_interactions",
-    "reconstruct",
-    "reconstruct_run",
     "split_at",
     "split_sequential",
     "universal_matching_residual",

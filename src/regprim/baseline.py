@@ -12,10 +12,11 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from regprim.generator import SplitGenerator
+from regprim.run_folder import atomic_write, safetensors_content
 
 
 def cache_dir() -> Path:
@@ -58,7 +59,5 @@ def baseline(gen: SplitGenerator, count: int = 1000, seed: int = 1, cache: bool 
         raise ValueError(msg)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"f0": f0.cpu().contiguous()}, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, safetensors_content({"f0": f0}))
     return f0

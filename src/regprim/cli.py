@@ -1,4 +1,9 @@
-"""Command line: ``regprim explain | models | reconstruct``."""
+"""Command line: ``regprim explain | verify | report | reconstruct | stability | models``.
+
+The options of ``explain`` are made from the fields of :class:`regprim.ExplainConfig` and
+:class:`regprim.SolverConfig`: names, defaults, choices and help all come from the dataclasses
+(:func:`regprim.config.field_docs`), so they cannot drift apart.
+"""
 
 from __future__ import annotations
 
@@ -7,97 +12,61 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from regprim.explain import ExplainConfig, explain
-from regprim.minimal_features import (
-    PRECISIONS,
-    REDUCTIONS,
-    SPARSITY,
-    WARM_STARTS,
-    SolverConfig,
-)
-from regprim.models import DEFAULT_MODEL, MODELS, load_model
-from regprim.regions import PLAYER_RULES, Grid, parse_cells, parse_grid
-from regprim.salient import SALIENT_RULES
+from regprim import run_folder as rf
+from regprim.config import ExplainConfig, SolverConfig, field_docs
+from regprim.explain import explain, verification_files
+from regprim.models import MODELS, load_model
+from regprim.regions import parse_cells, parse_grid
+from regprim.version import __version__
+
+# fields whose command-line text is not a plain number or word
+PARSERS: dict[str, Any] = {"grid": parse_grid, "players": parse_cells, "class_index": str}
+SCALARS = {"int": int, "float": float, "str": str}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def add_config_options(
+    parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()
+) -> None:
+    """One option per field of the dataclass ``cls`` (``--field-name``; metadata ``cli`` renames
+    it), with its default, choices and docstring text."""
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.metadata.get("cli", f.name).replace("_", "-")
+        default = _default(f)
+        shown = "x".join(map(str, default)) if isinstance(default, tuple) else default
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default}
+        text = docs[f.name].replace("``", "") + ("" if default is None else f" (default: {shown})")
+        kwargs["help"] = text.replace("%", "%%")
+        if f.type == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = PARSERS.get(f.name) or SCALARS[str(f.type).split(" |")[0]]
+            kwargs["choices"] = f.metadata.get("choices")
+        parser.add_argument(flag, **kwargs)
+
+
+def config_from(args: argparse.Namespace) -> ExplainConfig:
+    """The :class:`ExplainConfig` of parsed ``explain`` options."""
+    values = vars(args)
+
+    def pick(cls: type) -> dict[str, Any]:
+        return {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
+
+    return ExplainConfig(**pick(ExplainConfig) | {"solver": SolverConfig(**pick(SolverConfig))})
 
 
 def _explain_parser(sub) -> None:
     p = sub.add_parser("explain", help="disentangle the regional primitives of one image")
-    p.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help="built-in name (see `regprim models`) or path/file.py:function",
-    )
-    p.add_argument("--layer", help="layer to cut at (default: the model's default)")
-    p.add_argument("--weights", help="weights file or folder (BigGAN: folder; 'random' init)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the target image's code")
-    p.add_argument("--class", dest="class_index", help="class index or name (conditional models)")
-    p.add_argument("--grid", default="6x6", help="ROWSxCOLS grid over the image")
-    p.add_argument("--players", help="explicit player cells in bit order, e.g. 7,8,14")
-    p.add_argument("--n", type=int, default=9, help="number of players when not given")
-    p.add_argument(
-        "--player-rule",
-        choices=PLAYER_RULES,
-        default="center",
-        help="how to choose n players: centre cells, most changed from g(f0), random",
-    )
-    p.add_argument("--player-seed", type=int, default=0, help="seed of the random rule")
-    p.add_argument("--baseline-count", type=int, default=1000, help="codes averaged for f0")
-    d = SolverConfig()
-    p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps per subset")
-    p.add_argument("--lr", type=float, default=d.lr, help="initial Adam step (cosine to 0)")
-    p.add_argument("--lam", type=float, default=d.lam, help="lambda of the reconstruction term")
-    p.add_argument("--sparsity", choices=SPARSITY, default=d.sparsity)
-    p.add_argument("--reduction", choices=REDUCTIONS, default=d.reduction)
-    p.add_argument(
-        "--chunk", type=int, default=d.chunk, help="subsets optimised together (0: from memory)"
-    )
-    p.add_argument("--full-steps", type=int, default=d.full_steps, help="steps for u(N)")
-    p.add_argument(
-        "--warm-start",
-        choices=WARM_STARTS,
-        default=d.warm_start,
-        help="start each subset from its parent S+{i} or (the paper) from u(N)",
-    )
-    p.add_argument(
-        "--no-crop",
-        action="store_true",
-        help="optimise the whole feature map, not only the window that reaches the players",
-    )
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=d.precision,
-        help="generator passes in the loop (bfloat16: faster, less exact)",
-    )
-    p.add_argument(
-        "--constraint",
-        type=float,
-        default=d.constraint,
-        help="max relative masked error for a subset to meet the constraint",
-    )
-    p.add_argument("--salient-rule", choices=SALIENT_RULES, default="tau")
-    p.add_argument(
-        "--salient-tau", type=float, default=0.05, help="salient if ||Δf_k|| > tau * ||f - f0||"
-    )
-    p.add_argument("--salient-top", type=float, default=0.6, help="ratio kept by the top rule")
-    p.add_argument(
-        "--removal-threshold",
-        type=float,
-        default=0.1,
-        help="removal rule: image matches the baseline below this relative distance",
-    )
-    p.add_argument(
-        "--denoise", action="store_true", help="remove noise from the minimal features (Appendix G)"
-    )
-    p.add_argument(
-        "--denoise-tau",
-        type=float,
-        default=0.04,
-        help="noise bound per number, relative to |u(N) - f0|",
-    )
-    p.add_argument("--denoise-steps", type=int, default=100)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_config_options(p, ExplainConfig, skip=("solver",))
+    add_config_options(p, SolverConfig)
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -108,22 +77,8 @@ def _explain_parser(sub) -> None:
     )
 
 
-def _fields_from(args: argparse.Namespace, cls, **overrides):
-    """A config dataclass from the parsed options of the same names (plus ``overrides``)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    return cls(**(values | overrides))
-
-
 def cmd_explain(args: argparse.Namespace) -> int:
-    solver = _fields_from(args, SolverConfig, crop=not args.no_crop)
-    cfg = _fields_from(
-        args,
-        ExplainConfig,
-        grid=parse_grid(args.grid),
-        players=parse_cells(args.players) if args.players else None,
-        solver=solver,
-    )
+    cfg = config_from(args)
     run = explain(
         cfg,
         out=args.out,
@@ -137,27 +92,32 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"results in {args.out}/ (summary.json, tensors.safetensors, *.png)")
     if run.metrics:
         _print_metrics(run.metrics)
-        print(f"report: {args.out / 'report.html'}")
+        print(f"report: {args.out / rf.REPORT}")
     return 0
 
 
 def _print_metrics(metrics) -> None:
+    better = {True: "higher is better", False: "lower is better", None: ""}
     for m in metrics:
-        better = {True: "higher is better", False: "lower is better", None: ""}
         print(f"  {m.name:<28} {m.value:>10.4g}  {better[m.higher_is_better]}")
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    from regprim.report import REPORT, write_verification
-    from regprim.run_folder import load_run
+def rebuild_report(run, device: str = "cpu") -> list:
+    """Recompute the metrics, the paper's figures and report.html of a saved run."""
+    from regprim.metrics import evaluate
 
-    run = load_run(args.run)
-    gen = load_model(
-        run.config["model"], run.config["layer"], args.device, run.config.get("weights")
-    )
-    metrics = write_verification(run, gen)
+    gen = run.generator(device)
+    ev = evaluate(run, gen)
+    shown = {n: (run.path / n).read_bytes() for n in rf.RUN_FIGURES if (run.path / n).is_file()}
+    rf.update_run(run, verification_files(run, gen, ev, shown))
+    return ev.metrics
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    run = rf.load_run(args.run)
+    metrics = rebuild_report(run, args.device)
     _print_metrics(metrics)
-    print(f"metrics.json, figures and {REPORT} written to {args.run}/")
+    print(f"{rf.METRICS}, figures and {rf.REPORT} written to {args.run}/")
     return 0
 
 
@@ -181,40 +141,31 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from regprim.figures import reconstruction_figure
-    from regprim.reconstruction import reconstruct_run
-    from regprim.run_folder import load_run, save_figure
+    from regprim.figures import png, reconstruction_figure
 
-    run = load_run(args.run)
+    run = rf.load_run(args.run)
     cells = parse_cells(args.cells)
-    image, count = reconstruct_run(run, cells, salient_only=not args.all_components)
-    rows, cols = run.summary["grid"]
-    grid = Grid(rows, cols, *image.shape[1:])
+    image, count = run.reconstruct(cells, salient_only=not args.all_components)
     fig, _ = reconstruction_figure(
-        run.tensors["image"], image, run.config["value_range"], grid, run.players, cells, count
+        run.image, image, run.value_range, run.grid, run.players, cells, count
     )
-    out = args.out or args.run / f"reconstruct-{'-'.join(map(str, cells))}.png"
-    save_figure(fig, out)
+    out = args.out or args.run / rf.reconstruction_png(cells)
+    rf.atomic_write(out, png(fig))
     print(json.dumps({"cells": cells, "components": count, "figure": str(out)}))
     return 0
 
 
 def cmd_stability(args: argparse.Namespace) -> int:
-    from regprim.explain import ExplainConfig
-    from regprim.report import write_verification
-    from regprim.run_folder import load_run
-    from regprim.stability import stability, write_stability
+    from regprim.stability import stability
 
-    run = load_run(args.run)
+    run = rf.load_run(args.run)
     cfg = ExplainConfig.from_dict(run.config)
-    gen = load_model(
-        run.config["model"], run.config["layer"], args.device, run.config.get("weights")
-    )
+    gen = run.generator(args.device)
     result = stability(
         cfg, args.repeats, args.init_jitter, args.f0_noise, args.k, gen, progress=not args.quiet
     )
-    write_stability(args.run, result)
-    write_verification(run, gen)
+    rf.update_run(run, {rf.STABILITY: rf.stability_file(result)})
+    rebuild_report(run, args.device)
     for name in ("raw", "denoised"):
         r = result[name]
         print(
@@ -223,12 +174,13 @@ def cmd_stability(args: argparse.Namespace) -> int:
             f"{r['topk_set_jaccard']:.3f}, L1 {r['sparsity']['l1_total']:.4g}, 90% energy in "
             f"{r['sparsity']['fraction_carrying_90pct']:.1%} of components"
         )
-    print(f"stability.json and the report updated in {args.run}/")
+    print(f"{rf.STABILITY} and the report updated in {args.run}/")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="regprim", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="regprim", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"regprim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _explain_parser(sub)
     sub.add_parser("models", help="list models and the layers they can be cut at")
@@ -252,17 +204,23 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--k", type=int, default=10, help="top-k components compared")
     st.add_argument("--device", default="cpu")
     st.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    handlers = {
-        "explain": cmd_explain,
-        "models": cmd_models,
-        "reconstruct": cmd_reconstruct,
-        "verify": cmd_verify,
-        "report": cmd_verify,
-        "stability": cmd_stability,
-    }
+    return parser
+
+
+HANDLERS = {
+    "explain": cmd_explain,
+    "models": cmd_models,
+    "reconstruct": cmd_reconstruct,
+    "verify": cmd_verify,
+    "report": cmd_verify,
+    "stability": cmd_stability,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        return handlers[args.command](args)
+        return HANDLERS[args.command](args)
     except (
         ValueError,
         FileExistsError,

@@ -1,126 +1,148 @@
-"""The pipeline, in the paper's order: split generator -> regions -> baseline -> minimal features
--> OR interactions -> salient components -> verification -> figures -> run folder."""
+"""The pipeline, as a short sequence of named stages (docs/architecture.md)::
+
+    load -> target -> solve -> interactions -> noise removal -> salient -> metrics -> figures
+         -> report -> write
+
+Each stage is a function of what the earlier ones made; :func:`explain` runs them in order.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import platform
 import resource
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import torch
+from torch import Tensor
 
-import regprim
-from regprim.baseline import baseline
+from regprim import run_folder as rf
+from regprim.config import ExplainConfig
 from regprim.denoise import remove_noise
-from regprim.figures import components_figure, image_figure, target_figure
+from regprim.figures import components_figure, image_figure, paper_figures, png, target_figure
 from regprim.generator import SplitGenerator
 from regprim.interactions import or_interactions, universal_matching_residual
-from regprim.minimal_features import (
-    Problem,
-    SolverConfig,
-    check_choice,
-    solve_minimal_features,
-)
-from regprim.models import DEFAULT_MODEL, load_model
-from regprim.regions import (
-    PLAYER_RULES,
-    Grid,
-    center_players,
-    foreground_players,
-    random_players,
-)
-from regprim.report import write_verification
-from regprim.run_folder import (
-    Run,
-    check_output,
-    fingerprint,
-    load_checkpoint,
-    save_checkpoint,
-    write_run,
-)
-from regprim.salient import SALIENT_RULES, component_norms, removal_salient, select_salient
-from regprim.verification import verify as verify_run
+from regprim.metrics import Evaluation, evaluate
+from regprim.models import load_model
+from regprim.report import report_html
+from regprim.run import Run
+from regprim.salient import removal_salient, select_salient
+from regprim.solvers import MinimalFeatures, check_memory, solve
+from regprim.target import Target, build_target
+from regprim.version import __version__
+
+# settings applied after the solve: a checkpoint of minimal features stays valid across them
+AFTER_SOLVE = ("salient", "removal", "denoise", "top_figure")
 
 
-@dataclass
-class ExplainConfig:
-    """Everything that determines a run; saved, resolved, as ``config.json``."""
-
-    model: str = DEFAULT_MODEL
-    layer: str | None = None
-    weights: str | None = None
-    seed: int = 0
-    class_index: int | str | None = None
-    grid: tuple[int, int] = (6, 6)
-    players: list[int] | None = None
-    n: int = 9
-    player_rule: str = "center"
-    player_seed: int = 0
-    baseline_count: int = 1000
-    baseline_seed: int = 12345
-    solver: SolverConfig = field(default_factory=SolverConfig)
-    salient_rule: str = "tau"
-    salient_tau: float = 0.05
-    salient_top: float = 0.6
-    removal_threshold: float = 0.1
-    denoise: bool = False
-    denoise_tau: float = 0.04
-    denoise_steps: int = 100
-    f0_noise: float = 0.0
-    top_figure: int = 8
-    device: str = "cpu"
-    memory_budget_gb: float | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.solver, dict):
-            self.solver = SolverConfig(**self.solver)
-        self.grid = tuple(self.grid)  # type: ignore[assignment]
-        check_choice("player rule", self.player_rule, PLAYER_RULES)
-        check_choice("salient rule", self.salient_rule, SALIENT_RULES)
-        if self.players is None and self.n < 1:
-            msg = f"n={self.n} must be at least 1 player"
-            raise ValueError(msg)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExplainConfig:
-        """The settings of a saved ``config.json`` (metadata keys are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+def load_generator(cfg: ExplainConfig, generator: SplitGenerator | None = None) -> SplitGenerator:
+    """Stage 1: the split generator named by ``cfg`` (or the one given), frozen, on the device."""
+    device = torch.device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if generator is not None:
+        return generator.freeze().to(device)
+    return load_model(cfg.model, cfg.layer, device, cfg.weights)
 
 
-def available_memory_bytes() -> int:
-    """MemAvailable from /proc/meminfo (physical memory where that is missing)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+def resolved_config(cfg: ExplainConfig, target: Target) -> dict[str, Any]:
+    """The settings as they were applied (layer, players and class resolved)."""
+    return cfg.to_dict() | {
+        "layer": target.gen.layer,
+        "players": target.players,
+        "n": target.n,
+        "class_index": target.class_index,
+    }
 
 
-def check_memory(n: int, feature_numel: int, budget_gb: float | None) -> None:
-    """Refuse an ``n`` whose ``2**n x D`` tensors would not fit in memory."""
-    # minimal features, solver alphas, components and one transform temporary, float32
-    need = 4 * (2**n) * feature_numel * 4
-    have = int(budget_gb * 2**30) if budget_gb else available_memory_bytes()
-    if need > have:
-        msg = (
-            f"n={n} needs about {need / 2**30:.1f} GiB for its 2**{n} x {feature_numel} tensors, "
-            f"more than the {have / 2**30:.1f} GiB available; use a smaller n "
-            f"(each player fewer halves it) or an earlier, smaller layer"
-        )
-        raise MemoryError(msg)
+def solve_minimal_features(
+    cfg: ExplainConfig,
+    target: Target,
+    resolved: dict[str, Any],
+    out: Path | None,
+    checkpoint_every: float,
+    progress: bool,
+) -> MinimalFeatures:
+    """Stage 3: the minimal features, resumed from and checkpointed to ``out``'s checkpoint."""
+    key = rf.fingerprint({k: v for k, v in resolved.items() if not k.startswith(AFTER_SOLVE)})
+    resume = rf.load_checkpoint(out, key) if out is not None else None
+    last_save = time.perf_counter()
+
+    def checkpoint(state: dict[str, Tensor]) -> None:
+        nonlocal last_save
+        if out is not None and time.perf_counter() - last_save >= checkpoint_every:
+            rf.save_checkpoint(out, key, state)
+            last_save = time.perf_counter()
+
+    return solve(target, cfg.solver, resume, checkpoint, progress)
+
+
+def interactions(target: Target, mf: MinimalFeatures) -> dict[str, Tensor]:
+    """Stage 4: OR interactions (Eq. 10) and the universal-matching check; the run's tensors."""
+    components = or_interactions(mf.u)
+    residual = universal_matching_residual(mf.u, components, target.f0)
+    if not torch.isfinite(residual).all():
+        msg = "universal matching residual is not finite; the minimal features hold NaN or inf"
+        raise ValueError(msg)
+    return {
+        "f": target.f,
+        "f0": target.f0,
+        "code": target.code[0],
+        "image": target.x,
+        "baseline_image": target.baseline_image,
+        "minimal_features": mf.u,
+        "components": components,
+        "rel_error": mf.rel_error,
+        "meets_constraint": mf.meets.to(torch.uint8),
+        "passes": mf.passes,
+        "universal_matching_residual": residual,
+    }
+
+
+def noise_removal(
+    cfg: ExplainConfig, target: Target, mf: MinimalFeatures, tensors: dict[str, Tensor]
+) -> dict[str, Any]:
+    """Stage 5 (``--denoise``): Appendix G; adds the denoised tensors, returns the summary."""
+    dn = remove_noise(mf.u, target.f0, cfg.denoise_tau, cfg.denoise_steps)
+    rel = mf.objective.all_relative_errors(dn.u)
+    meets = rel < cfg.solver.constraint
+    tensors |= {
+        "minimal_features_denoised": dn.u,
+        "components_denoised": dn.components,
+        "rel_error_denoised": rel,
+    }
+    return {
+        "tau_rel": dn.tau_rel,
+        "steps": dn.steps,
+        "seconds": dn.seconds,
+        "l1_before": dn.l1_before,
+        "l1_after": dn.l1_after,
+        "subsets_meeting_constraint": float(meets.float().mean()),
+        "subsets_failing_constraint": torch.nonzero(~meets).flatten().tolist(),
+        "universal_matching_max_rel_residual": float(
+            universal_matching_residual(dn.u, dn.components, target.f0).max()
+        ),
+    }
+
+
+def salient_sets(
+    cfg: ExplainConfig, target: Target, components: Tensor, batch: int
+) -> dict[str, Tensor]:
+    """Stage 6: the salient components by each rule (bitmasks by decreasing norm)."""
+    scale = float((target.f - target.f0).norm())
+    return {
+        "tau": select_salient(components, scale, "tau", cfg.salient_tau),
+        "top": select_salient(components, scale, "top", top=cfg.salient_top),
+        "removal": removal_salient(
+            components,
+            target.f0,
+            lambda feats: target.gen.render(feats, target.code, batch),
+            target.player_masks,
+            cfg.removal_threshold,
+        ),
+    }
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -129,27 +151,100 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
-def check_finite(name: str, t: torch.Tensor, gen: SplitGenerator) -> None:
-    if not torch.isfinite(t).all():
-        bad = int((~torch.isfinite(t)).sum())
-        msg = (
-            f"{name} of {gen.name}/{gen.layer} has {bad} NaN or inf values; "
-            "check the model's weights or choose another seed or layer"
-        )
-        raise ValueError(msg)
+def summarise(
+    cfg: ExplainConfig,
+    target: Target,
+    mf: MinimalFeatures,
+    tensors: dict[str, Tensor],
+    rules: dict[str, Tensor],
+    denoised: dict[str, Any],
+    start: float,
+) -> dict[str, Any]:
+    """The headline numbers of ``summary.json`` (docs/run-folder.md)."""
+    gen, n, solver = target.gen, target.n, cfg.solver
+    used = tensors["components_denoised" if cfg.denoise else "components"]
+    salient = rules[cfg.salient_rule]
+    norms = used.flatten(1).norm(dim=1)
+    return {
+        "model": gen.name,
+        "layer": gen.layer,
+        "feature_shape": list(target.feature_shape),
+        "grid": list(cfg.grid),
+        "players": target.players,
+        "n": n,
+        "class_index": target.class_index,
+        "sparsity": solver.sparsity,
+        "reduction": solver.reduction,
+        "universal_matching_max_rel_residual": float(tensors["universal_matching_residual"].max()),
+        "subsets_meeting_constraint": float(mf.meets.float().mean()),
+        "subsets_failing_constraint": torch.nonzero(~mf.meets).flatten().tolist(),
+        "rel_error_median": float(mf.rel_error[1:].median()) if n else 0.0,
+        "rel_error_max": float(mf.rel_error.max()),
+        "constraint": solver.constraint,
+        "components_used": "denoised" if cfg.denoise else "raw",
+        "denoise": denoised,
+        "salient_rule": cfg.salient_rule,
+        "salient_counts": {rule: len(ks) for rule, ks in rules.items()},
+        "salient": salient.tolist(),
+        "salient_norms": [float(norms[k]) for k in salient],
+        "feature_change_norm": float((target.f - target.f0).norm()),
+        "mean_passes_per_subset": float(mf.passes[1:].float().mean()) if n else 0.0,
+        "chunk": mf.chunk,
+        "device": str(gen.device),
+        "wall_seconds": time.perf_counter() - start,
+        "peak_memory_bytes": peak_memory_bytes(gen.device),
+    }
 
 
-def choose_players(cfg: ExplainConfig, grid: Grid, x, baseline_image) -> list[int]:
-    if cfg.players is not None:
-        return grid.check_cells(list(cfg.players), "player cells")
-    if not 1 <= cfg.n <= grid.cells:
-        msg = f"n={cfg.n} players do not fit a grid of {grid.cells} cells; use 1..{grid.cells}"
-        raise ValueError(msg)
-    if cfg.player_rule == "center":
-        return center_players(grid, cfg.n)
-    if cfg.player_rule == "foreground":
-        return foreground_players(x, baseline_image, grid, cfg.n)
-    return random_players(grid, cfg.n, cfg.player_seed)
+def run_metadata(target: Target) -> dict[str, Any]:
+    """What ``config.json`` records beside the settings."""
+    return {
+        "regprim_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "feature_shape": list(target.feature_shape),
+        "value_range": list(target.gen.value_range),
+    }
+
+
+def run_figures(run: Run, gen: SplitGenerator, top: int) -> dict[str, bytes]:
+    """The run's own figures as PNG: target, baseline and the most salient components."""
+    title = f"{run.model} seed {run.config['seed']}"
+    if gen.num_classes:
+        title += f" class {run.class_index}"
+    shown = run.salient[:top]
+    figures = {
+        rf.TARGET_PNG: target_figure(
+            run.image, run.value_range, run.grid, run.players, f"target: {title}"
+        )[0],
+        rf.BASELINE_PNG: image_figure(run.baseline_image, run.value_range, "baseline g(f0)")[0],
+    }
+    if shown:
+        features = run.f0 + run.components[shown]
+        rendered = gen.render(features.to(gen.device), run.code.to(gen.device))
+        figures[rf.COMPONENTS_PNG] = components_figure(
+            run.image,
+            run.baseline_image,
+            list(rendered),
+            shown,
+            [float(run.norms[k]) for k in shown],
+            run.value_range,
+            run.grid,
+            run.players,
+        )[0]
+    return {name: png(fig) for name, fig in figures.items()}
+
+
+def verification_files(
+    run: Run, gen: SplitGenerator, ev: Evaluation, shown: dict[str, bytes]
+) -> dict[str, rf.Content]:
+    """``metrics.json``, the paper's figures and ``report.html`` of an evaluated run; ``shown``
+    are the run's own figures, shown first in the report."""
+    figures = {name: png(fig) for name, fig in paper_figures(run, ev).items()}
+    stability = rf.read_stability(run.path) if run.path is not None else None
+    page = report_html(run, gen, ev.metrics, shown | figures, stability)
+    return {rf.METRICS: rf.metrics_file(ev.metrics), **figures, rf.REPORT: page}
 
 
 def explain(
@@ -168,198 +263,32 @@ def explain(
         out: run folder to write (atomically); None keeps the run in memory only.
         overwrite: replace a run already in ``out``.
         generator: an already built split generator (``cfg.model`` then only names it).
-        verify: also compute the faithfulness metrics, the paper's figures and report.html
-            (written into ``out``; see :mod:`regprim.report`).
+        verify: also compute the faithfulness metrics, the paper's figures and report.html.
         checkpoint_every: seconds between checkpoints of the solver state in ``out`` (an
             interrupted run loses at most that much work; each checkpoint writes the whole
-            ``2**n x D`` state, so not after every chunk).
+            solver state, so not after every chunk).
     """
     cfg = cfg or ExplainConfig()
     start = time.perf_counter()
     out = Path(out) if out is not None else None
     if out is not None:
-        check_output(out, overwrite)
-    device = torch.device(cfg.device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    if generator is not None:
-        gen = generator.freeze().to(device)
-    else:
-        gen = load_model(cfg.model, cfg.layer, device, cfg.weights)
-    class_index = gen.class_index(cfg.class_index)
-
-    f0 = baseline(gen, cfg.baseline_count, cfg.baseline_seed).to(device)
-    if cfg.f0_noise:  # perturbed baseline, for stability studies
-        rng = torch.Generator().manual_seed(cfg.solver.perturb_seed)
-        noise = torch.randn(f0.shape, generator=rng).to(device)
-        f0 = f0 + cfg.f0_noise * f0.std() * noise
-    code = gen.sample_codes(1, cfg.seed, class_index)
-    with torch.no_grad():
-        f = gen.d(code)[0]
-        x = gen.g(f[None], code)[0]
-        baseline_image = gen.g(f0[None], code)[0]
-    check_finite("feature f", f, gen)
-    check_finite("baseline feature f0", f0, gen)
-    check_finite("image g(f)", x, gen)
-
-    grid = Grid(*cfg.grid, *x.shape[1:])
-    players = choose_players(cfg, grid, x, baseline_image)
-    n = len(players)
-    check_memory(n, f.numel(), cfg.memory_budget_gb)
-    player_masks = grid.cell_masks()[players].to(device)
-
-    resolved = cfg.to_dict() | {
-        "layer": gen.layer,
-        "players": players,
-        "n": n,
-        "class_index": class_index,
-    }
-    # the checkpoint holds minimal features: only the settings that shape them must match
-    after_solve = ("salient", "removal", "denoise", "top_figure")
-    key = fingerprint({k: v for k, v in resolved.items() if not k.startswith(after_solve)})
-    resume = load_checkpoint(out, key) if out is not None else None
-
-    last_save = time.perf_counter()
-
-    def checkpoint(state: dict[str, torch.Tensor]) -> None:
-        nonlocal last_save
-        if out is not None and time.perf_counter() - last_save >= checkpoint_every:
-            save_checkpoint(out, key, state)
-            last_save = time.perf_counter()
-
-    mf = solve_minimal_features(
-        gen, code, f, f0, x, player_masks, cfg.solver, resume, checkpoint, progress
-    )
-    components = or_interactions(mf.u)
-    residual = universal_matching_residual(mf.u, components, f0)
-    if not torch.isfinite(residual).all():
-        msg = "universal matching residual is not finite; the minimal features hold NaN or inf"
-        raise ValueError(msg)
-    denoise_summary: dict[str, Any] = {}
-    extra_tensors: dict[str, torch.Tensor] = {}
-    used = components
-    if cfg.denoise:
-        dn = remove_noise(mf.u, f0, cfg.denoise_tau, cfg.denoise_steps)
-        problem = Problem(gen, code, f, f0, x, player_masks, cfg.solver)
-        rel_dn = problem.all_relative_errors(dn.u)
-        meets_dn = rel_dn < cfg.solver.constraint
-        used = dn.components
-        extra_tensors = {
-            "minimal_features_denoised": dn.u,
-            "components_denoised": dn.components,
-            "rel_error_denoised": rel_dn,
-        }
-        denoise_summary = {
-            "tau_rel": dn.tau_rel,
-            "steps": dn.steps,
-            "seconds": dn.seconds,
-            "l1_before": dn.l1_before,
-            "l1_after": dn.l1_after,
-            "subsets_meeting_constraint": float(meets_dn.float().mean()),
-            "subsets_failing_constraint": torch.nonzero(~meets_dn).flatten().tolist(),
-            "universal_matching_max_rel_residual": float(
-                universal_matching_residual(dn.u, dn.components, f0).max()
-            ),
-        }
-    scale = float((f - f0).norm())
-    rules = {
-        "tau": select_salient(used, scale, "tau", cfg.salient_tau),
-        "top": select_salient(used, scale, "top", top=cfg.salient_top),
-        "removal": removal_salient(
-            used,
-            f0,
-            lambda feats: torch.cat([gen.g(c, code) for c in feats.split(mf.chunk)]),
-            player_masks,
-            cfg.removal_threshold,
-        ),
-    }
-    salient = rules[cfg.salient_rule]
-    norms = component_norms(used)
-
-    title = f"{gen.name} seed {cfg.seed}" + (f" class {class_index}" if gen.num_classes else "")
-    top = salient[: cfg.top_figure].tolist()
-    with torch.no_grad():
-        rendered = list(gen.g(f0 + used[top], code)) if top else []
-    figures = {
-        "target.png": target_figure(x, gen.value_range, grid, players, f"target: {title}")[0],
-        "baseline.png": image_figure(baseline_image, gen.value_range, "baseline g(f0)")[0],
-    }
-    if top:
-        figures["components.png"] = components_figure(
-            x,
-            baseline_image,
-            rendered,
-            top,
-            [float(norms[k]) for k in top],
-            gen.value_range,
-            grid,
-            players,
-        )[0]
-
-    failing = torch.nonzero(~mf.meets).flatten().tolist()
-    summary = {
-        "model": gen.name,
-        "layer": gen.layer,
-        "feature_shape": list(f.shape),
-        "grid": list(cfg.grid),
-        "players": players,
-        "n": n,
-        "class_index": class_index,
-        "sparsity": cfg.solver.sparsity,
-        "reduction": cfg.solver.reduction,
-        "universal_matching_max_rel_residual": float(residual.max()),
-        "subsets_meeting_constraint": float(mf.meets.float().mean()),
-        "subsets_failing_constraint": failing,
-        "rel_error_median": float(mf.rel_error[1:].median()) if n else 0.0,
-        "rel_error_max": float(mf.rel_error.max()),
-        "constraint": cfg.solver.constraint,
-        "components_used": "denoised" if cfg.denoise else "raw",
-        "denoise": denoise_summary,
-        "salient_rule": cfg.salient_rule,
-        "salient_counts": {rule: len(ks) for rule, ks in rules.items()},
-        "salient": salient.tolist(),
-        "salient_norms": [float(norms[k]) for k in salient],
-        "feature_change_norm": scale,
-        "mean_passes_per_subset": float(mf.passes[1:].float().mean()) if n else 0.0,
-        "chunk": mf.chunk,
-        "device": str(device),
-        "wall_seconds": time.perf_counter() - start,
-        "peak_memory_bytes": peak_memory_bytes(device),
-    }
-    config = resolved | {
-        "regprim_version": regprim.__version__,
-        "torch_version": torch.__version__,
-        "python": platform.python_version(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "feature_shape": list(f.shape),
-        "value_range": list(gen.value_range),
-    }
-    tensors = {
-        "f": f,
-        "f0": f0,
-        "code": code[0],
-        "image": x,
-        "baseline_image": baseline_image,
-        "minimal_features": mf.u,
-        "components": components,
-        "rel_error": mf.rel_error,
-        "meets_constraint": mf.meets.to(torch.uint8),
-        "passes": mf.passes,
-        "universal_matching_residual": residual,
-        **extra_tensors,
-    }
-    run = Run(config=config, summary=summary, tensors=tensors)
-
-    def verification(folder: Path) -> None:
-        run.metrics = write_verification(run, gen, folder)
-
-    try:
-        if out is not None:
-            extra = verification if verify else None
-            write_run(run, out, overwrite=overwrite, figures=figures, extra=extra)
-        elif verify:
-            run.metrics = verify_run(run, gen)
-    finally:
-        for fig in figures.values():
-            plt.close(fig)
+        rf.check_output(out, overwrite)
+    gen = load_generator(cfg, generator)
+    target = build_target(cfg, gen)
+    check_memory(cfg.solver, target.n, target.f.numel(), cfg.memory_budget_gb)
+    resolved = resolved_config(cfg, target)
+    mf = solve_minimal_features(cfg, target, resolved, out, checkpoint_every, progress)
+    tensors = interactions(target, mf)
+    denoised = noise_removal(cfg, target, mf, tensors) if cfg.denoise else {}
+    used = tensors["components_denoised" if cfg.denoise else "components"]
+    rules = salient_sets(cfg, target, used, mf.chunk)
+    summary = summarise(cfg, target, mf, tensors, rules, denoised, start)
+    run = Run(config=resolved | run_metadata(target), summary=summary, tensors=tensors)
+    files: dict[str, rf.Content] = dict(run_figures(run, gen, cfg.top_figure))
+    if verify:
+        evaluation = evaluate(run, gen)
+        run.metrics = evaluation.metrics
+        files |= verification_files(run, gen, evaluation, dict(files))
+    if out is not None:
+        rf.write_run(run, out, overwrite=overwrite, files=files)
     return run

@@ -1,11 +1,14 @@
-"""Figures of a run (PNG). Every function returns ``(fig, axes)`` and never calls ``show()``."""
+"""Figures of a run (PNG). Every function returns ``(fig, axes)`` and never calls ``show()``.
+
+The functions only draw: what they show comes from the run and from its
+:class:`regprim.metrics.Evaluation` (curves and rendered images); nothing here runs the
+generator."""
 
 from __future__ import annotations
 
-import math
+import io
 
 import matplotlib
-import torch
 
 matplotlib.use("Agg")
 
@@ -15,6 +18,14 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from regprim.regions import Grid, cells_of  # noqa: E402
+
+
+def png(fig) -> bytes:
+    """A figure as PNG bytes (110 dpi, tight bounding box); the figure is closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def to_rgb(image: Tensor, value_range: tuple[float, float]) -> np.ndarray:
@@ -137,7 +148,7 @@ def reconstruction_figure(
     return fig, axes
 
 
-# -- the paper's figures, from a run's own data (regprim.verification) ----------------------
+# -- the paper's figures, from a run and its evaluation (regprim.metrics) -------------------
 def cell_map(values: list[float], grid: Grid, players: list[int]) -> np.ndarray:
     """A ``rows x cols`` array with ``values`` on the player cells and NaN elsewhere."""
     out = np.full((grid.rows, grid.cols), np.nan)
@@ -146,35 +157,22 @@ def cell_map(values: list[float], grid: Grid, players: list[int]) -> np.ndarray:
     return out
 
 
-def region_weights(v, ks: list[int]) -> list[float]:
-    """Appendix H: per player cell, the sum of L1 norm / |S_k| over the components ``ks``."""
-    l1 = v.components.flatten(1).abs().sum(1)
-    w = [0.0] * v.n
-    for k in ks:
-        for i in range(v.n):
-            if k >> i & 1:
-                w[i] += float(l1[k]) / k.bit_count()
-    return w
-
-
-def fig3_incremental(v, target: int, ratios=(0.0, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)):
+def fig3_incremental(run, ev):
     """Fig. 3: reconstruction of the target cells as covering components are added (by norm),
     with the heatmap of the added components' action regions (exponentiated for contrast)."""
-    ks = v.covering(target)
-    counts = [math.ceil(r * len(ks)) for r in ratios]
-    feats = [v.f0 + v.components[ks[:c]].sum(0) for c in counts]
-    images = v.render(torch.stack(feats))
-    cells = cells_of(target, v.run.players)
+    d = ev.fig3
+    cells = run.cells(d["target"])
+    ratios = d["ratios"]
     fig, axes = plt.subplots(2, len(ratios), figsize=(1.9 * len(ratios), 4.2), squeeze=False)
-    vr = v.run.config["value_range"]
-    for j, (count, image) in enumerate(zip(counts, images, strict=True)):
-        axes[0, j].imshow(to_rgb(image, vr), interpolation="nearest")
-        draw_grid(axes[0, j], v.grid, v.run.players, highlight=cells)
-        err = float(v.set_rel_error(image[None], target)[0])
-        axes[0, j].set_title(f"{count}/{len(ks)} comps\nrel. error {err:.2g}", fontsize=7)
-        w = np.array(region_weights(v, ks[:count]))
-        heat = np.exp(3 * w / w.max()) if count else np.ones_like(w)
-        axes[1, j].imshow(cell_map(list(heat), v.grid, v.run.players), cmap="inferno")
+    for j, (count, image, err, weights) in enumerate(
+        zip(d["counts"], ev.images["fig3"], d["rel_errors"], d["weights"], strict=True)
+    ):
+        axes[0, j].imshow(to_rgb(image, run.value_range), interpolation="nearest")
+        draw_grid(axes[0, j], run.grid, run.players, highlight=cells)
+        axes[0, j].set_title(f"{count}/{d['covering']} comps\nrel. error {err:.2g}", fontsize=7)
+        w = np.array(weights)
+        heat = np.exp(3 * w / w.max()) if count and w.max() > 0 else np.ones_like(w)
+        axes[1, j].imshow(cell_map(list(heat), run.grid, run.players), cmap="inferno")
         axes[1, j].set_title("action regions (exp)", fontsize=7)
         for row in range(2):
             axes[row, j].axis("off")
@@ -183,9 +181,9 @@ def fig3_incremental(v, target: int, ratios=(0.0, 0.02, 0.05, 0.1, 0.25, 0.5, 1.
     return fig, axes
 
 
-def fig4_action_regions(v, salient: list[int], count: int = 16):
+def fig4_action_regions(run, count: int = 16):
     """Fig. 4: action regions of the most salient components."""
-    ks = salient[:count]
+    ks = run.salient[:count]
     cols = min(8, max(len(ks), 1))
     rows = max(1, -(-len(ks) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows + 0.4), squeeze=False)
@@ -193,9 +191,9 @@ def fig4_action_regions(v, salient: list[int], count: int = 16):
         ax.axis("off")
     for j, k in enumerate(ks):
         ax = axes.flat[j]
-        inside = [float(k >> i & 1) for i in range(v.n)]
-        ax.imshow(cell_map(inside, v.grid, v.run.players), cmap="Oranges", vmin=0, vmax=1.2)
-        ax.set_title(f"#{j + 1} |S|={k.bit_count()}\n|Δf|={float(v.norms[k]):.3g}", fontsize=7)
+        inside = [float(k >> i & 1) for i in range(run.n)]
+        ax.imshow(cell_map(inside, run.grid, run.players), cmap="Oranges", vmin=0, vmax=1.2)
+        ax.set_title(f"#{j + 1} |S|={k.bit_count()}\n|Δf|={float(run.norms[k]):.3g}", fontsize=7)
     fig.suptitle(
         "Fig. 4: action regions of the most salient components "
         "(orange = cells of S_k, white = not a player)",
@@ -229,101 +227,102 @@ def fig5_sparsity(metric, tau_norm: float | None):
     return fig, axes
 
 
-def _curves(ax, ratios, curves, mean, ylabel, log: bool):
-    for c in curves:
-        ax.plot(ratios, c, color="gray", alpha=0.35, lw=0.8)
-    ax.plot(ratios, mean, color="black", lw=2, label="mean")
+STRIP = (0.0, 0.2, 0.5, 1.0)
+
+
+def _curve_figure(run, metric, images, title: str, ylabel: str, log: bool):
+    """The metric's curves over p (left) and its first target's images at ``STRIP`` (right)."""
+    d = metric.details
+    fig = plt.figure(figsize=(10, 3.4))
+    ax = fig.add_axes((0.06, 0.15, 0.4, 0.72))
+    for c in d["curves"]:
+        ax.plot(d["ratios"], c, color="gray", alpha=0.35, lw=0.8)
+    ax.plot(d["ratios"], d["mean_curve"], color="black", lw=2, label="mean")
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("ratio p of the components added (largest norm first)")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
-
-
-def _strip(axes, v, feats_by_p, target, ps):
-    images = v.render(feats_by_p)
-    cells = cells_of(target, v.run.players)
-    for ax, image, p in zip(axes, images, ps, strict=True):
-        ax.imshow(to_rgb(image, v.run.config["value_range"]), interpolation="nearest")
-        draw_grid(ax, v.grid, v.run.players, highlight=cells)
-        ax.set_title(f"p = {p:g}", fontsize=7)
-        ax.axis("off")
-
-
-def _curve_figure(v, metric, title, ylabel, ks_of, target, log):
-    from regprim.verification import RATIOS
-
-    fig = plt.figure(figsize=(10, 3.4))
-    ax = fig.add_axes((0.06, 0.15, 0.4, 0.72))
-    d = metric.details
-    _curves(ax, d["ratios"], d["curves"], d["mean_curve"], ylabel, log)
-    ps = [0.0, 0.2, 0.5, 1.0]
-    feats = v.ratio_features(ks_of(target))[[RATIOS.index(p) for p in ps]]
-    strip = [fig.add_axes((0.52 + 0.12 * j, 0.15, 0.11, 0.65)) for j in range(len(ps))]
-    _strip(strip, v, feats, target, ps)
+    cells = run.cells(d["targets"][0])
+    strip = [fig.add_axes((0.52 + 0.12 * j, 0.15, 0.11, 0.65)) for j in range(len(STRIP))]
+    for axis, p in zip(strip, STRIP, strict=True):
+        image = images[d["ratios"].index(p)]
+        axis.imshow(to_rgb(image, run.value_range), interpolation="nearest")
+        draw_grid(axis, run.grid, run.players, highlight=cells)
+        axis.set_title(f"p = {p:g}", fontsize=7)
+        axis.axis("off")
     fig.suptitle(title, fontsize=10)
     return fig, [ax, *strip]
 
 
-def fig6_irrelevant(v, metric):
-    return _curve_figure(
-        v,
-        metric,
-        "Fig. 6: components NOT covering cell i do not reconstruct it (cell of bit 0)",
+# (file, metric, title, y label, log scale) of the curve figures; {cells} = the shown target
+CURVES = {
+    "fig6": (
+        "irrelevant_components",
+        "Fig. 6: components NOT covering cell i do not reconstruct it (cells {cells} shown)",
         "1 - error / baseline error on cell i",
-        v.not_covering,
-        1,
-        log=False,
-    )
-
-
-def fig7a(v, metric):
-    return _curve_figure(
-        v,
-        metric,
-        "Fig. 7a: components covering cell i reconstruct it (cell of bit 0 shown)",
+        False,
+    ),
+    "fig7a": (
+        "requirement_2_alpha",
+        "Fig. 7a: components covering cell i reconstruct it (cells {cells} shown)",
         "error / baseline error on cell i",
-        v.covering,
-        1,
-        log=True,
-    )
-
-
-def fig7b(v, metric):
-    target = metric.details["targets"][0]
-    return _curve_figure(
-        v,
-        metric,
-        f"Fig. 7b: components meeting a set S reconstruct it (S = cells "
-        f"{cells_of(target, v.run.players)} shown)",
+        True,
+    ),
+    "fig7b": (
+        "requirement_2_beta",
+        "Fig. 7b: components meeting a set S reconstruct it (S = cells {cells} shown)",
         "error / baseline error on S",
-        v.covering,
-        target,
-        log=True,
-    )
+        True,
+    ),
+}
 
 
-def fig8_code_influence(v, codes: int = 5):
+def curve_figure(run, ev, which: str):
+    """Fig. 6, 7a or 7b (``which``): the metric's curves over p and its first target's images."""
+    name, title, ylabel, log = CURVES[which]
+    metric = ev.by_name()[name]
+    cells = run.cells(metric.details["targets"][0])
+    return _curve_figure(run, metric, ev.images[which], title.format(cells=cells), ylabel, log)
+
+
+def fig8_code_influence(run, ev, codes: int = 5):
     """Fig. 8: the same feature f rendered with other codes."""
-    class_index = v.run.summary.get("class_index")
-    others = v.gen.sample_codes(codes, 10_001, class_index)
-    with torch.no_grad():
-        images = [v.gen.g(v.f[None], c[None])[0] for c in others]
-    vr = v.run.config["value_range"]
+    images = ev.images["fig8"][:codes]
+    vr = run.value_range
     fig, axes = plt.subplots(2, codes + 1, figsize=(1.9 * (codes + 1), 4), squeeze=False)
-    axes[0, 0].imshow(to_rgb(v.x, vr))
+    axes[0, 0].imshow(to_rgb(run.image, vr))
     axes[0, 0].set_title("target code", fontsize=7)
-    axes[1, 0].axis("off")
     lo, hi = vr
     for j, image in enumerate(images, start=1):
         axes[0, j].imshow(to_rgb(image, vr))
         axes[0, j].set_title(f"other code {j}", fontsize=7)
-        change = ((image - v.x).abs().sum(0) / (hi - lo)).cpu().numpy()
+        change = ((image - run.image).abs().sum(0) / (hi - lo)).cpu().numpy()
         axes[1, j].imshow(change, cmap="magma", vmin=0, vmax=max(float(change.max()), 1e-6))
         axes[1, j].set_title(f"|change| max {change.max():.2g}", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
-    note = "" if v.gen.sees_code else " (g does not see the code: identical by construction)"
+    sees = ev.by_name()["code_influence"].details["sees_code"]
+    note = "" if sees else " (g does not see the code: identical by construction)"
     fig.suptitle("Fig. 8: the same feature f rendered with different codes" + note, fontsize=9)
     fig.tight_layout()
     return fig, axes
+
+
+def paper_figures(run, ev) -> dict[str, object]:
+    """Figures 3 to 8 of the paper, by their file names in the run folder."""
+    from regprim import run_folder as rf
+
+    metric = ev.by_name()["sparsity"]
+    tau_norm = None
+    if run.summary.get("salient_rule") == "tau":
+        tau_norm = run.config["salient_tau"] * run.feature_change_norm
+    return {
+        rf.FIG3: fig3_incremental(run, ev)[0],
+        rf.FIG4: fig4_action_regions(run)[0],
+        rf.FIG5: fig5_sparsity(metric, tau_norm)[0],
+        rf.FIG6: curve_figure(run, ev, "fig6")[0],
+        rf.FIG7A: curve_figure(run, ev, "fig7a")[0],
+        rf.FIG7B: curve_figure(run, ev, "fig7b")[0],
+        rf.FIG8: fig8_code_influence(run, ev)[0],
+    }

@@ -145,6 +145,16 @@ class SplitGenerator:
         raise NotImplementedError(msg)
 
     @torch.no_grad()
+    def render(self, features: Tensor, code: Tensor, batch: int = 64) -> Tensor:
+        """Images ``(B, C, H, W)`` of features ``(B, *feature_shape)``, ``batch`` at a time,
+        without gradients (the one batch renderer: metrics, figures, report, salient rules)."""
+        parts = [
+            self.g(features[i : i + batch].to(self.device), code)
+            for i in range(0, len(features), batch)
+        ]
+        return torch.cat(parts) if parts else torch.empty(0, device=self.device)
+
+    @torch.no_grad()
     def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(feature_shape, image_shape) of one sample."""
         code = self.sample_codes(1, 0)

@@ -2,6 +2,12 @@
 
 For target cells ``S^`` (a bitmask): ``f^ = f0 + sum of the chosen components Delta f_k whose
 action region S_k meets S^``; the image is ``g(f^)`` rendered with the target's code.
+
+This module is the one implementation of Algorithm 2: :func:`selection` says which components
+each target uses (optionally only the largest fraction ``p`` of them, or those that do *not*
+meet the target, as Fig. 6 needs) and :func:`reconstruct_features` adds them to ``f0``, for a
+whole batch of targets at once. The CLI, the metrics, the figures and the report's explorer all
+go through it.
 """
 
 from __future__ import annotations
@@ -9,62 +15,35 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from regprim.generator import SplitGenerator
 
+def selection(masks: Tensor, targets: Tensor, ratio: float = 1.0, meeting: bool = True) -> Tensor:
+    """Which components each target uses: bool ``(B, m)``.
 
-def covering(components: Tensor, target: int, chosen: Tensor | None = None) -> Tensor:
-    """Bitmasks k (among ``chosen``, default all non-empty) with ``k & target != 0``."""
-    if chosen is None:
-        chosen = torch.arange(1, components.shape[0])
-    chosen = chosen.to(torch.long)
-    return chosen[(chosen & target) != 0]
-
-
-def reconstruct_feature(
-    components: Tensor, f0: Tensor, target: int, chosen: Tensor | None = None
-) -> Tensor:
-    """``f^`` for the target bitmask: ``(*feature_shape)``."""
-    size = components.shape[0]
-    if not 0 < target < size:
-        msg = f"target subset {target} is not a non-empty bitmask below {size}"
-        raise ValueError(msg)
-    ks = covering(components, target, chosen)
-    return f0 + components[ks.to(components.device)].sum(0)
-
-
-@torch.no_grad()
-def reconstruct(
-    gen: SplitGenerator,
-    code: Tensor,
-    components: Tensor,
-    f0: Tensor,
-    target: int,
-    chosen: Tensor | None = None,
-) -> Tensor:
-    """Algorithm 2: the image ``g(f^)`` ``(C, H, W)`` for the target bitmask."""
-    f_hat = reconstruct_feature(components, f0, target, chosen)
-    return gen.g(f_hat[None].to(gen.device), code)[0]
-
-
-def reconstruct_run(
-    run, cells: list[int], generator: SplitGenerator | None = None, salient_only: bool = True
-) -> tuple[Tensor, int]:
-    """Algorithm 2 on a saved :class:`regprim.Run` for grid ``cells`` (all must be players).
-
-    The generator is rebuilt from the run's config unless given. Returns the image
-    ``(C, H, W)`` and the number of components used.
+    Args:
+        masks: action regions ``(m,)`` of the candidate components, largest norm first.
+        targets: target bitmasks ``(B,)``.
+        ratio: keep the first ``ceil(ratio * count)`` of each target's candidates.
+        meeting: candidates are the components whose action region meets the target (Eq. 7);
+            with False, those that do not (Fig. 6).
     """
-    from regprim.models import load_model
-    from regprim.regions import bitmask
+    meet = (targets.to(torch.long)[:, None] & masks.to(torch.long)[None, :]) != 0
+    candidates = meet if meeting else ~meet
+    rank = torch.cumsum(candidates, dim=1)
+    count = candidates.sum(1, keepdim=True).to(torch.float64)
+    keep = torch.ceil(ratio * count - 1e-9)
+    return candidates & (rank <= keep)
 
-    target = bitmask(run.players, cells)
-    if target == 0:
-        msg = "no cells given; name at least one player cell, e.g. --cells 14"
-        raise ValueError(msg)
-    gen = generator or load_model(
-        run.config["model"], run.config["layer"], weights=run.config.get("weights")
-    )
-    chosen = run.salient if salient_only else None
-    code = run.tensors["code"][None].to(gen.device)
-    image = reconstruct(gen, code, run.components, run.f0, target, chosen)
-    return image, len(covering(run.components, target, chosen))
+
+def reconstruct_features(components: Tensor, f0: Tensor, chosen: Tensor) -> Tensor:
+    """Algorithm 2 for a batch: ``f0 + chosen @ components``.
+
+    Args:
+        components: ``(m, *feature_shape)``, in the order of ``chosen``'s columns.
+        chosen: ``(B, m)`` (bool or 0/1) rows of :func:`selection`.
+
+    Returns:
+        ``(B, *feature_shape)``.
+    """
+    flat = components.flatten(1)
+    weights = chosen.to(flat.dtype).to(flat.device)
+    return f0 + (weights @ flat).view(len(chosen), *f0.shape)

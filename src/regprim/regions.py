@@ -15,8 +15,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-PLAYER_RULES = ("center", "foreground", "random")
-
 
 @dataclass(frozen=True)
 class Grid:
@@ -131,6 +129,18 @@ def random_players(grid: Grid, n: int, seed: int) -> list[int]:
     return [int(c) for c in rng.choice(grid.cells, size=n, replace=False)]
 
 
+def choose_players(
+    rule: str, grid: Grid, n: int, image: Tensor, baseline_image: Tensor, seed: int = 0
+) -> list[int]:
+    """``n`` player cells (``1 <= n <= grid.cells``) by ``rule``: ``center``, ``foreground`` or
+    ``random``."""
+    if rule == "center":
+        return center_players(grid, n)
+    if rule == "foreground":
+        return foreground_players(image, baseline_image, grid, n)
+    return random_players(grid, n, seed)
+
+
 def subset_masks(player_masks: Tensor, subsets: Tensor) -> Tensor:
     """Pixel masks ``(len(subsets), H, W)`` (bool) of the union of the players in each subset.
 
@@ -144,10 +154,14 @@ def subset_masks(player_masks: Tensor, subsets: Tensor) -> Tensor:
 
 
 def bitmask(players: list[int], cells: list[int]) -> int:
-    """Bitmask of grid ``cells`` (all must be players)."""
+    """Bitmask of grid ``cells`` (all must be players, each named once)."""
     missing = [c for c in cells if c not in players]
     if missing:
         msg = f"cells {missing} are not players of this run; players are {players}"
+        raise ValueError(msg)
+    repeated = sorted({c for c in cells if cells.count(c) > 1})
+    if repeated:
+        msg = f"cells {repeated} are repeated; name each cell once"
         raise ValueError(msg)
     return sum(1 << players.index(c) for c in cells)
 

@@ -1,10 +1,12 @@
 """The run folder: the one module that writes and reads it (format: docs/run-folder.md).
 
 A run folder holds ``config.json`` (resolved settings and metadata), ``summary.json`` (headline
-numbers), ``tensors.safetensors`` (all tensors, subset axis in bitmask order) and PNG figures.
-It is written atomically: everything goes to the hidden sibling ``.NAME.writing`` and is renamed
-into place at the end. While minimal features are being solved, a checkpoint is kept in the
-hidden sibling ``.NAME.partial``; running the same command again resumes from it.
+numbers), ``tensors.safetensors`` (all tensors, subset axis in bitmask order), PNG figures,
+``metrics.json`` and ``report.html``. Every file name is defined here, and every file is written
+by :func:`atomic_write` (a temporary file renamed into place). A new run is assembled in a
+hidden staging folder beside the target and renamed into place as a whole; while its minimal
+features are being solved, a checkpoint is kept in the hidden sibling ``.NAME.partial``, and
+running the same command again resumes from it.
 """
 
 from __future__ import annotations
@@ -14,78 +16,70 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from regprim.run import Run
 
 CONFIG = "config.json"
 SUMMARY = "summary.json"
 TENSORS = "tensors.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.json"
+REPORT = "report.html"
+STABILITY = "stability.json"
+TARGET_PNG = "target.png"
+BASELINE_PNG = "baseline.png"
+COMPONENTS_PNG = "components.png"
+FIG3 = "fig3_incremental.png"
+FIG4 = "fig4_action_regions.png"
+FIG5 = "fig5_sparsity.png"
+FIG6 = "fig6_irrelevant.png"
+FIG7A = "fig7a_cells.png"
+FIG7B = "fig7b_sets.png"
+FIG8 = "fig8_code_influence.png"
+RUN_FIGURES = (TARGET_PNG, BASELINE_PNG, COMPONENTS_PNG)
 REQUIRED_TENSORS = ("f", "f0", "image", "minimal_features", "components")
 
-
-@dataclass
-class Run:
-    """A finished run: its settings, headline numbers and tensors (see docs/run-folder.md)."""
-
-    config: dict[str, Any]
-    summary: dict[str, Any]
-    tensors: dict[str, Tensor]
-    path: Path | None = None
-    metrics: list[Any] | None = field(default=None, repr=False)
-
-    @property
-    def players(self) -> list[int]:
-        return list(self.summary["players"])
-
-    @property
-    def n(self) -> int:
-        return int(self.summary["n"])
-
-    @property
-    def denoised(self) -> bool:
-        return self.summary.get("components_used") == "denoised"
-
-    @property
-    def components(self) -> Tensor:
-        """The components the run uses: the denoised ones after ``--denoise``, else the raw."""
-        return self.tensors["components_denoised" if self.denoised else "components"]
-
-    @property
-    def minimal_features(self) -> Tensor:
-        """Minimal features matching :attr:`components`."""
-        return self.tensors["minimal_features_denoised" if self.denoised else "minimal_features"]
-
-    @property
-    def f0(self) -> Tensor:
-        return self.tensors["f0"]
-
-    @property
-    def salient(self) -> Tensor:
-        return torch.tensor(self.summary["salient"], dtype=torch.long)
-
-    def __str__(self) -> str:
-        s = self.summary
-        return (
-            f"Run({s['model']}/{s['layer']}, n={s['n']}, players={s['players']}, "
-            f"salient={len(s['salient'])}, subsets meeting constraint="
-            f"{s['subsets_meeting_constraint']:.3f}, universal matching residual="
-            f"{s['universal_matching_max_rel_residual']:.2e})"
-        )
+Content = bytes | str | Callable[[Path], Any]
 
 
-def save_figure(fig: Any, path: Path) -> Path:
-    """Save a matplotlib figure atomically (a reader never sees half a PNG)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+def reconstruction_png(cells: list[int]) -> str:
+    """File name of ``regprim reconstruct --cells CELLS``."""
+    return f"reconstruct-{'-'.join(map(str, cells))}.png"
+
+
+def atomic_write(path: Path, content: Content) -> Path:
+    """Write ``content`` (bytes, text, or a function that writes the file it is given) to a
+    temporary file beside ``path`` and rename it into place: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(content, bytes):
+            tmp.write_bytes(content)
+        elif isinstance(content, str):
+            tmp.write_text(content)
+        else:
+            content(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, indent=2)
+
+
+def safetensors_content(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None):
+    """Content for :func:`atomic_write`: ``tensors`` (moved to the CPU) as safetensors."""
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return lambda path: save_file(cpu, path, metadata)
 
 
 def fingerprint(config: dict[str, Any]) -> str:
@@ -108,7 +102,7 @@ def check_output(out: Path, overwrite: bool) -> None:
         try:
             old = json.loads((out / CONFIG).read_text())
             what = f"a run of {old.get('model')}/{old.get('layer')} from {old.get('created')}"
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             what = "a run"
         msg = f"output folder {out} already holds {what}; pass --overwrite or choose another --out"
         raise FileExistsError(msg)
@@ -121,12 +115,10 @@ def partial_dir(out: Path) -> Path:
 
 
 def save_checkpoint(out: Path, key: str, state: dict[str, Tensor]) -> None:
-    """Write the solver state for ``out`` atomically (resumed by :func:`load_checkpoint`)."""
+    """Write the solver state for ``out`` (resumed by :func:`load_checkpoint`)."""
     folder = partial_dir(out)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{CHECKPOINT}.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp, {"key": key})
-    os.replace(tmp, folder / CHECKPOINT)
+    atomic_write(folder / CHECKPOINT, safetensors_content(state, {"key": key}))
 
 
 def load_checkpoint(out: Path, key: str) -> dict[str, Tensor] | None:
@@ -135,8 +127,6 @@ def load_checkpoint(out: Path, key: str) -> dict[str, Tensor] | None:
     if not path.is_file():
         return None
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as fh:
             if (fh.metadata() or {}).get("key") != key:
                 return None
@@ -146,28 +136,22 @@ def load_checkpoint(out: Path, key: str) -> dict[str, Tensor] | None:
 
 
 def write_run(
-    run: Run,
-    out: Path,
-    overwrite: bool = False,
-    figures: dict[str, Any] | None = None,
-    extra: Callable[[Path], Any] | None = None,
+    run: Run, out: Path, overwrite: bool = False, files: dict[str, Content] | None = None
 ) -> Path:
-    """Write ``run`` and its ``figures`` ({file name: matplotlib figure}) to ``out``
-    atomically; ``extra(folder)`` adds files before the rename."""
+    """Write ``run`` (config, summary, tensors) and ``files`` ({file name: content}) to ``out``:
+    assembled in a staging folder and renamed into place as a whole."""
+    out = Path(out)
     check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.writing"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        (staging / CONFIG).write_text(json.dumps(run.config, indent=2))
-        (staging / SUMMARY).write_text(json.dumps(run.summary, indent=2))
-        tensors = {k: v.detach().cpu().contiguous() for k, v in run.tensors.items()}
-        save_file(tensors, staging / TENSORS)
-        for name, fig in (figures or {}).items():
-            save_figure(fig, staging / name)
-        if extra is not None:
-            extra(staging)
+        atomic_write(staging / CONFIG, _json(run.config))
+        atomic_write(staging / SUMMARY, _json(run.summary))
+        atomic_write(staging / TENSORS, safetensors_content(run.tensors))
+        for name, content in (files or {}).items():
+            atomic_write(staging / name, content)
         if out.exists():
             old = out.parent / f".{out.name}.old"
             shutil.rmtree(old, ignore_errors=True)
@@ -182,6 +166,31 @@ def write_run(
     shutil.rmtree(partial_dir(out), ignore_errors=True)
     run.path = out
     return out
+
+
+def update_run(run: Run, files: dict[str, Content]) -> None:
+    """Add or replace ``files`` in the folder of a written run, each atomically."""
+    if run.path is None:
+        msg = "this run has no folder; write it with regprim.explain(..., out=FOLDER) first"
+        raise ValueError(msg)
+    for name, content in files.items():
+        atomic_write(run.path / name, content)
+
+
+def metrics_file(metrics: list[Any]) -> str:
+    from regprim.metrics import metrics_json
+
+    return _json(metrics_json(metrics))
+
+
+def stability_file(result: dict[str, Any]) -> str:
+    return _json(result)
+
+
+def read_stability(path: Path) -> dict[str, Any] | None:
+    """``stability.json`` of a run folder, when ``regprim stability`` has written one."""
+    file = Path(path) / STABILITY
+    return json.loads(file.read_text()) if file.is_file() else None
 
 
 def _corrupt(path: Path, why: str) -> ValueError:
@@ -221,7 +230,7 @@ def load_run(path: str | Path) -> Run:
             raise _corrupt(path, f"{key} has shape {shape}, expected ({size}, *f.shape)")
     metrics = None
     if (path / METRICS).is_file():
-        from regprim.verification import Metric
+        from regprim.metrics import Metric
 
         try:
             metrics = [Metric(**m) for m in json.loads((path / METRICS).read_text())["metrics"]]

@@ -19,12 +19,20 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-SALIENT_RULES = ("tau", "top", "removal")
+from regprim.config import SALIENT_RULES
 
 
 def component_norms(components: Tensor) -> Tensor:
     """L2 norm of every component, ``(2**n,)``."""
     return components.flatten(1).norm(dim=1)
+
+
+def ranked(components: Tensor) -> Tensor:
+    """Bitmasks of the non-zero components (the empty set excluded), by decreasing L2 norm (ties
+    in bitmask order): the one ranking every rule, metric and figure uses."""
+    norms = component_norms(components)
+    order = torch.argsort(norms, descending=True, stable=True)
+    return order[(order != 0) & (norms[order] > 0)]
 
 
 def energy_fraction(components: Tensor, share: float = 0.9) -> float:
@@ -45,20 +53,17 @@ def select_salient(
         components: ``(2**n, *feature_shape)``, row 0 zero.
         scale: ``||f - f0||_2`` (the "tau" rule is relative to it).
     """
-    norms = component_norms(components)
-    order = torch.argsort(norms, descending=True, stable=True)
-    order = order[order != 0]
+    order = ranked(components)
     if rule == "tau":
         if not tau >= 0:
             msg = f"salient tau {tau} must be >= 0 (a fraction of ||f - f0||)"
             raise ValueError(msg)
-        return order[norms[order] > tau * scale]
+        return order[component_norms(components)[order] > tau * scale]
     if rule == "top":
         if not 0 < top <= 1:
             msg = f"salient top ratio {top} must be in (0, 1], e.g. 0.6"
             raise ValueError(msg)
-        nonzero = order[norms[order] > 0]
-        return nonzero[: math.ceil(top * len(nonzero))]
+        return order[: math.ceil(top * len(order))]
     msg = f"salient rule {rule!r} is not one of {list(SALIENT_RULES[:2])} (or use removal_salient)"
     raise ValueError(msg)
 
@@ -82,9 +87,7 @@ def removal_salient(
     if not 0 < threshold < 1:
         msg = f"removal threshold {threshold} must be in (0, 1), e.g. 0.1"
         raise ValueError(msg)
-    norms = component_norms(components)
-    order = torch.argsort(norms, descending=True, stable=True)
-    order = order[(order != 0) & (norms[order] > 0)]
+    order = ranked(components)
     start = f0 + components.sum(0)
     removed = torch.cumsum(components[order], dim=0)
     features = torch.cat([start[None], start - removed])  # (m + 1, ...): j removed

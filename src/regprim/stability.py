@@ -13,26 +13,17 @@ figures before and after.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from regprim.config import ExplainConfig
 from regprim.denoise import remove_noise
-from regprim.explain import ExplainConfig, explain
+from regprim.explain import explain
 from regprim.generator import SplitGenerator
-from regprim.report import STABILITY
-from regprim.salient import component_norms, energy_fraction
-
-
-def top_k(components: Tensor, k: int) -> list[int]:
-    norms = component_norms(components)
-    order = torch.argsort(norms, descending=True, stable=True)
-    return [int(m) for m in order if m != 0 and norms[m] > 0][:k]
+from regprim.salient import energy_fraction, ranked
 
 
 def jaccard(a: int, b: int) -> float:
@@ -42,7 +33,7 @@ def jaccard(a: int, b: int) -> float:
 
 def compare(reference: Tensor, other: Tensor, k: int) -> dict[str, float]:
     """Matched cosine, matched action-region Jaccard and top-k set Jaccard of two runs."""
-    ref, oth = top_k(reference, k), top_k(other, k)
+    ref, oth = ranked(reference)[:k].tolist(), ranked(other)[:k].tolist()
     a = torch.nn.functional.normalize(reference[ref].flatten(1), dim=1)
     b = torch.nn.functional.normalize(other[oth].flatten(1), dim=1)
     cos = a @ b.T
@@ -118,11 +109,3 @@ def stability(
         result[name]["per_repeat"] = per
         result[name]["sparsity"] = sparsity_figures(comps[0])
     return result
-
-
-def write_stability(folder: Path, result: dict[str, Any]) -> Path:
-    path = Path(folder) / STABILITY
-    tmp = path.with_name(f".{STABILITY}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, path)
-    return path

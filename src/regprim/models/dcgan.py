@@ -105,41 +105,59 @@ def load_state_dict(
     module.load_state_dict(obj, strict=not allow_missing)
 
 
-def dcgan_faces(layer: str | None = None, weights: str | Path | None = None) -> SequentialSplit:
-    """The pretrained 64x64 faces DCGAN; default cut ``block3`` (16x16x128)."""
-    install = "pip install --no-deps gan-face-generate==1.1.1"
-    path = Path(weights) if weights else package_file("gan_face_generate", "weights.tar", install)
-    model, cuts = dcgan_stack(100, [512, 256, 128, 64])
-    load_state_dict(as_main(model), path, key="netG_state_dict")
+def pretrained_dcgan(
+    name: str,
+    weights: Path,
+    nz: int,
+    widths: list[int],
+    layer: str | None,
+    key: str | None = None,
+    dropout_after_first: float = 0.0,
+    **kwargs,
+) -> SequentialSplit:
+    """A DCGAN stack with ``weights`` (the state dict, or its ``key`` entry) loaded, cut at
+    ``layer`` (default ``block3``); ``kwargs`` go to :class:`SequentialSplit`."""
+    model, cuts = dcgan_stack(nz, widths, dropout_after_first=dropout_after_first)
+    load_state_dict(as_main(model), weights, key=key)
     return SequentialSplit(
         model,
         cuts,
         layer or "block3",
         code_to_input=lambda z: z.view(z.shape[0], -1, 1, 1),
-        name="dcgan-faces",
-        code_dim=100,
-        sampler=gaussian_sampler(100),
+        name=name,
+        code_dim=nz,
+        **kwargs,
     ).freeze()
+
+
+def dcgan_faces(layer: str | None = None, weights: str | Path | None = None) -> SequentialSplit:
+    """The pretrained 64x64 faces DCGAN; default cut ``block3`` (16x16x128)."""
+    install = "pip install --no-deps gan-face-generate==1.1.1"
+    path = Path(weights) if weights else package_file("gan_face_generate", "weights.tar", install)
+    return pretrained_dcgan(
+        "dcgan-faces",
+        path,
+        100,
+        [512, 256, 128, 64],
+        layer,
+        key="netG_state_dict",
+        sampler=gaussian_sampler(100),
+    )
 
 
 def eyes_128(layer: str | None = None, weights: str | Path | None = None) -> SequentialSplit:
     """The pretrained class-conditional 128x128 eyes DCGAN; default cut ``block3`` (16x16x256)."""
     install = "pip install --no-deps omniart-eye-generator==0.1"
-    path = (
-        Path(weights)
-        if weights
-        else package_file("omniart_eye_generator", "generator_model_state.pth", install)
-    )
-    model, cuts = dcgan_stack(108, [1024, 512, 256, 128, 64], dropout_after_first=0.2)
-    load_state_dict(as_main(model), path)
-    return SequentialSplit(
-        model,
-        cuts,
-        layer or "block3",
-        code_to_input=lambda z: z.view(z.shape[0], -1, 1, 1),
-        name="eyes-128",
-        code_dim=108,
+    file = "generator_model_state.pth"
+    path = Path(weights) if weights else package_file("omniart_eye_generator", file, install)
+    return pretrained_dcgan(
+        "eyes-128",
+        path,
+        108,
+        [1024, 512, 256, 128, 64],
+        layer,
+        dropout_after_first=0.2,
         sampler=conditional_sampler(100, len(EYE_CLASSES)),
         num_classes=len(EYE_CLASSES),
         class_names=EYE_CLASSES,
-    ).freeze()
+    )

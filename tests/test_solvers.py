@@ -1,29 +1,35 @@
-"""The minimal-feature solver on the planted generator, whose exact answers are known."""
+"""The minimal-feature solvers (objective, window, reach probe, the paper's per-subset solver) on
+generators whose exact answers are known."""
 
 import pytest
 import torch
 
-from regprim import ExplainConfig, SolverConfig, explain, load_model
-from regprim.minimal_features import Problem, lowest_missing_bit, subsets_of_size
+from regprim import ExplainConfig, SolverConfig, Target, explain, load_model
 from regprim.models.planted import DEFAULT_PLAYERS, Planted
 from regprim.regions import Grid
+from regprim.solvers import Objective
+from regprim.solvers.paper import adam_chunk, lowest_missing_bit, subsets_of_size
+
+
+def make_target(gen, f0, players, grid=(6, 6), seed=0) -> Target:
+    code = gen.sample_codes(1, seed)
+    with torch.no_grad():
+        f = gen.d(code)[0]
+        x = gen.g(f[None], code)[0]
+        base = gen.g(f0[None], code)[0]
+    return Target(gen, code, f, f0, x, base, Grid(*grid, *x.shape[1:]), list(players))
 
 
 def planted_problem(cfg: SolverConfig):
     gen = load_model("planted")
-    code = gen.sample_codes(1, 0)
-    f0 = torch.full(gen.shapes()[0], 0.4)
-    with torch.no_grad():
-        f = gen.d(code)[0]
-        x = gen.g(f[None], code)[0]
-    masks = Grid(6, 6, 48, 48).cell_masks()[list(DEFAULT_PLAYERS)]
-    return Problem(gen, code, f, f0, x, masks, cfg), f, f0
+    target = make_target(gen, torch.full(gen.shapes()[0], 0.4), DEFAULT_PLAYERS)
+    return Objective(target, cfg), target.f, target.f0
 
 
 @pytest.mark.parametrize("sparsity", ["l1-delta", "l1"])
 def test_numbers_without_a_path_to_the_cells_go_to_the_sparsity_minimiser(sparsity):
     problem, f, f0 = planted_problem(SolverConfig(sparsity=sparsity))
-    alpha, _ = problem.solve(torch.tensor([0b1]), torch.ones(1, *f.shape), steps=1)
+    alpha, _ = adam_chunk(problem, torch.tensor([0b1]), torch.ones(1, *f.shape), steps=1)
     # player 0 is cell 7: only primitives (7,) and (7, 21) -- groups 0 and 6 -- reach it
     dead = [k for k in range(8) if k not in (0, 6)]
     expected = problem.sparsity_minimiser()[dead]
@@ -42,8 +48,8 @@ def test_both_warm_starts_reach_the_planted_minimal_features(warm_start):
         solver=SolverConfig(warm_start=warm_start, steps=60),
     )
     run = explain(cfg, progress=False)
-    truth = Planted().true_components(run.tensors["f"], run.f0, run.players)
-    scale = (run.tensors["f"] - run.f0).norm()
+    truth = Planted().true_components(run.f, run.f0, run.players)
+    scale = (run.f - run.f0).norm()
     for s in range(1, 2**run.n):
         expected = run.f0 + sum(v for k, v in truth.items() if k & s)
         assert (run.minimal_features[s] - expected).norm() / scale < 2e-3, s
@@ -93,33 +99,27 @@ def test_bfloat16_passes_still_meet_the_constraint():
     assert run.summary["subsets_meeting_constraint"] == 1.0
 
 
-def _faces_problem(n: int, gen=None):
+def _faces_target(n: int):
     from regprim.baseline import baseline
     from regprim.regions import center_players
 
-    gen = gen or load_model("dcgan-faces")
-    f0 = baseline(gen, 32, 0)
-    code = gen.sample_codes(1, 0)
-    with torch.no_grad():
-        f = gen.d(code)[0]
-        x = gen.g(f[None], code)[0]
-    grid = Grid(6, 6, *x.shape[1:])
-    return gen, code, f, f0, x, grid.cell_masks()[center_players(grid, n)]
+    gen = load_model("dcgan-faces")
+    grid = Grid(6, 6, 64, 64)
+    return make_target(gen, baseline(gen, 32, 0), center_players(grid, n))
 
 
 def test_window_renders_the_players_exactly_and_solves_the_same_problem():
-    gen, code, f, f0, x, masks = _faces_problem(3)
-    problem = Problem(gen, code, f, f0, x, masks, SolverConfig())
-    assert (
-        problem.window is not None
-        and Problem(gen, code, f, f0, x, masks, SolverConfig(crop=False)).window is None
-    )
-    fy, fx, py, px = problem.window
+    target = _faces_target(3)
+    gen, code, f, f0, masks = target.gen, target.code, target.f, target.f0, target.player_masks
+    problem = Objective(target, SolverConfig())
+    assert problem.window is not None and Objective(target, SolverConfig(crop=False)).window is None
+    w = problem.window
+    fy, fx = w.fy, w.fx
     u = f0 + torch.rand(3, *f.shape) * (f - f0)
     with torch.no_grad():
-        full = gen.g(u, code)[..., py, px]
-        cropped = gen.g(u[..., fy, fx].contiguous(), code)
-    on_players = masks.any(0)[py, px]
+        full = w.crop_image(gen.g(u, code))
+        cropped = gen.g(w.crop(u).contiguous(), code)
+    on_players = w.crop_image(masks.any(0))
     assert ((full - cropped).abs() * on_players).max() < 1e-5
     # outside the window alpha sits at the sparsity minimiser; the solution is as good
     runs = [
@@ -155,9 +155,5 @@ def test_no_window_for_a_generator_that_is_not_translation_equivariant():
         nn.Tanh(),
     )
     gen = split_sequential(seq, "1", code_dim=8).freeze()
-    code = gen.sample_codes(1, 0)
-    with torch.no_grad():
-        f = gen.d(code)[0]
-        x = gen.g(f[None], code)[0]
-    masks = Grid(4, 4, 8, 8).cell_masks()[[0]]
-    assert Problem(gen, code, f, torch.zeros_like(f), x, masks, SolverConfig()).window is None
+    target = make_target(gen, torch.zeros(16, 4, 4), [0], grid=(4, 4))
+    assert Objective(target, SolverConfig()).window is None

@@ -1,0 +1,219 @@
+"""Settings of a run: :class:`ExplainConfig` and its :class:`SolverConfig`.
+
+Every field is documented in its class docstring (``Args:``); :func:`field_docs` reads those
+texts, and the command line (:mod:`regprim.cli`) builds its options, defaults and help from the
+dataclasses, so no default is written twice. Choices and command-line names live in the fields'
+metadata. A resolved config is saved with every run as ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from regprim.models import DEFAULT_MODEL
+
+SOLVER_METHODS = ("paper",)
+SPARSITY = ("l1-delta", "l1")
+REDUCTIONS = ("sum", "mean")
+WARM_STARTS = ("parent", "full")
+PRECISIONS = ("float32", "bfloat16", "float16")
+PLAYER_RULES = ("center", "foreground", "random")
+SALIENT_RULES = ("tau", "top", "removal")
+
+
+def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise a ValueError naming ``value`` and the valid ``choices``."""
+    if value not in choices:
+        msg = f"{what} {value!r} is not one of {list(choices)}"
+        raise ValueError(msg)
+
+
+def choice(default: str, choices: tuple[str, ...]) -> Any:
+    """A string field restricted to ``choices`` (checked in ``__post_init__`` and by the CLI)."""
+    return field(default=default, metadata={"choices": choices})
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: text}`` from the ``Args:`` section of a dataclass docstring."""
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    section = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+    docs: dict[str, str] = {}
+    name = None
+    for line in section.splitlines():
+        m = re.match(r"^    (\w+)(?: \([^)]*\))?: (.*)$", line)
+        if m:
+            name = m.group(1)
+            docs[name] = m.group(2).strip()
+        elif name and line.startswith("        "):
+            docs[name] += " " + line.strip()
+        elif line.strip():
+            name = None
+    return docs
+
+
+def _positive(owner: str, name: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        msg = f"{owner} {name}={value} must be a positive finite number"
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Settings of the minimal-feature solver (defaults chosen by measurement,
+    docs/method-choices.md).
+
+    Args:
+        method: which solver computes the minimal features u(S) (docs/method-choices.md):
+            ``paper`` solves every subset alone, as the paper does (Eq. 8).
+        steps: Adam steps per subset (``paper``).
+        lr: initial Adam step on alpha; a cosine schedule takes it to zero.
+        lam: lambda, the weight of the masked reconstruction error (the paper: 1e4).
+        sparsity: the L1 term: ``l1-delta`` = ||u - f0||_1 (the change from the baseline),
+            ``l1`` = ||u||_1 (the paper's literal term).
+        reduction: ``sum`` = raw sums as the paper writes them; ``mean`` divides the L1 term
+            by D and the squared error by the number of masked values.
+        chunk: subsets optimised together in one batch (0: chosen from free GPU memory).
+        constraint: a subset meets the reconstruction constraint when its masked squared error
+            is below this fraction of the baseline image's error on the same cells.
+        warm_start: start of each u(S) (``paper``): ``parent`` = the solution of S plus its
+            lowest missing player; ``full`` = u(N), as the paper does.
+        full_steps: Adam steps for u(N), solved first from alpha = 1 (``paper``).
+        precision: number format of the generator passes inside the loop (``bfloat16``,
+            ``float16``: faster on some hardware, less exact).
+        init_jitter: perturbation of u(N)'s start (alpha = 1 - jitter * U(0, 1)), for
+            stability studies; 0 = none.
+        perturb_seed: seed of ``init_jitter`` and of ``ExplainConfig.f0_noise``.
+        crop: optimise and render only the window of feature positions that reaches the
+            players' pixels (used only where a check shows it is exact).
+    """
+
+    method: str = field(default="paper", metadata={"choices": SOLVER_METHODS, "cli": "solver"})
+    steps: int = 50
+    lr: float = 0.05
+    lam: float = 1e4
+    sparsity: str = choice("l1-delta", SPARSITY)
+    reduction: str = choice("sum", REDUCTIONS)
+    chunk: int = 32
+    constraint: float = 0.1
+    warm_start: str = choice("parent", WARM_STARTS)
+    full_steps: int = 200
+    precision: str = choice("float32", PRECISIONS)
+    init_jitter: float = 0.0
+    perturb_seed: int = 0
+    crop: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self, "solver")
+        if self.chunk < 0:
+            msg = f"solver chunk={self.chunk} must be >= 0 (0 = chosen from free memory)"
+            raise ValueError(msg)
+        for name in ("steps", "full_steps"):
+            if getattr(self, name) < 1:
+                msg = f"solver {name}={getattr(self, name)} must be at least 1"
+                raise ValueError(msg)
+        if not 0 <= self.init_jitter < 1:
+            msg = f"init_jitter={self.init_jitter} must be in [0, 1)"
+            raise ValueError(msg)
+        for name in ("lr", "lam", "constraint"):
+            _positive("solver", name, getattr(self, name))
+
+
+@dataclass
+class ExplainConfig:
+    """Everything that determines a run; saved, resolved, as ``config.json``.
+
+    Args:
+        model: a built-in model (``regprim models``) or ``path/to/file.py:function`` /
+            ``package.module:function`` returning a ``regprim.SplitGenerator``.
+        layer: the layer to cut the generator at (default: the model's default).
+        weights: weights file or folder for the model (BigGAN: a folder; ``random``: a random
+            initialisation).
+        seed: seed of the target image's code.
+        class_index: class of the target image, by index or name (conditional models).
+        grid: rows x cols of the grid of cells over the image.
+        players: the player cells (grid ids, ``row * cols + col``) in bit order; when not
+            given, ``n`` cells chosen by ``player_rule``.
+        n: number of players when ``players`` is not given.
+        player_rule: how ``n`` players are chosen: ``center`` = the cells nearest the image
+            centre, ``foreground`` = the cells most changed from the baseline image,
+            ``random``.
+        player_seed: seed of the ``random`` player rule.
+        baseline_count: codes averaged for the baseline feature f0.
+        baseline_seed: seed of those codes.
+        solver: settings of the minimal-feature solver (:class:`SolverConfig`).
+        salient_rule: which components are salient: ``tau`` = norm above ``salient_tau`` of
+            ||f - f0||; ``top`` = the ``salient_top`` fraction with the largest norms;
+            ``removal`` = removed by decreasing norm until the image matches the baseline.
+        salient_tau: threshold of the ``tau`` rule, relative to ||f - f0||_2.
+        salient_top: fraction kept by the ``top`` rule (Appendix H: 0.6).
+        removal_threshold: the ``removal`` rule stops when the squared distance to the
+            baseline image is below this fraction of the starting one.
+        denoise: remove noise from the minimal features (Appendix G) and use the denoised
+            components.
+        denoise_tau: noise bound per number, relative to |u(N) - f0|.
+        denoise_steps: projected Adam steps of the noise removal.
+        f0_noise: Gaussian noise added to f0, in standard deviations of f0 (stability studies).
+        top_figure: components drawn in ``components.png``.
+        device: ``cpu`` or ``cuda`` (``cuda:1``, ...).
+        memory_budget_gb: memory the run may use, in GiB (default: what the machine has
+            available).
+    """
+
+    model: str = DEFAULT_MODEL
+    layer: str | None = None
+    weights: str | None = None
+    seed: int = 0
+    class_index: int | str | None = field(default=None, metadata={"cli": "class"})
+    grid: tuple[int, int] = (6, 6)
+    players: list[int] | None = None
+    n: int = 9
+    player_rule: str = choice("center", PLAYER_RULES)
+    player_seed: int = 0
+    baseline_count: int = 1000
+    baseline_seed: int = 12345
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    salient_rule: str = choice("tau", SALIENT_RULES)
+    salient_tau: float = 0.05
+    salient_top: float = 0.6
+    removal_threshold: float = 0.1
+    denoise: bool = False
+    denoise_tau: float = 0.04
+    denoise_steps: int = 100
+    f0_noise: float = 0.0
+    top_figure: int = 8
+    device: str = "cpu"
+    memory_budget_gb: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.solver, dict):
+            self.solver = SolverConfig(**self.solver)
+        self.grid = tuple(self.grid)  # type: ignore[assignment]
+        check_fields(self, "")
+        if self.players is not None and not self.players:
+            msg = "no player cells given; list them, e.g. players=[14, 15] (--players 14,15)"
+            raise ValueError(msg)
+        if self.players is None and self.n < 1:
+            msg = f"n={self.n} must be at least 1 player"
+            raise ValueError(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExplainConfig:
+        """The settings of a saved ``config.json`` (metadata keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def check_fields(config: Any, owner: str) -> None:
+    """Check every field with ``choices`` metadata."""
+    for f in dataclasses.fields(config):
+        if "choices" in f.metadata:
+            what = f"{owner} {f.name.replace('_', ' ')}".strip()
+            check_choice(what, getattr(config, f.name), f.metadata["choices"])

@@ -1,0 +1,168 @@
+"""A finished run as a result object: settings, headline numbers, tensors, and what to do with
+them (rank components, reconstruct cells, rebuild the generator).
+
+:func:`regprim.explain` returns a :class:`Run`; :func:`regprim.load_run` reads one back from its
+folder (format: docs/run-folder.md, owned by :mod:`regprim.run_folder`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from regprim.regions import Grid, bitmask, cells_of
+from regprim.salient import component_norms, ranked
+
+
+def _tensor(key: str, doc: str) -> property:
+    return property(lambda self: self.tensors[key], doc=doc)
+
+
+@dataclass
+class Run:
+    """A run's ``config`` (resolved settings), ``summary`` (headline numbers) and ``tensors``
+    (docs/run-folder.md), read through typed properties.
+
+    Attributes:
+        path: the run folder (None for a run kept in memory).
+        metrics: the faithfulness metrics (:mod:`regprim.metrics`) when computed.
+    """
+
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    tensors: dict[str, Tensor]
+    path: Path | None = None
+    metrics: list[Any] | None = field(default=None, repr=False)
+
+    # -- what was explained -------------------------------------------------------------------
+    @property
+    def model(self) -> str:
+        """The model's name (``config.model`` is how it was given: a name or a file)."""
+        return self.summary["model"]
+
+    @property
+    def layer(self) -> str:
+        return self.summary["layer"]
+
+    @property
+    def players(self) -> list[int]:
+        return list(self.summary["players"])
+
+    @property
+    def n(self) -> int:
+        return int(self.summary["n"])
+
+    @property
+    def class_index(self) -> int | None:
+        return self.summary.get("class_index")
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        low, high = self.config["value_range"]
+        return float(low), float(high)
+
+    @cached_property
+    def grid(self) -> Grid:
+        rows, cols = self.summary["grid"]
+        return Grid(rows, cols, *self.image.shape[1:])
+
+    code = property(lambda self: self.tensors["code"][None], doc="The code ``(1, code_dim)``.")
+    f = _tensor("f", "Feature of the target at the cut layer ``(*feature_shape)``.")
+    f0 = _tensor("f0", "Baseline feature ``(*feature_shape)``.")
+    image = _tensor("image", "Target image ``g(f)`` ``(C, H, W)``.")
+    baseline_image = _tensor("baseline_image", "Baseline image ``g(f0)`` ``(C, H, W)``.")
+
+    @property
+    def feature_change_norm(self) -> float:
+        return float(self.summary["feature_change_norm"])
+
+    # -- the decomposition ----------------------------------------------------------------------
+    @property
+    def denoised(self) -> bool:
+        return self.summary.get("components_used") == "denoised"
+
+    @property
+    def components(self) -> Tensor:
+        """The components the run uses ``(2**n, *feature_shape)``: the denoised ones after
+        ``--denoise``, else the raw ones."""
+        return self.tensors["components_denoised" if self.denoised else "components"]
+
+    @property
+    def minimal_features(self) -> Tensor:
+        """Minimal features matching :attr:`components`."""
+        return self.tensors["minimal_features_denoised" if self.denoised else "minimal_features"]
+
+    @property
+    def rel_error(self) -> Tensor:
+        """Relative masked error of each minimal feature (matching :attr:`components`)."""
+        return self.tensors["rel_error_denoised" if self.denoised else "rel_error"]
+
+    @cached_property
+    def norms(self) -> Tensor:
+        """L2 norm of every component ``(2**n,)``."""
+        return component_norms(self.components)
+
+    @cached_property
+    def ranked(self) -> list[int]:
+        """Bitmasks of the non-zero components, by decreasing norm."""
+        return ranked(self.components).tolist()
+
+    @property
+    def salient(self) -> list[int]:
+        """Bitmasks of the salient components, by decreasing norm."""
+        return [int(k) for k in self.summary["salient"]]
+
+    def top(self, k: int) -> list[int]:
+        """The ``k`` largest non-zero components."""
+        return self.ranked[:k]
+
+    def bitmask(self, cells: list[int]) -> int:
+        """The bitmask of player ``cells`` (grid ids); repeated or non-player cells are errors."""
+        return bitmask(self.players, cells)
+
+    def cells(self, mask: int) -> list[int]:
+        """Grid cells of a bitmask."""
+        return cells_of(mask, self.players)
+
+    # -- using it ---------------------------------------------------------------------------------
+    def generator(self, device: str | torch.device = "cpu"):
+        """The split generator that made this run, rebuilt from its config."""
+        from regprim.models import load_model
+
+        c = self.config
+        return load_model(c["model"], c["layer"], device, c.get("weights"))
+
+    def reconstruct(
+        self, cells: list[int], generator=None, salient_only: bool = True
+    ) -> tuple[Tensor, int]:
+        """Algorithm 2 for grid ``cells`` (all players): ``g(f0 + components meeting them)``.
+
+        Returns the image ``(C, H, W)`` and the number of components used. The generator is
+        rebuilt from the config unless given.
+        """
+        from regprim.reconstruction import reconstruct_features, selection
+
+        target = self.bitmask(cells)
+        if target == 0:
+            msg = "no cells given; name at least one player cell, e.g. --cells 14"
+            raise ValueError(msg)
+        gen = generator or self.generator()
+        masks = torch.tensor(self.salient if salient_only else self.ranked, dtype=torch.long)
+        chosen = selection(masks, torch.tensor([target]))
+        feature = reconstruct_features(self.components[masks], self.f0, chosen)
+        image = gen.render(feature, self.code.to(gen.device))[0]
+        return image, int(chosen.sum())
+
+    def __str__(self) -> str:
+        s = self.summary
+        return (
+            f"Run({s['model']}/{s['layer']}, n={s['n']}, players={s['players']}, "
+            f"salient={len(s['salient'])}, subsets meeting constraint="
+            f"{s['subsets_meeting_constraint']:.3f}, universal matching residual="
+            f"{s['universal_matching_max_rel_residual']:.2e})"
+        )

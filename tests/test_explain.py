@@ -1,0 +1,33 @@
+"""The pipeline's stages, each on its own."""
+
+import pytest
+import torch
+
+import regprim.target as target_module
+from regprim import ExplainConfig, load_model
+from regprim.explain import interactions
+from regprim.solvers import solve
+from regprim.target import build_target
+
+
+def test_grid_and_players_are_checked_before_the_baseline(monkeypatch):
+    def no_baseline(*args, **kwargs):
+        raise AssertionError("the baseline was computed before the players were checked")
+
+    monkeypatch.setattr(target_module, "baseline", no_baseline)
+    gen = load_model("planted")
+    with pytest.raises(ValueError, match=r"\[99\] out of range"):
+        build_target(ExplainConfig(model="planted", players=[7, 99]), gen)
+    with pytest.raises(ValueError, match="n=37 players do not fit a grid of 36 cells"):
+        build_target(ExplainConfig(model="planted", n=37), gen)
+
+
+def test_target_then_solve_then_interactions():
+    cfg = ExplainConfig(model="planted", players=[7, 8, 14], baseline_count=50)
+    target = build_target(cfg, load_model("planted"))
+    assert target.n == 3 and target.player_masks.shape == (3, 48, 48)
+    mf = solve(target, cfg.solver, progress=False)
+    assert mf.u.shape == (8, 8, 4) and torch.equal(mf.u[0], target.f0)
+    tensors = interactions(target, mf)
+    assert tensors["universal_matching_residual"].max() < 1e-5
+    assert torch.all(tensors["components"][0] == 0)

@@ -1,0 +1,42 @@
+"""Metrics with exactly known values: the planted run, and hand-made components."""
+
+import dataclasses
+
+import torch
+
+from regprim import load_model
+from regprim.metrics import Scorer, action_regions, sparsity
+
+
+def by_name(run):
+    return {m.name: m for m in run.metrics}
+
+
+def test_planted_metrics_have_their_exact_values(planted_run):
+    m = by_name(planted_run)
+    assert m["requirement_2_alpha"].value < 1e-6  # full reconstruction of every cell
+    assert m["requirement_2_beta"].value < 1e-6
+    assert m["leakage"].value < 1e-4  # planted primitives are exclusive
+    assert abs(m["irrelevant_components"].value) < 1e-2
+    assert m["code_influence"].value == 0.0
+    assert m["code_influence"].details["note"].startswith("g does not see the code")
+    # 8 planted of 511 components; 90% of the energy needs at most all 8 of them
+    assert m["sparsity"].value <= 8 / 511
+    assert m["sparsity"].details["fraction_salient"] == 8 / 511
+    for metric in planted_run.metrics:
+        assert metric.description and metric.higher_is_better in (True, False, None)
+
+
+def test_sparsity_and_action_regions_on_hand_made_components(planted_run):
+    run = dataclasses.replace(planted_run, tensors=dict(planted_run.tensors))
+    comps = torch.zeros_like(run.components)
+    comps[0b1, 0, 0] = 3.0  # norm 3, order 1, L1 3
+    comps[0b110, 1, :] = torch.tensor([1.0, 0, 0, 0])  # norm 1, order 2, L1 1
+    run.tensors["components"] = comps
+    s = Scorer(run, load_model("planted"))
+    assert s.order.tolist() == [0b1, 0b110]
+    m = sparsity(s, [0b1, 0b110])
+    assert m.value == 1 / 511  # 9 of 10 units of squared norm sit in one component
+    assert m.details["fraction_salient"] == 2 / 511
+    a = action_regions(s, [0b1, 0b110])
+    assert a.details["per_cell"][:3] == [3.0, 0.5, 0.5] and a.value == 3 / 4
