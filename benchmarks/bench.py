@@ -13,6 +13,9 @@ Sections:
   flops      FLOPs per generator pass (forward + input gradient), achieved FLOP/s of the solver,
              and this machine's measured sgemm FLOP/s
   planted    recovery of the planted primitives (quality check for every speed-up)
+  family     default settings on many members of the randomized planted family
+  convergence  projected L-BFGS to tolerance against projected Adam with fixed steps, on the
+             planted family and on dcgan-faces n = 9 (passes per subset, objective, wall)
   choices    sparsity term x scale by leakage, sparsity and reconstruction (docs/method-choices.md)
   denoise    noise removal: projected Adam against the exact linear program (scipy HiGHS)
 """
@@ -36,7 +39,7 @@ from regprim.baseline import baseline
 from regprim.interactions import or_interactions
 from regprim.models.planted import DEFAULT_PLAYERS, Planted
 from regprim.solvers import Objective
-from regprim.solvers.paper import adam_chunk
+from regprim.solvers.paper import optimise
 from regprim.target import build_target
 
 
@@ -169,7 +172,8 @@ def section_flops(args) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     print("\n## FLOP/s (dcgan-faces block3)")
-    cfg = SolverConfig()
+    steps = 20
+    cfg = SolverConfig(optimizer="adam", steps=steps)  # a fixed number of passes
     problem = setup_problem(9, cfg)
     gen, code = problem.gen, problem.code
 
@@ -182,12 +186,12 @@ def section_flops(args) -> None:
 
     whole = flops_per_pass(problem.full_f0, problem.full_df)
     per_pass = flops_per_pass(problem.f0, problem.df)  # the window the solver renders
-    chunk, steps = cfg.chunk, 20
+    chunk = cfg.chunk
     subsets = torch.arange(1, chunk + 1)
     a0 = torch.ones(chunk, *problem.full_f0.shape)
-    adam_chunk(problem, subsets, a0, 2)
-    t = best_of(lambda: adam_chunk(problem, subsets, a0, steps), repeats=2)
-    passes = chunk * (steps + 2)
+    optimise(problem, subsets, a0, False)
+    t = best_of(lambda: optimise(problem, subsets, a0, False), repeats=2)
+    passes = chunk * (steps + 3)  # + the final gradient and 2 curvature probes
     achieved = per_pass * passes / t
     a = torch.randn(2048, 2048)
     b = torch.randn(2048, 2048)
@@ -224,6 +228,73 @@ def section_planted(args) -> None:
         f"salient set == planted sets: {exact}; min cosine to truth {cos:.5f}; "
         f"largest other component / smallest planted: {worst / smallest:.2%}"
     )
+
+
+def family_run(seed: int, solver: SolverConfig):
+    from regprim.models.planted_family import planted_family, recovery
+
+    member = planted_family(seed)
+    cfg = ExplainConfig(
+        model=member.generator.name, players=member.players, grid=member.grid, solver=solver
+    )
+    start = time.perf_counter()
+    run = explain(cfg, generator=member.generator, progress=False, verify=False)
+    return recovery(member, run), run.summary, time.perf_counter() - start
+
+
+def section_family(args) -> None:
+    seeds = range(args.family_seed, args.family_seed + args.members)
+    print(f"\n## Planted family, default settings, seeds {seeds.start}..{seeds.stop - 1}")
+    results = []
+    for seed in seeds:
+        r, s, wall = family_run(seed, SolverConfig())
+        results.append((r, s, wall))
+        if not r["passed"]:
+            print(f"seed {seed} failed: {r}")
+    passed = sum(r["passed"] for r, _, _ in results)
+    worst = max(r["other_over_planted"] for r, _, _ in results)
+    cos = min(r["min_cosine"] for r, _, _ in results)
+    passes = sum(s["mean_passes_per_subset"] for _, s, _ in results) / len(results)
+    wall = sum(w for _, _, w in results)
+    print(
+        f"{passed}/{len(results)} members pass; worst other/planted {worst:.2%}; min cosine "
+        f"{cos:.5f}; {passes:.1f} passes per subset; {wall:.0f} s in all"
+    )
+
+
+def section_convergence(args) -> None:
+    print("\n## Convergence: projected L-BFGS (default) against projected Adam (fixed steps)")
+    variants = [("lbfgs (default)", SolverConfig())] + [
+        (f"adam, {k} steps", SolverConfig(optimizer="adam", steps=k, full_steps=4 * k))
+        for k in (50, 150, 400)
+    ]
+    seeds = range(args.family_seed, args.family_seed + args.convergence_members)
+    print(f"planted family, seeds {seeds.start}..{seeds.stop - 1}:")
+    print(f"{'solver':<18} {'pass':>6} {'worst other':>12} {'passes/subset':>14} {'wall (s)':>9}")
+    for name, solver in variants:
+        rows = [family_run(seed, solver) for seed in seeds]
+        passed = sum(r["passed"] for r, _, _ in rows)
+        worst = max(r["other_over_planted"] for r, _, _ in rows)
+        passes = sum(s["mean_passes_per_subset"] for _, s, _ in rows) / len(rows)
+        wall = sum(w for _, _, w in rows)
+        print(f"{name:<18} {passed:>3}/{len(rows):<2} {worst:>12.2%} {passes:>14.1f} {wall:>9.1f}")
+    print("dcgan-faces block3, n = 9 (side by side, baseline cached):")
+    print(
+        f"{'solver':<18} {'wall (s)':>9} {'passes/subset':>14} {'converged':>10} "
+        f"{'residual med':>13} {'objective':>10} {'salient':>8}"
+    )
+    gen = load_model("dcgan-faces")
+    explain(ExplainConfig(n=2), generator=gen, progress=False, verify=False)  # warm the cache
+    for name, solver in variants[:2]:
+        start = time.perf_counter()
+        run = explain(ExplainConfig(solver=solver), generator=gen, progress=False, verify=False)
+        wall = time.perf_counter() - start
+        s = run.summary
+        print(
+            f"{name:<18} {wall:>9.1f} {s['mean_passes_per_subset']:>14.1f} "
+            f"{s['subsets_converged']:>10.1%} {s['residual_median']:>13.3f} "
+            f"{s['objective']:>10.4g} {len(s['salient']):>8}"
+        )
 
 
 def section_choices(args) -> None:
@@ -313,6 +384,8 @@ SECTIONS = {
     "scaling": section_scaling,
     "flops": section_flops,
     "planted": section_planted,
+    "family": section_family,
+    "convergence": section_convergence,
     "choices": section_choices,
     "denoise": section_denoise,
 }
@@ -328,6 +401,9 @@ def main() -> None:
     parser.add_argument("--solver-n", type=int, default=9)
     parser.add_argument("--choice-ns", type=int, nargs="+", default=[5, 9])
     parser.add_argument("--lp-dims", type=int, default=64, help="numbers solved by the LP")
+    parser.add_argument("--members", type=int, default=200, help="family members (family)")
+    parser.add_argument("--family-seed", type=int, default=2000, help="first family seed")
+    parser.add_argument("--convergence-members", type=int, default=20)
     args = parser.parse_args()
     print(f"# regprim benchmarks on {machine()}")
     for name in args.sections or SECTIONS:

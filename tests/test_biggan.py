@@ -56,7 +56,7 @@ def test_end_to_end_tiny_on_cpu(tiny):
         class_index=207,
         n=3,
         baseline_count=1000,
-        solver=SolverConfig(steps=5, full_steps=5),
+        solver=SolverConfig(or_steps=10),
     )
     run = explain(cfg, generator=tiny, progress=False)
     assert run.summary["universal_matching_max_rel_residual"] < 1e-4

@@ -9,7 +9,7 @@ from regprim import ExplainConfig, SolverConfig, explain, load_model
 from regprim.models.dcgan import dcgan_faces
 from regprim.regions import parse_grid
 
-FAST = SolverConfig(steps=2)
+FAST = SolverConfig(or_steps=2)
 
 
 def test_unknown_model_lists_valid_ones():

@@ -7,7 +7,7 @@ from torch import nn
 from regprim import ExplainConfig, HookSplit, SolverConfig, explain, load_model, split_sequential
 from regprim.models import MODELS
 
-FAST = SolverConfig(steps=8, chunk=8)
+FAST = SolverConfig(or_steps=8)
 
 
 def test_dcgan_faces_layers_and_shapes():
@@ -42,7 +42,11 @@ def test_eyes_128_is_conditional_and_runs_end_to_end():
     codes = gen.sample_codes(16, 0)
     assert torch.equal(codes[:, 100:].argmax(1), torch.arange(16) % 8)  # class-balanced
     cfg = ExplainConfig(
-        model="eyes-128", class_index="blue", n=2, baseline_count=16, solver=SolverConfig(steps=4)
+        model="eyes-128",
+        class_index="blue",
+        n=2,
+        baseline_count=16,
+        solver=SolverConfig(or_steps=4),
     )
     run = explain(cfg, progress=False)
     assert run.summary["class_index"] == 1
@@ -112,7 +116,7 @@ def test_hook_split_with_skip_connection_and_no_hooks_left():
         assert not torch.allclose(gen.g(f, other), gen.g(f, code))
     run = explain(
         ExplainConfig(
-            model="skip", grid=(2, 2), n=2, baseline_count=8, solver=SolverConfig(steps=3)
+            model="skip", grid=(2, 2), n=2, baseline_count=8, solver=SolverConfig(or_steps=3)
         ),
         generator=gen,
         progress=False,
@@ -154,7 +158,7 @@ def test_user_model_from_file(tmp_path):
                 grid=(4, 4),
                 n=3,
                 baseline_count=8,
-                solver=SolverConfig(steps=3),
+                solver=SolverConfig(or_steps=3),
             ),
             progress=False,
             verify=False,

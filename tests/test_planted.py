@@ -42,7 +42,7 @@ def test_wrong_solver_is_caught_by_the_planted_check():
         model="planted",
         players=list(DEFAULT_PLAYERS),
         baseline_count=200,
-        solver=SolverConfig(steps=3),
+        solver=SolverConfig(method="paper", optimizer="adam", steps=3),
     )
     run = explain(cfg, progress=False, verify=False)
     truth = Planted().true_components(run.f, run.f0, run.players)

@@ -8,7 +8,7 @@ import torch
 from regprim import ExplainConfig, SolverConfig, explain, load_run
 from regprim.run_folder import CHECKPOINT, TENSORS, partial_dir
 
-CFG = ExplainConfig(model="planted", n=4, baseline_count=50, solver=SolverConfig(steps=20))
+CFG = ExplainConfig(model="planted", n=4, baseline_count=50, solver=SolverConfig(method="paper"))
 
 
 @pytest.fixture(scope="module")
@@ -100,29 +100,29 @@ def test_interrupted_run_resumes_from_checkpoint(tmp_path, monkeypatch):
     import regprim.solvers.paper as paper
 
     out = tmp_path / "run"
-    cfg = ExplainConfig(**{**CFG.to_dict(), "solver": SolverConfig(steps=20, chunk=4)})
+    cfg = ExplainConfig(**{**CFG.to_dict(), "solver": SolverConfig(method="paper", chunk=4)})
     calls = {"n": 0}
-    real = paper.adam_chunk
+    real = paper.optimise
 
-    def dying(obj, subsets, alpha0, steps):
+    def dying(obj, subsets, alpha0, first):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(obj, subsets, alpha0, steps)
+        return real(obj, subsets, alpha0, first)
 
-    monkeypatch.setattr(paper, "adam_chunk", dying)
+    monkeypatch.setattr(paper, "optimise", dying)
     with pytest.raises(KeyboardInterrupt):
         explain(cfg, out=out, progress=False, checkpoint_every=0)
     assert not out.exists() and (partial_dir(out) / CHECKPOINT).is_file()
     solved = []
     monkeypatch.setattr(
-        paper, "adam_chunk", lambda o, s, a, k: solved.append(len(s)) or real(o, s, a, k)
+        paper, "optimise", lambda o, s, a, k: solved.append(len(s)) or real(o, s, a, k)
     )
     # settings applied after the solve (salient rule, noise removal) do not block the resume
     later = ExplainConfig(**{**cfg.to_dict(), "salient_tau": 0.2, "denoise": True})
     resumed = explain(later, out=out, progress=False)
     assert sum(solved) == 16 - 1 - 1 - 4  # u(N) and the first chunk came from the checkpoint
-    monkeypatch.setattr(paper, "adam_chunk", real)
+    monkeypatch.setattr(paper, "optimise", real)
     fresh = explain(cfg, progress=False)
     raw = resumed.tensors["minimal_features"]
     torch.testing.assert_close(raw, fresh.minimal_features)
@@ -140,7 +140,9 @@ def test_checkpoints_are_throttled(tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.setattr(rf, "save_checkpoint", lambda *a: calls.append(1))
-    cfg = ExplainConfig(**{**CFG.to_dict(), "solver": SolverConfig(steps=5, chunk=4)})
+    cfg = ExplainConfig(
+        **{**CFG.to_dict(), "solver": SolverConfig(method="paper", max_steps=5, chunk=4)}
+    )
     explain(cfg, out=tmp_path / "a", progress=False, verify=False, checkpoint_every=1e9)
     assert calls == []
     explain(cfg, out=tmp_path / "b", progress=False, verify=False, checkpoint_every=0)

@@ -1,5 +1,7 @@
 """Salient components (Algorithm 1, Appendix H) and the one ranking by norm."""
 
+import math
+
 import pytest
 import torch
 
@@ -39,5 +41,6 @@ def test_planted_explain_with_each_salient_rule():
     base = dict(model="planted", players=list(DEFAULT_PLAYERS), baseline_count=100)
     run = explain(ExplainConfig(**base, salient_rule="removal"), verify=False, progress=False)
     counts = run.summary["salient_counts"]
-    assert counts["tau"] == 8 and counts["removal"] <= 8 and counts["top"] == 307
+    assert counts["tau"] == 8 and counts["removal"] <= 8
+    assert counts["top"] == math.ceil(0.6 * len(run.ranked))  # of the non-zero components
     assert len(run.summary["salient"]) == counts["removal"]

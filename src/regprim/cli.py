@@ -19,6 +19,7 @@ from regprim.config import ExplainConfig, SolverConfig, field_docs
 from regprim.explain import explain, verification_files
 from regprim.models import MODELS, load_model
 from regprim.regions import parse_cells, parse_grid
+from regprim.solvers import convergence_note
 from regprim.version import __version__
 
 # fields whose command-line text is not a plain number or word
@@ -89,6 +90,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     s = run.summary
     print(run)
     print(f"wall {s['wall_seconds']:.1f} s, peak memory {s['peak_memory_bytes'] / 2**20:.0f} MiB")
+    note = convergence_note(cfg.solver, s)
+    if note:
+        print(f"note: {note}")
     print(f"results in {args.out}/ (summary.json, tensors.safetensors, *.png)")
     if run.metrics:
         _print_metrics(run.metrics)

@@ -17,13 +17,15 @@ from typing import Any
 
 from regprim.models import DEFAULT_MODEL
 
-SOLVER_METHODS = ("paper",)
+SOLVER_METHODS = ("or", "paper", "reach")
+OPTIMIZERS = ("lbfgs", "adam")
 SPARSITY = ("l1-delta", "l1")
 REDUCTIONS = ("sum", "mean")
 WARM_STARTS = ("parent", "full")
 PRECISIONS = ("float32", "bfloat16", "float16")
 PLAYER_RULES = ("center", "foreground", "random")
 SALIENT_RULES = ("tau", "top", "removal")
+SUBSET_WEIGHTS = ("subsets", "sizes")
 
 
 def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
@@ -69,8 +71,26 @@ class SolverConfig:
 
     Args:
         method: which solver computes the minimal features u(S) (docs/method-choices.md):
-            ``paper`` solves every subset alone, as the paper does (Eq. 8).
-        steps: Adam steps per subset (``paper``).
+            ``or`` = OR-structured minimal features (one set of unknowns per player for all
+            subsets; the default); ``paper`` = every subset solved alone, as the paper does
+            (Eq. 8); ``reach`` = the receptive-field reference (no optimisation).
+        or_steps: projected Adam steps of the ``or`` solver.
+        or_batch: subsets per step of the ``or`` solver (all of them when there are fewer).
+        or_lr: initial Adam step on beta (``or``); a cosine schedule takes it to zero.
+        or_init: start of beta on each number's reach set (``or``; 0 elsewhere).
+        or_snap: at the end, every beta within this distance of 0 or 1 is set to it (``or``).
+        or_gtol: the ``or`` solve counts as converged when the KKT residual of beta (its
+            projected gradient over the sparsity term's gradient) is below this.
+        subset_weights: how the ``or`` objective averages over subsets: ``subsets`` = every
+            subset alike (the paper's sum); ``sizes`` = every subset size alike.
+        optimizer: how the ``paper`` solver minimises each subset: ``lbfgs`` = projected
+            L-BFGS until it converges (``ftol``, ``gtol``) or reaches ``max_steps``; ``adam`` =
+            projected Adam with a cosine schedule for exactly ``steps`` (regprim 0.1's solver).
+        ftol: convergence: the relative objective decrease of the last step is below it.
+        gtol: convergence: the KKT residual (RMS of the projected diagonal-Newton step, in units
+            of alpha) is below it.
+        max_steps: step cap of ``lbfgs`` per subset; a subset that reaches it is "capped".
+        steps: Adam steps per subset (``adam``).
         lr: initial Adam step on alpha; a cosine schedule takes it to zero.
         lam: lambda, the weight of the masked reconstruction error (the paper: 1e4).
         sparsity: the L1 term: ``l1-delta`` = ||u - f0||_1 (the change from the baseline),
@@ -82,7 +102,7 @@ class SolverConfig:
             is below this fraction of the baseline image's error on the same cells.
         warm_start: start of each u(S) (``paper``): ``parent`` = the solution of S plus its
             lowest missing player; ``full`` = u(N), as the paper does.
-        full_steps: Adam steps for u(N), solved first from alpha = 1 (``paper``).
+        full_steps: Adam steps for u(N), solved first from alpha = 1 (``adam``).
         precision: number format of the generator passes inside the loop (``bfloat16``,
             ``float16``: faster on some hardware, less exact).
         init_jitter: perturbation of u(N)'s start (alpha = 1 - jitter * U(0, 1)), for
@@ -92,7 +112,18 @@ class SolverConfig:
             players' pixels (used only where a check shows it is exact).
     """
 
-    method: str = field(default="paper", metadata={"choices": SOLVER_METHODS, "cli": "solver"})
+    method: str = field(default="or", metadata={"choices": SOLVER_METHODS, "cli": "solver"})
+    or_steps: int = 300
+    or_batch: int = 32
+    or_lr: float = 0.2
+    or_init: float = 0.9
+    or_snap: float = 0.02
+    or_gtol: float = 0.2
+    subset_weights: str = choice("subsets", SUBSET_WEIGHTS)
+    optimizer: str = choice("lbfgs", OPTIMIZERS)
+    ftol: float = 3e-4
+    gtol: float = 1e-4
+    max_steps: int = 30
     steps: int = 50
     lr: float = 0.05
     lam: float = 1e4
@@ -112,15 +143,26 @@ class SolverConfig:
         if self.chunk < 0:
             msg = f"solver chunk={self.chunk} must be >= 0 (0 = chosen from free memory)"
             raise ValueError(msg)
-        for name in ("steps", "full_steps"):
+        for name in ("steps", "full_steps", "max_steps", "or_steps", "or_batch"):
             if getattr(self, name) < 1:
                 msg = f"solver {name}={getattr(self, name)} must be at least 1"
+                raise ValueError(msg)
+        for name in ("or_init", "or_snap"):
+            if not 0 <= getattr(self, name) <= 1:
+                msg = f"solver {name}={getattr(self, name)} must be in [0, 1]"
                 raise ValueError(msg)
         if not 0 <= self.init_jitter < 1:
             msg = f"init_jitter={self.init_jitter} must be in [0, 1)"
             raise ValueError(msg)
-        for name in ("lr", "lam", "constraint"):
+        for name in ("lr", "lam", "constraint", "ftol", "gtol", "or_lr", "or_gtol"):
             _positive("solver", name, getattr(self, name))
+        if self.method in ("or", "reach") and self.sparsity != "l1-delta":
+            msg = (
+                f"solver {self.method!r} needs sparsity 'l1-delta' (its minimal features are "
+                f"f0 + alpha * (f - f0) with alpha(empty) = 0); use --solver paper for "
+                f"sparsity {self.sparsity!r}"
+            )
+            raise ValueError(msg)
 
 
 @dataclass

@@ -97,8 +97,11 @@ def interactions(target: Target, mf: MinimalFeatures) -> dict[str, Tensor]:
         "rel_error": mf.rel_error,
         "meets_constraint": mf.meets.to(torch.uint8),
         "passes": mf.passes,
+        "steps": mf.steps,
+        "residual": mf.residual,
+        "converged": mf.converged.to(torch.uint8),
         "universal_matching_residual": residual,
-    }
+    } | ({} if mf.beta is None else {"beta": mf.beta})
 
 
 def noise_removal(
@@ -106,7 +109,7 @@ def noise_removal(
 ) -> dict[str, Any]:
     """Stage 5 (``--denoise``): Appendix G; adds the denoised tensors, returns the summary."""
     dn = remove_noise(mf.u, target.f0, cfg.denoise_tau, cfg.denoise_steps)
-    rel = mf.objective.all_relative_errors(dn.u)
+    rel, _ = mf.objective.check_all(dn.u)
     meets = rel < cfg.solver.constraint
     tensors |= {
         "minimal_features_denoised": dn.u,
@@ -189,6 +192,13 @@ def summarise(
         "salient_norms": [float(norms[k]) for k in salient],
         "feature_change_norm": float((target.f - target.f0).norm()),
         "mean_passes_per_subset": float(mf.passes[1:].float().mean()) if n else 0.0,
+        "mean_forward_passes_per_subset": float(mf.forward_passes[1:].mean()),
+        "mean_steps_per_subset": float(mf.steps[1:].float().mean()),
+        "subsets_converged": float(mf.converged[1:].float().mean()),
+        "subsets_capped": torch.nonzero(~mf.converged).flatten().tolist(),
+        "residual_max": float(mf.residual[1:].max()),
+        "residual_median": float(mf.residual[1:].median()),
+        "objective": float(mf.value.sum()),
         "chunk": mf.chunk,
         "device": str(gen.device),
         "wall_seconds": time.perf_counter() - start,

@@ -4,7 +4,10 @@ A solver turns an :class:`Objective` (one target and its solver settings) into
 :class:`MinimalFeatures` with per-subset diagnostics. Each lives in its own module and is chosen
 by ``SolverConfig.method``:
 
-- ``paper`` (:mod:`regprim.solvers.paper`): every subset solved alone, as the paper does.
+- ``or`` (:mod:`regprim.solvers.or_structured`): OR-structured minimal features, one set of
+  unknowns per player for all subsets (the default);
+- ``paper`` (:mod:`regprim.solvers.paper`): every subset solved alone, as the paper does;
+- ``reach`` (:mod:`regprim.solvers.or_structured`): the receptive-field reference.
 
 To add one: a class with ``name``, ``memory_bytes(n, numel)`` and
 ``solve(objective, resume, on_chunk, progress) -> MinimalFeatures``, registered in ``SOLVERS``
@@ -22,6 +25,7 @@ from torch import Tensor
 
 from regprim.config import SolverConfig
 from regprim.solvers.objective import MinimalFeatures, Objective
+from regprim.solvers.or_structured import ORSolver, ReachSolver
 from regprim.solvers.paper import PaperSolver
 from regprim.target import Target
 
@@ -40,7 +44,7 @@ class Solver(Protocol):
     ) -> MinimalFeatures: ...
 
 
-SOLVERS: dict[str, Solver] = {s.name: s for s in (PaperSolver(),)}
+SOLVERS: dict[str, Solver] = {s.name: s for s in (ORSolver(), PaperSolver(), ReachSolver())}
 
 
 def available_memory_bytes() -> int:
@@ -67,6 +71,26 @@ def check_memory(cfg: SolverConfig, n: int, numel: int, budget_gb: float | None)
         raise MemoryError(msg)
 
 
+def convergence_note(cfg: SolverConfig, summary: dict) -> str | None:
+    """What a user should know when a solve stopped before its convergence test held."""
+    if summary["subsets_converged"] == 1.0:
+        return None
+    residual = summary["residual_max"]
+    if cfg.method == "or":
+        return (
+            f"the OR-structured solve ended after or_steps={cfg.or_steps} with a KKT residual "
+            f"of beta of {residual:.2g} (converged below or_gtol={cfg.or_gtol}); raise "
+            "--or-steps to go further (docs/method-choices.md)"
+        )
+    capped = len(summary["subsets_capped"])
+    return (
+        f"{capped} of {2 ** summary['n'] - 1} subsets reached the step cap "
+        f"(max_steps={cfg.max_steps}) before converging; worst KKT residual {residual:.2g} "
+        f"(median {summary['residual_median']:.2g}); raise --max-steps or loosen --ftol/--gtol "
+        "to change that (docs/method-choices.md)"
+    )
+
+
 def solve(
     target: Target,
     cfg: SolverConfig,
@@ -78,4 +102,12 @@ def solve(
     return SOLVERS[cfg.method].solve(Objective(target, cfg), resume, on_chunk, progress)
 
 
-__all__ = ["SOLVERS", "MinimalFeatures", "Objective", "Solver", "check_memory", "solve"]
+__all__ = [
+    "SOLVERS",
+    "MinimalFeatures",
+    "Objective",
+    "Solver",
+    "check_memory",
+    "convergence_note",
+    "solve",
+]

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from regprim.config import SolverConfig
 from regprim.regions import subset_masks
-from regprim.solvers.reach import reach
+from regprim.solvers.reach import reach_bits, reach_sets
 from regprim.solvers.window import find_window
 from regprim.target import Target
 
@@ -42,6 +42,12 @@ class MinimalFeatures:
         passes: ``(2**n,)`` generator passes (forward + input gradient) spent on each subset.
         chunk: subsets optimised together.
         objective: the objective they minimise (to check other minimal features against it).
+        value: ``(2**n,)`` the objective of Eq. 8 at each minimal feature.
+        forward_passes: ``(2**n,)`` forward-only passes (line searches) on each subset.
+        steps: ``(2**n,)`` optimiser steps of each subset.
+        residual: ``(2**n,)`` KKT residual at the end (:func:`regprim.solvers.lbfgs.kkt_residual`).
+        converged: ``(2**n,)`` bool: stopped by the convergence test, not by the step cap.
+        beta: ``(n, *feature_shape)`` for the OR-structured solvers (None for the paper's).
     """
 
     u: Tensor
@@ -50,6 +56,12 @@ class MinimalFeatures:
     passes: Tensor
     chunk: int
     objective: Objective = field(repr=False)
+    value: Tensor | None = None
+    forward_passes: Tensor | None = None
+    steps: Tensor | None = None
+    residual: Tensor | None = None
+    converged: Tensor | None = None
+    beta: Tensor | None = None
 
 
 def sparsity_minimiser(f0: Tensor, df: Tensor, sparsity: str) -> Tensor:
@@ -78,12 +90,15 @@ class Objective:
             module.to(memory_format=self.memory_format)
         self.numel = self.df.numel()
         self.full_minimiser = sparsity_minimiser(self.f0, self.df, cfg.sparsity)
-        self.window = find_window(self) if cfg.crop else None
+        sets = reach_sets(self)
+        self.window = find_window(self, sets) if cfg.crop else None
         if self.window is not None:
             w = self.window
-            self.f0, self.df = w.crop(self.f0), w.crop(self.df)
+            self.f0, self.df, sets = w.crop(self.f0), w.crop(self.df), w.crop(sets)
             self.x, self.baseline_image = w.crop_image(self.x), w.crop_image(self.baseline_image)
             self.player_masks = w.crop_image(self.player_masks)
+        self.reach_sets = sets  # (n, *shape): numbers with a path to each player's pixels
+        self.reach_bits = reach_bits(sets)  # per number, the players it reaches (bitmask)
 
     def crop(self, t: Tensor) -> Tensor:
         """A full-size ``(B, *feature_shape)`` tensor restricted to the window."""
@@ -96,10 +111,6 @@ class Objective:
     def sparsity_minimiser(self) -> Tensor:
         """The alpha that minimises the sparsity term alone, in the window."""
         return sparsity_minimiser(self.f0, self.df, self.cfg.sparsity)
-
-    def reach(self, alpha: Tensor, masks: Tensor) -> Tensor:
-        """Numbers with a path to each subset's pixels at ``alpha`` (:func:`reach`)."""
-        return reach(self, alpha, masks)
 
     def autocast(self):
         """Lower-precision generator passes inside the loop (``precision`` setting)."""
@@ -122,26 +133,34 @@ class Objective:
         """Masked squared error ``(B,)`` of images ``(B, C, H, W)`` against the target."""
         return ((images - self.x) ** 2 * masks).flatten(1).sum(1)
 
+    def sparsity(self, u: Tensor) -> Tensor:
+        """The sparsity term of window-size features ``u`` ``(B, ...)``: ``(B,)``."""
+        delta = u - self.f0 if self.cfg.sparsity == "l1-delta" else u
+        scale = 1 / self.numel if self.cfg.reduction == "mean" else 1.0
+        return delta.abs().flatten(1).sum(1) * scale
+
     @torch.no_grad()
-    def relative_errors(self, u: Tensor, masks: Tensor) -> Tensor:
-        """Masked error of ``g(u)`` over that of the baseline image, per row of ``u``
-        (window-size features)."""
+    def check(self, u: Tensor, subsets: Tensor) -> tuple[Tensor, Tensor]:
+        """For window-size features ``u`` of ``subsets``: the masked error of ``g(u)`` over
+        that of the baseline image (the constraint), and the objective value of Eq. 8 (the
+        sparsity term of the window: outside it, every solver leaves the minimiser)."""
+        masks, weight = self.masks(subsets)
         err = self.errors(self.gen.g(u, self.code), masks)
         base = self.errors(self.baseline_image[None], masks)
-        return err / base.clamp_min(1e-30)
+        return err / base.clamp_min(1e-30), weight * err + self.sparsity(u)
 
-    def all_relative_errors(self, u: Tensor) -> Tensor:
-        """Relative masked error of ``g(u(S))`` on the cells of S for all ``2**n`` subsets of
-        full-size minimal features ``u`` (0 for the empty set)."""
+    def check_all(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`check` for all ``2**n`` subsets of full-size minimal features ``u`` (0 for
+        the empty set)."""
         size = u.shape[0]
         chunk = self.cfg.chunk or self.auto_chunk()
-        out = torch.zeros(size, dtype=self.x.dtype, device=self.x.device)
+        rel = torch.zeros(size, dtype=self.x.dtype, device=self.x.device)
+        value = torch.zeros(size, dtype=self.x.dtype, device=self.x.device)
         for start in range(1, size, chunk):
             subsets = torch.arange(start, min(start + chunk, size))
-            masks, _ = self.masks(subsets)
-            idx = subsets.to(out.device)
-            out[idx] = self.relative_errors(self.crop(u[idx]), masks)
-        return out
+            idx = subsets.to(rel.device)
+            rel[idx], value[idx] = self.check(self.crop(u[idx]), subsets)
+        return rel, value
 
     def auto_chunk(self) -> int:
         """Subsets per chunk: on CUDA from the free memory and a measured two-subset pass; on
@@ -152,10 +171,9 @@ class Objective:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        alpha = torch.ones(2, *self.df.shape, device=device)
-        masks, _ = self.masks(torch.tensor([1, 1]))
-        self.reach(alpha, masks)
+        u = (self.f0 + torch.ones(2, *self.df.shape, device=device) * self.df).requires_grad_()
+        torch.autograd.grad(self.gen.g(u, self.code).sum(), u)
         per_subset = (torch.cuda.max_memory_allocated(device) - before) / 2
-        per_subset += 6 * self.df.numel() * 4  # alpha, Adam moments, gradient, u, probe
+        per_subset += 24 * self.df.numel() * 4  # solver state: alpha, gradient, history, ...
         free, _ = torch.cuda.mem_get_info(device)
         return max(1, min(512, int(0.6 * free / per_subset)))

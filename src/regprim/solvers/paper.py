@@ -1,21 +1,22 @@
 """The paper's per-subset solver: each minimal feature ``u(S)`` solved alone (Eq. 8, Sec. 3.2).
 
-Projected Adam on ``alpha`` with the step size decayed to zero by a cosine schedule (a constant
-step never settles around the L1 term; METHOD.md). Adam's update is per element, so a chunk of
-subsets optimised together gives the same result as one subset at a time.
-
-- ``u(N)`` is solved first from ``alpha = 1`` (``full_steps`` steps); ``u(empty) = f0``.
+- ``u(N)`` is solved first from ``alpha = 1``; ``u(empty) = f0``.
 - Then the subsets are solved level by level, by decreasing size. With ``warm_start="full"``
   (the paper) each starts from ``u(N)``; with ``"parent"`` (default) each starts from its parent
   ``S + {lowest missing player}``, solved one level earlier: the start is then one cell away
   from the answer, and neighbouring subsets settle on consistent solutions.
-- Before the first step, one probe pass (:mod:`regprim.solvers.reach`) finds the numbers with no
-  path to the pixels of S; they are set to the minimiser of the sparsity term and frozen there.
+- Numbers with no path to the pixels of S (:mod:`regprim.solvers.reach`) are held at the
+  minimiser of the sparsity term.
+- ``optimizer="lbfgs"`` (default): projected L-BFGS per subset until it converges (relative
+  objective decrease below ``ftol`` or KKT residual below ``gtol``; :mod:`regprim.solvers.lbfgs`)
+  or reaches ``max_steps``. ``optimizer="adam"``: projected Adam with a cosine step schedule for
+  a fixed ``steps`` (the solver of regprim 0.1; docs/method-choices.md compares the two).
+- Subsets are optimised in chunks (``chunk`` at a time); every subset keeps its own state, so
+  chunking does not change the problem.
 - The L1 gradient is analytic; only the reconstruction term goes through autograd. Convolutional
   features are kept channels-last. ``precision="bfloat16"`` runs the generator passes under
-  autocast: about 1.6x faster on a CPU with AVX-512 bf16, but the image is then only known to
-  ~3 digits, which lambda = 1e4 turns into visible noise in high-order components (measured in
-  docs/method-choices.md), so float32 is the default.
+  autocast (faster on some hardware, but lambda = 1e4 turns its ~3 digits into visible noise in
+  high-order components; docs/method-choices.md), so float32 is the default.
 """
 
 from __future__ import annotations
@@ -27,56 +28,120 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from regprim.solvers.lbfgs import Result, kkt_residual, projected_lbfgs
 from regprim.solvers.objective import MinimalFeatures, Objective
+from regprim.solvers.reach import live_for
+
+HUTCHINSON_PROBES = 2
 
 
-def adam_chunk(
-    obj: Objective, subsets: Tensor, alpha0: Tensor, steps: int
-) -> tuple[Tensor, Tensor]:
-    """Projected Adam with a cosine step for one chunk; returns (alpha, relative errors).
+class Chunk:
+    """Eq. 8 for a batch of subsets: value and gradient in alpha of rows ``idx``."""
 
-    ``alpha0`` and the returned alpha have the full feature shape; inside, only the window is
-    optimised (the rest has no path to the players' pixels).
+    def __init__(self, obj: Objective, subsets: Tensor) -> None:
+        self.obj = obj
+        fmt = obj.memory_format
+        self.masks, self.weight = obj.masks(subsets)
+        self.live = live_for(obj.reach_bits, subsets)
+        self.f0 = obj.f0[None].contiguous(memory_format=fmt)
+        self.df = obj.df[None].contiguous(memory_format=fmt)
+        self.df_live = (self.df * self.live).contiguous(memory_format=fmt)
+        self.scale = 1 / obj.numel if obj.cfg.reduction == "mean" else 1.0
+        self.slope = self.df_live.abs().mul_(self.scale)  # d/d alpha of ||u - f0||_1
+        self.l1_delta = obj.cfg.sparsity == "l1-delta"
 
-    The loop is written to make few passes over the ``(B, D)`` state (they cost about a third
-    of a step on a CPU): the gradient is taken with respect to u, the chain rule, the frozen
-    numbers and the L1 gradient are folded into one ``addcmul``, and Adam's bias corrections
-    into scalars.
-    """
-    cfg = obj.cfg
-    fmt = obj.memory_format
-    masks, weight = obj.masks(subsets)
-    alpha0 = obj.crop(alpha0)
-    live = obj.reach(alpha0, masks)
-    alpha = torch.where(live, alpha0, obj.sparsity_minimiser()).contiguous(memory_format=fmt)
-    f0 = obj.f0[None].contiguous(memory_format=fmt)
-    df = obj.df[None].contiguous(memory_format=fmt)
-    df_live = (df * live).contiguous(memory_format=fmt)  # zero: frozen numbers never move
-    scale = 1 / obj.numel if cfg.reduction == "mean" else 1.0
-    l1_delta = cfg.sparsity == "l1-delta"
-    abs_live = df_live.abs().mul_(scale) if l1_delta else None
+    def start(self, alpha0: Tensor) -> Tensor:
+        """Window alphas from full-size ``alpha0``; numbers without a path at the minimiser."""
+        alpha0 = self.obj.crop(alpha0)
+        held = self.obj.sparsity_minimiser()
+        return torch.where(self.live, alpha0, held).contiguous(memory_format=self.obj.memory_format)
+
+    def sparsity(self, alpha: Tensor, u: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The sparsity term and its gradient in alpha (live numbers)."""
+        if self.l1_delta:
+            slope = self.slope[idx]
+            return (alpha * slope).flatten(1).sum(1), slope
+        value = u.abs().flatten(1).sum(1) * self.scale
+        return value, torch.sign(u) * self.df_live[idx] * self.scale
+
+    def value_grad(self, alpha: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        obj = self.obj
+        u = torch.addcmul(self.f0, alpha, self.df).requires_grad_(True)
+        with obj.autocast():
+            images = obj.gen.g(u, obj.code)
+        rec = self.weight[idx] * obj.errors(images.float(), self.masks[idx])
+        (grad_u,) = torch.autograd.grad(rec.sum(), u)
+        with torch.no_grad():
+            l1, l1_grad = self.sparsity(alpha, u, idx)
+            return rec.detach() + l1, torch.addcmul(l1_grad, grad_u, self.df_live[idx])
+
+    def curvature(self, alpha: Tensor, probes: int = HUTCHINSON_PROBES) -> Tensor:
+        """Gauss-Newton diagonal ``2 w diag(J^T J)`` by Hutchinson probes (random signs on the
+        masked pixels), floored at 1e-6 of each row's largest."""
+        rng = torch.Generator(device=alpha.device).manual_seed(0)
+        u = torch.addcmul(self.f0, alpha, self.df).requires_grad_(True)
+        images = self.obj.gen.g(u, self.obj.code)
+        total = torch.zeros_like(alpha)
+        for k in range(probes):
+            signs = torch.randint(0, 2, images.shape, generator=rng, device=images.device)
+            v = (2 * signs - 1).to(images.dtype) * self.masks
+            (grad_u,) = torch.autograd.grad(images, u, v, retain_graph=k < probes - 1)
+            total += (grad_u * self.df_live) ** 2
+        d = 2 * self.weight.view(-1, *[1] * (alpha.dim() - 1)) * total / probes
+        floor = 1e-6 * d.flatten(1).amax(1).clamp_min(1e-12)
+        return d + floor.view(-1, *[1] * (alpha.dim() - 1))
+
+
+def adam(chunk: Chunk, alpha: Tensor, steps: int, lr: float) -> Result:
+    """Projected Adam with a cosine step from ``lr`` to zero for exactly ``steps`` steps."""
+    every = torch.arange(alpha.shape[0], device=alpha.device)
     m = torch.zeros_like(alpha)
     v = torch.zeros_like(alpha)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     for t in range(1, steps + 1):
-        u = torch.addcmul(f0, alpha, df).requires_grad_(True)
-        with obj.autocast():
-            images = obj.gen.g(u, obj.code)
-        loss = (weight * obj.errors(images.float(), masks)).sum()
-        (grad,) = torch.autograd.grad(loss, u)
-        with torch.no_grad():
-            if l1_delta:  # d/d alpha of [recon + sum alpha |df|] on live numbers
-                grad = torch.addcmul(abs_live, grad, df_live)
-            else:  # d/d alpha of [recon + sum |u|]
-                grad = grad.add_(torch.sign(u), alpha=scale).mul_(df_live)
-            m.lerp_(grad, 1 - beta1)
-            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps))
-            root = math.sqrt(1 - beta2**t)
-            denom = v.sqrt().add_(eps * root)
-            alpha.addcdiv_(m, denom, value=-lr * root / (1 - beta1**t)).clamp_(0, 1)
-    rel = obj.relative_errors(obj.f0 + alpha * obj.df, masks)
-    return obj.expand(alpha), rel
+        _, grad = chunk.value_grad(alpha, every)
+        m.lerp_(grad, 1 - beta1)
+        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        rate = lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps))
+        root = math.sqrt(1 - beta2**t)
+        denom = v.sqrt().add_(eps * root)
+        alpha.addcdiv_(m, denom, value=-rate * root / (1 - beta1**t)).clamp_(0, 1)
+    value, grad = chunk.value_grad(alpha, every)
+    batch = len(every)
+    return Result(
+        alpha=alpha,
+        value=value,
+        residual=kkt_residual(alpha, grad, chunk.live, chunk.curvature(alpha)).cpu(),
+        steps=torch.full((batch,), steps, dtype=torch.int32),
+        passes=torch.full((batch,), float(steps + 1 + HUTCHINSON_PROBES)),
+        forward_passes=torch.zeros(batch),
+        converged=torch.zeros(batch, dtype=torch.bool),
+    )
+
+
+def optimise(obj: Objective, subsets: Tensor, alpha0: Tensor, first: bool) -> tuple[Tensor, Result]:
+    """One chunk from full-size ``alpha0``: full-size alphas and the optimiser's result (with
+    ``passes`` including the curvature probes and the final relative-error check)."""
+    cfg = obj.cfg
+    chunk = Chunk(obj, subsets)
+    alpha = chunk.start(alpha0)
+    if cfg.optimizer == "adam":
+        result = adam(chunk, alpha, cfg.full_steps if first else cfg.steps, cfg.lr)
+        result.converged = result.residual < cfg.gtol
+        extra = 1  # the final relative-error check
+    else:
+        result = projected_lbfgs(
+            chunk.value_grad,
+            alpha,
+            chunk.live,
+            chunk.curvature(alpha),
+            cfg.ftol,
+            cfg.gtol,
+            cfg.max_steps,
+        )
+        extra = 1 + HUTCHINSON_PROBES  # the final check and the curvature probes
+    result.passes += extra
+    return obj.expand(result.alpha), result
 
 
 def subsets_of_size(n: int, k: int) -> list[int]:
@@ -110,8 +175,7 @@ class PaperSolver:
         """Solve ``u(S)`` for all ``2**n`` subsets.
 
         Args:
-            resume: a partial state from an interrupted run (keys ``alpha``, ``rel_error``,
-                ``solved``, ``passes``).
+            resume: a partial state from an interrupted run (see :func:`new_state`).
             on_chunk: called with the state after each chunk (for checkpoints).
         """
         cfg = obj.cfg
@@ -120,13 +184,7 @@ class PaperSolver:
         f0 = obj.full_f0
         shape = f0.shape
         if resume is None:
-            state = {
-                "alpha": torch.zeros(size, *shape, dtype=f0.dtype, device=f0.device),
-                "rel_error": torch.zeros(size, dtype=f0.dtype, device=f0.device),
-                "solved": torch.zeros(size, dtype=torch.bool, device=f0.device),
-                "passes": torch.zeros(size, dtype=torch.int32, device=f0.device),
-            }
-            state["solved"][0] = True
+            state = new_state(size, shape, f0.device)
         else:
             state = {k: v.to(f0.device) for k, v in resume.items()}
         full = size - 1
@@ -147,11 +205,13 @@ class PaperSolver:
                     alpha0 = state["alpha"][full].expand(len(subsets), *shape)
                 else:  # "parent": S warm-starts from S plus its lowest missing player
                     alpha0 = state["alpha"][subsets | lowest_missing_bit(subsets, n)]
-                steps = cfg.full_steps if level == n else cfg.steps
-                alpha, rel = adam_chunk(obj, subsets, alpha0, steps)
+                alpha, result = optimise(obj, subsets, alpha0, level == n)
                 idx = subsets.to(f0.device)
-                state["passes"][idx] = steps + 2  # + reach probe + final check
-                state["alpha"][idx], state["rel_error"][idx] = alpha, rel
+                u = obj.f0 + obj.crop(alpha) * obj.df
+                state["rel_error"][idx], state["value"][idx] = obj.check(u, subsets)
+                state["alpha"][idx] = alpha
+                for key in ("passes", "forward_passes", "steps", "residual", "converged"):
+                    state[key][idx] = getattr(result, key).to(state[key].dtype).to(f0.device)
                 state["solved"][idx] = True
                 bar.update(len(subsets))
                 if on_chunk:
@@ -167,4 +227,26 @@ class PaperSolver:
             passes=state["passes"].cpu(),
             chunk=chunk,
             objective=obj,
+            value=state["value"],
+            forward_passes=state["forward_passes"].cpu(),
+            steps=state["steps"].cpu(),
+            residual=state["residual"].cpu(),
+            converged=state["converged"].cpu(),
         )
+
+
+def new_state(size: int, shape: torch.Size, device: torch.device) -> dict[str, Tensor]:
+    """The solver state of a fresh run: nothing solved but the empty set."""
+    state = {
+        "alpha": torch.zeros(size, *shape, device=device),
+        "rel_error": torch.zeros(size, device=device),
+        "value": torch.zeros(size, device=device),
+        "solved": torch.zeros(size, dtype=torch.bool, device=device),
+        "passes": torch.zeros(size, device=device),
+        "forward_passes": torch.zeros(size, device=device),
+        "steps": torch.zeros(size, dtype=torch.int32, device=device),
+        "residual": torch.zeros(size, device=device),
+        "converged": torch.zeros(size, dtype=torch.bool, device=device),
+    }
+    state["solved"][0] = state["converged"][0] = True
+    return state

@@ -44,9 +44,10 @@ class Window:
 
 
 @torch.no_grad()
-def find_window(obj: Objective) -> Window | None:
-    """The window of ``obj`` (full-size tensors), or None when cropping does not apply, does
-    not save (more than 80% of the map) or is not exact."""
+def find_window(obj: Objective, reach: Tensor) -> Window | None:
+    """The window of ``obj`` (full-size tensors) holding every number in ``reach`` (the
+    players' reach sets, ``(n, C, h, w)``), or None when cropping does not apply, does not save
+    (more than 80% of the map) or is not exact."""
     if obj.df.dim() != 3:
         return None
     _, h, w = obj.df.shape
@@ -55,13 +56,9 @@ def find_window(obj: Objective) -> Window | None:
         return None
     sy, sx = height // h, width // w
     union = obj.player_masks.any(0)
-    with torch.enable_grad():
-        live = obj.reach(
-            torch.ones(1, *obj.df.shape, device=obj.x.device),
-            union[None, None].to(obj.x.dtype),
-        )
-    rows = torch.nonzero(live[0].any(0).any(1)).flatten()
-    cols = torch.nonzero(live[0].any(0).any(0)).flatten()
+    live = reach.any(0)
+    rows = torch.nonzero(live.any(0).any(1)).flatten()
+    cols = torch.nonzero(live.any(0).any(0)).flatten()
     if not len(rows):
         return None
     r0, r1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, h)
@@ -76,7 +73,10 @@ def find_window(obj: Objective) -> Window | None:
     u = (obj.f0 + alpha * obj.df).contiguous(memory_format=obj.memory_format)
     full = window.crop_image(obj.gen.g(u, obj.code))
     crop = window.crop(u).contiguous(memory_format=obj.memory_format)
-    cropped = obj.gen.g(crop, obj.code)
+    try:
+        cropped = obj.gen.g(crop, obj.code)
+    except Exception:  # a generator that only takes its own feature shape: no window
+        return None
     if cropped.shape != full.shape:
         return None
     diff = ((cropped - full).abs() * window.crop_image(union)).max()

@@ -1,0 +1,269 @@
+"""OR-structured minimal features, and the receptive-field reference (METHOD.md, "Beyond the
+paper: structured minimal features").
+
+The paper solves every ``u(S)`` alone; where the L1 optimum is not unique, neighbouring subsets
+pick inconsistent solutions and Eq. 10 turns that into high-order noise. Here every minimal
+feature comes from one set of unknowns ``beta`` ``(n, *shape)`` in [0, 1], row i for player i::
+
+    u(S) = f0 + alpha(S) * (f - f0),   alpha(S) = 1 - prod_{i in S} (1 - beta_i)
+
+so ``u(empty) = f0`` and the OR components are closed-form,
+``Delta f_T = (f - f0) * prod_{i in T} beta_i * prod_{j not in T} (1 - beta_j)``: universal
+matching holds by construction. ``beta_i`` is held at 0 wherever player i is outside the reach
+set of the number (:mod:`regprim.solvers.reach`), at every step.
+
+The objective is the paper's Eq. 8 averaged over subsets (``subset_weights``: ``subsets`` = every
+subset alike, as the paper's sum over all of them; ``sizes`` = every subset size alike, then
+every subset of that size alike, which keeps single cells in play for large n). Its sparsity
+part is exact for any n: for one number with ``c_i = 1 - beta_i``, the mean over the subsets of
+size k of ``prod_{i in S} c_i`` is ``e_k(c) / C(n, k)`` (``e_k`` the elementary symmetric
+polynomial). Its reconstruction part is estimated on a batch of subsets drawn from the same
+weights each step (all subsets, when there are no more than a batch). Projected Adam with a
+cosine step minimises it, from ``beta = 0.5`` on the reach sets (a start at exactly 1 has no
+gradient through the product), and values within ``or_snap`` of a bound are set to it at the end
+(:func:`snap`).
+
+``reach`` is the receptive-field reference: ``beta_i = 1`` exactly on each number's reach set.
+Every subset is reconstructed exactly (the numbers that do not reach S cannot change its
+pixels), with no optimisation; it is the structure the other solvers are compared with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from regprim.solvers.objective import MinimalFeatures, Objective
+
+
+def alpha_of(beta: Tensor, bits: Tensor) -> Tensor:
+    """``alpha(S) = 1 - prod_{i in S} (1 - beta_i)`` for every row of ``bits`` ``(B, n)``
+    (bool): ``(B, *shape)``. The product is one matrix product in log space (a factor of
+    exactly 0 is taken as 1e-30: alpha = 1 to float precision, and the gradient of that
+    player's beta is 0 there, as the projection holds it at its bound anyway)."""
+    log_keep = torch.log((1 - beta).clamp_min(1e-30)).flatten(1)  # (n, D)
+    keep = torch.exp(bits.to(beta.dtype) @ log_keep)
+    return (1 - keep).view(bits.shape[0], *beta.shape[1:])
+
+
+def size_weights(n: int, rule: str) -> Tensor:
+    """Weight of each subset size 1..n in the objective, summing to 1: ``(n,)`` float64."""
+    sizes = torch.arange(1, n + 1, dtype=torch.float64)
+    if rule == "sizes":
+        return torch.full((n,), 1.0 / n, dtype=torch.float64)
+    counts = torch.exp(
+        torch.lgamma(torch.tensor(n + 1.0)) - torch.lgamma(sizes + 1) - torch.lgamma(n - sizes + 1)
+    )
+    return counts / counts.sum()
+
+
+def mean_alpha(beta: Tensor, rule: str) -> Tensor:
+    """Per number, the mean of ``alpha(S)`` over the non-empty subsets weighted by ``rule``
+    (:func:`size_weights`), exactly, for any n: with ``c_i = 1 - beta_i``,
+
+    - ``subsets``: ``2**n / (2**n - 1) * (1 - prod_i (1 - beta_i / 2))``, since the sum over all
+      subsets of ``prod_{i in S} c_i`` is ``prod_i (1 + c_i)``;
+    - ``sizes``: ``mean_k (1 - e_k(c) / C(n, k))`` with ``e_k`` the elementary symmetric
+      polynomials, built up one player at a time.
+    """
+    n = beta.shape[0]
+    if rule == "subsets":
+        return (1 - (1 - beta / 2).prod(dim=0)) * (2**n / (2**n - 1))
+    e = torch.zeros(n + 1, *beta.shape[1:], dtype=beta.dtype, device=beta.device)
+    e[0] = 1
+    for i in range(n):
+        e = torch.cat([e[:1], e[1:] + (1 - beta[i]) * e[:-1]])
+    choose = torch.tensor([math.comb(n, k) for k in range(1, n + 1)], dtype=beta.dtype)
+    view = (-1, *[1] * (beta.dim() - 1))
+    return (1 - e[1:] / choose.to(beta.device).view(view)).mean(dim=0)
+
+
+def sample_subsets(n: int, batch: int, weights: Tensor, rng: torch.Generator) -> Tensor:
+    """``batch`` subsets (bool ``(batch, n)``): a size from ``weights``, then its players
+    uniformly."""
+    sizes = torch.multinomial(weights.float(), batch, replacement=True, generator=rng) + 1
+    ranks = torch.rand(batch, n, generator=rng).argsort(dim=1).argsort(dim=1)
+    return ranks < sizes[:, None]
+
+
+def all_subsets(n: int) -> Tensor:
+    """Every non-empty subset as bool ``(2**n - 1, n)``, in bitmask order from 1."""
+    masks = torch.arange(1, 2**n)
+    return (masks[:, None] >> torch.arange(n)) & 1 == 1
+
+
+def to_bitmasks(bits: Tensor) -> Tensor:
+    return (bits.long() << torch.arange(bits.shape[1])).sum(1)
+
+
+def reconstruction(
+    obj: Objective, beta: Tensor, bits: Tensor, weights: Tensor, full: bool
+) -> Tensor:
+    """The reconstruction part of the OR objective on the subsets ``bits``: its exact share of
+    the weighted mean when ``full`` (the rows are all the subsets), else the mean over a batch
+    drawn from the weights (an unbiased estimate of the whole)."""
+    n = obj.n
+    alpha = alpha_of(beta, bits.to(beta.device))
+    u = torch.addcmul(obj.f0[None], alpha, obj.df[None]).contiguous(memory_format=obj.memory_format)
+    masks, weight = obj.masks(to_bitmasks(bits))
+    with obj.autocast():
+        images = obj.gen.g(u, obj.code)
+    rec = weight * obj.errors(images.float(), masks)
+    if not full:
+        return rec.mean()
+    sizes = bits.sum(1)
+    counts = torch.tensor([math.comb(n, int(k)) for k in sizes], dtype=torch.float64)
+    return (rec * (weights[sizes - 1] / counts).to(rec.dtype).to(rec.device)).sum()
+
+
+def sparsity(obj: Objective, beta: Tensor) -> Tensor:
+    """The sparsity part of the OR objective, exact: the weighted mean of ``||u(S) - f0||_1``."""
+    scale = 1 / obj.numel if obj.cfg.reduction == "mean" else 1.0
+    return (mean_alpha(beta, obj.cfg.subset_weights) * obj.df.abs()).sum() * scale
+
+
+def beta_residual(obj: Objective, beta: Tensor, weights: Tensor, chunk: int) -> float:
+    """KKT residual of ``beta`` on the whole objective: the norm of its projected gradient
+    (zero where a bound holds a beta whose gradient pushes it against that bound, and outside
+    the reach sets) over the norm of the sparsity term's gradient. Every subset when n <= 12,
+    else 16 batches drawn from the weights."""
+    n = obj.n
+    full = n <= 12
+    if full:
+        groups = list(all_subsets(n).split(chunk))
+    else:
+        rng = torch.Generator().manual_seed(1)
+        groups = [sample_subsets(n, chunk, weights, rng) for _ in range(16)]
+    beta = beta.clone().requires_grad_(True)
+    (l1,) = torch.autograd.grad(sparsity(obj, beta), beta)
+    grad = l1.clone()
+    for bits in groups:
+        (g,) = torch.autograd.grad(reconstruction(obj, beta, bits, weights, full), beta)
+        grad += g if full else g / len(groups)
+    beta = beta.detach()
+    held = ((beta <= 0) & (grad > 0)) | ((beta >= 1) & (grad < 0)) | ~obj.reach_sets
+    return float(torch.where(held, 0.0, grad).norm() / l1.norm().clamp_min(1e-30))
+
+
+class ORSolver:
+    """OR-structured minimal features (module docstring)."""
+
+    name = "or"
+
+    @staticmethod
+    def memory_bytes(n: int, numel: int) -> int:
+        """beta and its Adam moments, then the minimal features and components of every
+        subset (2**n x D each, float32) for the transform and the metrics."""
+        return 4 * numel * (4 * n + 4 * 2**n)
+
+    @staticmethod
+    def solve(
+        obj: Objective,
+        resume: dict[str, Tensor] | None = None,
+        on_chunk: Callable[[dict[str, Tensor]], None] | None = None,
+        progress: bool = True,
+    ) -> MinimalFeatures:
+        cfg = obj.cfg
+        n, reach = obj.n, obj.reach_sets.to(obj.f0.dtype)
+        weights = size_weights(n, cfg.subset_weights)
+        state = resume or {
+            "beta": cfg.or_init * reach,
+            "m": torch.zeros_like(reach),
+            "v": torch.zeros_like(reach),
+            "step": torch.zeros((), dtype=torch.int64),
+        }
+        beta, m, v = state["beta"].clone(), state["m"].clone(), state["v"].clone()
+        steps = cfg.or_steps
+        rng = torch.Generator().manual_seed(cfg.perturb_seed)
+        everything = all_subsets(n) if 2**n - 1 <= cfg.or_batch else None
+        done = int(state["step"])
+        for _ in range(done):  # replay the sampler to where an interrupted run stopped
+            if everything is None:
+                sample_subsets(n, cfg.or_batch, weights, rng)
+        bar = tqdm(
+            total=steps, initial=done, desc="OR-structured beta", unit="step", disable=not progress
+        )
+        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        for t in range(done + 1, steps + 1):
+            bits = (
+                everything
+                if everything is not None
+                else sample_subsets(n, cfg.or_batch, weights, rng)
+            )
+            beta.requires_grad_(True)
+            full = everything is not None
+            loss = reconstruction(obj, beta, bits, weights, full) + sparsity(obj, beta)
+            (grad,) = torch.autograd.grad(loss, beta)
+            with torch.no_grad():
+                beta.requires_grad_(False)
+                m.lerp_(grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                rate = cfg.or_lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps))
+                root = math.sqrt(1 - beta2**t)
+                beta.addcdiv_(m, v.sqrt().add_(eps * root), value=-rate * root / (1 - beta1**t))
+                beta.clamp_(0, 1).mul_(reach)
+            bar.update(1)
+            if on_chunk:
+                on_chunk({"beta": beta, "m": m, "v": v, "step": torch.tensor(t)})
+        bar.close()
+        batch = len(everything) if everything is not None else cfg.or_batch
+        residual = beta_residual(obj, beta.detach(), weights, cfg.or_batch)  # the optimum's
+        snapped = snap(beta.detach(), cfg.or_snap)
+        passes = steps * batch / (2**n - 1)
+        return finish(obj, snapped, steps, passes, residual, residual < cfg.or_gtol)
+
+
+def snap(beta: Tensor, within: float) -> Tensor:
+    """Clear 0/1 decisions: every beta within ``within`` of a bound is set to that bound (the
+    optimum holds a needed number just inside 1, by the L1 slope over lambda; left there, its
+    1 - beta leaks into components of the subsets of its players)."""
+    return torch.where(beta < within, 0.0, torch.where(beta > 1 - within, 1.0, beta))
+
+
+class ReachSolver:
+    """The receptive-field reference: ``beta_i = 1`` on each number's reach set."""
+
+    name = "reach"
+
+    @staticmethod
+    def memory_bytes(n: int, numel: int) -> int:
+        return 4 * numel * (n + 4 * 2**n)
+
+    @staticmethod
+    def solve(obj, resume=None, on_chunk=None, progress=True) -> MinimalFeatures:
+        return finish(obj, obj.reach_sets.to(obj.f0.dtype), 0, 0.0, 0.0, True)
+
+
+def finish(
+    obj: Objective, beta: Tensor, steps: int, passes: float, residual: float, converged: bool
+) -> MinimalFeatures:
+    """Minimal features of every subset from ``beta`` (window size), checked against the
+    constraint; per-subset diagnostics are the run's (one optimisation serves all subsets:
+    ``passes`` per subset on average, one KKT residual of beta)."""
+    n = obj.n
+    size = 2**n
+    bits = torch.cat([torch.zeros(1, n, dtype=torch.bool), all_subsets(n)])
+    alpha = torch.cat(
+        [alpha_of(beta, bits[i : i + 256].to(beta.device)) for i in range(0, size, 256)]
+    )
+    u = obj.full_f0 + obj.expand(alpha) * obj.full_df
+    u[0] = obj.full_f0
+    rel, value = obj.check_all(u)
+    return MinimalFeatures(
+        u=u,
+        rel_error=rel,
+        meets=rel < obj.cfg.constraint,
+        passes=torch.full((size,), passes),
+        chunk=obj.cfg.or_batch,
+        objective=obj,
+        value=value,
+        forward_passes=torch.ones(size),  # the constraint check
+        steps=torch.full((size,), steps, dtype=torch.int32),
+        residual=torch.full((size,), residual),
+        converged=torch.full((size,), converged, dtype=torch.bool),
+        beta=obj.expand(beta),
+    )
