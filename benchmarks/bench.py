@@ -17,6 +17,15 @@ Sections:
   convergence  projected L-BFGS to tolerance against projected Adam with fixed steps, on the
              planted family and on dcgan-faces n = 9 (passes per subset, objective, wall)
   choices    sparsity term x scale by leakage, sparsity and reconstruction (docs/method-choices.md)
+  demo       `make demo`'s run (dcgan-faces n = 9, no verification) with regprim 0.1's solver
+             (paper, Adam 50 steps), the paper's solver now (L-BFGS) and the default (OR), side
+             by side
+  grid       dcgan-faces with every cell a player (n = 36): time, held-out subsets, components
+  many       `regprim explain-many`: images per hour on this machine against the worker count
+  faithfulness  every solver (paper, paper + noise removal, reach reference, OR-structured) on
+             dcgan-faces block3 and block2, eyes-128 and planted-family members: total L1,
+             objective, leakage, energy, Fig. 6/7a worst points, stability; --figure draws the
+             Pareto figure of docs/faithfulness.md
   denoise    noise removal: projected Adam against the exact linear program (scipy HiGHS)
 """
 
@@ -263,9 +272,14 @@ def section_family(args) -> None:
 
 
 def section_convergence(args) -> None:
-    print("\n## Convergence: projected L-BFGS (default) against projected Adam (fixed steps)")
-    variants = [("lbfgs (default)", SolverConfig())] + [
-        (f"adam, {k} steps", SolverConfig(optimizer="adam", steps=k, full_steps=4 * k))
+    print(
+        "\n## The paper's solver: projected L-BFGS (default) against projected Adam (fixed steps)"
+    )
+    variants = [("lbfgs (default)", SolverConfig(method="paper"))] + [
+        (
+            f"adam, {k} steps",
+            SolverConfig(method="paper", optimizer="adam", steps=k, full_steps=4 * k),
+        )
         for k in (50, 150, 400)
     ]
     seeds = range(args.family_seed, args.family_seed + args.convergence_members)
@@ -294,6 +308,216 @@ def section_convergence(args) -> None:
             f"{name:<18} {wall:>9.1f} {s['mean_passes_per_subset']:>14.1f} "
             f"{s['subsets_converged']:>10.1%} {s['residual_median']:>13.3f} "
             f"{s['objective']:>10.4g} {len(s['salient']):>8}"
+        )
+
+
+FAITHFUL_SOLVERS = {
+    "paper": dict(solver=SolverConfig(method="paper")),
+    "paper+denoise": dict(solver=SolverConfig(method="paper"), denoise=True),
+    "reach": dict(solver=SolverConfig(method="reach")),
+    "or": dict(solver=SolverConfig(method="or")),
+}
+
+
+def faithfulness_row(cfg: ExplainConfig, gen, stable: bool) -> dict:
+    from regprim.metrics import evaluate
+    from regprim.salient import energy_fraction
+    from regprim.stability import stability
+
+    start = time.perf_counter()
+    run = explain(cfg, generator=gen, progress=False, verify=False)
+    wall = time.perf_counter() - start
+    ev = evaluate(run, gen).by_name()
+    u = run.minimal_features
+    target = build_target(cfg, gen)
+    objective = float(Objective(target, cfg.solver).check_all(u)[1].sum())
+    row = {
+        "wall": wall,
+        "l1": float((u - run.f0).abs().sum()),
+        "objective": objective,
+        "leakage": ev["leakage"].value,
+        "energy90": energy_fraction(run.norms) * len(run.norms),
+        "fig6": ev["irrelevant_components_worst"].value,
+        "fig7a": ev["requirement_2_alpha_worst"].value,
+        "salient": len(run.salient),
+        "meeting": float(run.rel_error[1:].lt(cfg.solver.constraint).float().mean()),
+        "stability": float("nan"),
+    }
+    if stable:
+        result = stability(cfg, generator=gen)
+        row["stability"] = result["denoised" if cfg.denoise else "raw"]["matched_cosine"]
+    return row
+
+
+def section_faithfulness(args) -> None:
+    from regprim.models.planted_family import planted_family
+
+    print("\n## Faithfulness of every solver (image seed 1 unless stated; docs/faithfulness.md)")
+    cases = [
+        ("dcgan-faces block3", dict(model="dcgan-faces", seed=1), None, True),
+        ("dcgan-faces block2", dict(model="dcgan-faces", layer="block2", seed=1), None, False),
+        ("eyes-128 block3", dict(model="eyes-128", class_index="green", seed=1), None, False),
+    ]
+    for seed in range(args.family_seed, args.family_seed + 3):
+        member = planted_family(seed)
+        spec = dict(model=member.generator.name, players=member.players, grid=member.grid)
+        cases.append((f"planted family {seed}", spec, member.generator, False))
+    head = (
+        f"{'case':<22} {'solver':<14} {'wall':>6} {'total L1':>9} {'objective':>10} "
+        f"{'meet':>5} {'leakage':>8} {'90% E':>6} {'Fig6 w':>7} {'Fig7a w':>8} {'salient':>7} "
+        f"{'stab.':>6}"
+    )
+    print(head)
+    rows = []
+    cases = [c for c in cases if not args.cases or any(k in c[0] for k in args.cases)]
+    for case, spec, gen, stable in cases:
+        gen = gen or load_model(spec["model"], spec.get("layer"))
+        explain(
+            ExplainConfig(**spec, n=2) if "players" not in spec else ExplainConfig(**spec),
+            generator=gen,
+            progress=False,
+            verify=False,
+        )  # warm the baseline cache
+        for name, extra in FAITHFUL_SOLVERS.items():
+            if args.solvers and name not in args.solvers:
+                continue
+            r = faithfulness_row(ExplainConfig(**spec, **extra), gen, stable)
+            rows.append((case, name, r))
+            print(
+                f"{case:<22} {name:<14} {r['wall']:>6.1f} {r['l1']:>9.4g} "
+                f"{r['objective']:>10.4g} {r['meeting']:>5.2f} {r['leakage']:>8.2g} "
+                f"{r['energy90']:>6.0f} {r['fig6']:>7.3f} {r['fig7a']:>8.3g} "
+                f"{r['salient']:>7} {r['stability']:>6.3f}",
+                flush=True,
+            )
+    if args.figure:
+        pareto_figure(rows, Path(args.figure))
+
+
+def pareto_figure(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = {"paper": "o", "paper+denoise": "s", "reach": "^", "or": "*"}
+    cases = sorted({c for c, _, _ in rows})
+    colors = dict(zip(cases, plt.cm.tab10.colors, strict=False))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for case, name, r in rows:
+        base = next(x["l1"] for c, n, x in rows if c == case and n == "paper")
+        for ax, y in zip(axes, ("leakage", "fig6"), strict=True):
+            ax.scatter(
+                r["l1"] / base,
+                max(r[y], 1e-6),
+                marker=markers[name],
+                s=70,
+                color=colors[case],
+                label=f"{name}" if case == cases[0] else None,
+            )
+    for ax, label in zip(
+        axes, ("median leakage (Requirement 1)", "Fig. 6 worst point"), strict=True
+    ):
+        ax.set_xlabel("total L1 of the minimal features / the paper solver's")
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+    axes[0].legend(fontsize=8, title="solver (marker)")
+    handles = [plt.Line2D([], [], color=colors[c], marker="o", ls="") for c in cases]
+    axes[1].legend(handles, cases, fontsize=7, title="case (colour)")
+    fig.suptitle("Sparsity against exclusivity: lower left is better")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"figure: {path}")
+
+
+def section_demo(args) -> None:
+    print(
+        "\n## make demo's run, side by side (dcgan-faces block3, n = 9, `--no-verify`, "
+        "the whole command, baseline cached)"
+    )
+    variants = {
+        "or (default)": [],
+        "paper, L-BFGS": ["--solver", "paper"],
+        "paper, Adam 50 steps": ["--solver", "paper", "--optimizer", "adam"],
+    }
+    runs = [(name, extra, None) for name, extra in variants.items()]
+    if args.old_src:  # an older checkout's src/, e.g. `git worktree add /tmp/old 73cd01e`
+        runs.insert(0, (f"regprim 0.1 ({args.old_src})", [], args.old_src))
+    baseline(load_model("dcgan-faces"))  # fill the cache outside the timings
+    walls = {}
+    print(f"{'solver':<40} {'command (s)':>12} {'in explain (s)':>15} {'salient':>8}")
+    inside = {}
+    for name, extra, src in runs:
+        env = os.environ | ({"PYTHONPATH": src} if src else {})
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [
+                sys.executable,
+                "-m",
+                "regprim.cli",
+                "explain",
+                "--n",
+                "9",
+                "--out",
+                f"{tmp}/run",
+                "--quiet",
+                "--no-verify",
+                *extra,
+            ]
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env=env)
+            walls[name] = time.perf_counter() - start
+            s = json.loads(Path(f"{tmp}/run/summary.json").read_text())
+        inside[name] = s["wall_seconds"]
+        print(f"{name:<40} {walls[name]:>12.1f} {inside[name]:>15.1f} {len(s['salient']):>8}")
+    first = next(iter(walls))
+    print(
+        "command relative to the first row: "
+        + ", ".join(f"{k} {v / walls[first]:.2f}x" for k, v in walls.items())
+    )
+    or_, paper = "or (default)", "paper, L-BFGS"
+    print(
+        f"or / paper L-BFGS: command {walls[or_] / walls[paper]:.2f}x, "
+        f"in explain {inside[or_] / inside[paper]:.2f}x"
+    )
+
+
+def section_grid(args) -> None:
+    print("\n## The whole grid: dcgan-faces, every cell a player (n = 36)")
+    gen = load_model("dcgan-faces")
+    start = time.perf_counter()
+    run = explain(ExplainConfig(players="all"), generator=gen, progress=False, verify=False)
+    wall = time.perf_counter() - start
+    s = run.summary
+    orders = [m.bit_count() for m in run.component_masks.tolist()]
+    energy = run.norms**2
+    ranked = run.norms.argsort(descending=True)
+    carry = int((energy[ranked].cumsum(0) / energy.sum() < 0.9).sum()) + 1
+    by_order = {o: orders.count(o) for o in sorted(set(orders))}
+    print(
+        f"wall {wall:.1f} s; {s['subsets_checked']}: {s['subsets_meeting_constraint']:.1%} meet "
+        f"the constraint (worst relative error {s['rel_error_max']:.2g}); universal matching "
+        f"{s['universal_matching_max_rel_residual']:.1e}; {len(orders)} non-zero components, "
+        f"{carry} carry 90% of the energy, by order {by_order}; {s['rounded_numbers']} numbers "
+        f"rounded; salient {len(s['salient'])}; stages {s['stage_seconds']}"
+    )
+
+
+def section_many(args) -> None:
+    from regprim.dataset import explain_many, items_of
+
+    print("\n## Many images: dcgan-faces (default settings, no verification) per worker count")
+    seeds = list(range(100, 100 + args.images))
+    baseline(load_model("dcgan-faces"))
+    for workers in args.workers:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            rows = explain_many(
+                ExplainConfig(), items_of(seeds), tmp, workers=workers, verify=False, progress=False
+            )
+            wall = time.perf_counter() - start
+        ok = sum(r["status"] == "ok" for r in rows)
+        print(
+            f"{workers} worker(s): {ok} images in {wall:.0f} s = {3600 * ok / wall:.0f} images/hour"
         )
 
 
@@ -386,6 +610,10 @@ SECTIONS = {
     "planted": section_planted,
     "family": section_family,
     "convergence": section_convergence,
+    "faithfulness": section_faithfulness,
+    "demo": section_demo,
+    "grid": section_grid,
+    "many": section_many,
     "choices": section_choices,
     "denoise": section_denoise,
 }
@@ -404,6 +632,12 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=200, help="family members (family)")
     parser.add_argument("--family-seed", type=int, default=2000, help="first family seed")
     parser.add_argument("--convergence-members", type=int, default=20)
+    parser.add_argument("--figure", help="faithfulness: write the Pareto figure here (PNG)")
+    parser.add_argument("--cases", nargs="*", help="faithfulness: only cases containing these")
+    parser.add_argument("--solvers", nargs="*", help="faithfulness: only these solvers")
+    parser.add_argument("--old-src", help="demo: also time an older checkout's src/ folder")
+    parser.add_argument("--images", type=int, default=6, help="many: images per worker count")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     print(f"# regprim benchmarks on {machine()}")
     for name in args.sections or SECTIONS:

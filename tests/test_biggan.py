@@ -91,3 +91,22 @@ def test_weights_from_a_local_folder(tmp_path, tiny):
     torch.save({"generator.gen_z.bias": torch.zeros(3)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(ValueError, match="does not match the expected architecture"):
         biggan(weights=tmp_path)
+
+
+@pytest.mark.parametrize(("resolution", "layers"), [(128, 11), (256, 13), (512, 15)])
+def test_each_resolution_has_its_own_architecture(resolution, layers):
+    gen = biggan(resolution=resolution, config=TINY)
+    assert len(gen.layers) == layers
+    code = gen.sample_codes(1, 0, class_index=1)
+    with torch.no_grad():
+        assert gen.g(gen.d(code), code).shape == (1, 3, resolution, resolution)
+
+
+def test_classes_by_name(tiny):
+    assert tiny.class_index("golden retriever") == 207
+    assert tiny.class_index("Golden Retriever") == tiny.class_index("207") == 207
+    assert tiny.class_index("tench") == 0
+    with pytest.raises(ValueError, match="names several ImageNet classes: 134 .*517"):
+        tiny.class_index("crane")
+    with pytest.raises(ValueError, match="did you mean \\['golden retriever'"):
+        tiny.class_index("golden retriver")

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from regprim.cli import main
 from regprim.run_folder import load_run
 
@@ -33,9 +35,15 @@ def test_cli_explain_and_reconstruct(tmp_path, capsys):
     assert "not players of this run" in capsys.readouterr().err
 
 
-def test_cli_models_lists_layers(capsys):
+def test_cli_models_lists_layers_from_the_table_at_once(capsys):
+    import time
+
+    start = time.perf_counter()
     assert main(["models"]) == 0
+    assert time.perf_counter() - start < 2  # no model is built (it took 5 minutes)
     text = capsys.readouterr().out
+    assert "biggan-deep-256: " in text and "image (3, 256, 256)" in text
+    assert "biggan-deep-512: " in text and "image (3, 512, 512)" in text
     assert "block3: feature (128, 16, 16) -> image (3, 64, 64) (default)" in text
     assert "eyes-128" in text and "planted" in text
 
@@ -101,3 +109,73 @@ def test_cli_options_reach_the_config_and_stability_runs(tmp_path, capsys):
     result = json.loads((out / "stability.json").read_text())
     assert result["repeats"] == 1 and result["raw"]["matched_cosine"] > 0.99
     assert "Stability" in (out / "report.html").read_text()
+
+
+def test_version(capsys):
+    from regprim import __version__
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"regprim {__version__}"
+
+
+def test_dry_run_plans_without_solving(tmp_path, capsys, monkeypatch):
+    import regprim.solvers as solvers
+
+    monkeypatch.setattr(solvers, "solve", lambda *a, **k: pytest.fail("solved"))
+    rc = main(
+        [
+            "explain",
+            "--model",
+            "planted",
+            "--players",
+            "7,8,14",
+            "--baseline-count",
+            "20",
+            "--dry-run",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert '"players": [\n  7,' in out
+    assert "0 1 . . ." in out.replace("  ", " ")  # cells 7, 8 in the second row: bits 0, 1
+    assert "memory: about" in out and "generator passes at" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_stages_are_timed_and_announced(tmp_path, capsys):
+    rc = main(
+        [
+            "explain",
+            "--model",
+            "planted",
+            "--players",
+            "7,8",
+            "--baseline-count",
+            "20",
+            "--or-steps",
+            "5",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert rc == 0
+    captured = capsys.readouterr()
+    for stage in ("load", "target and baseline", "minimal features", "metrics", "report"):
+        assert f"regprim: {stage} ..." in captured.err
+    assert "stages: load" in captured.out
+    stages = load_run(tmp_path / "run").summary["stage_seconds"]
+    assert set(stages) >= {"minimal features", "metrics"} and all(v >= 0 for v in stages.values())
+
+
+def test_cli_reference_is_in_sync():
+    from pathlib import Path
+
+    from regprim.cli import cli_reference
+
+    doc = Path(__file__).parents[1] / "docs" / "cli.md"
+    assert doc.read_text() == cli_reference(), (
+        "docs/cli.md is stale; regenerate it (see regprim.cli.cli_reference)"
+    )

@@ -39,7 +39,9 @@ def test_grid_larger_than_image():
 
 
 def test_n_too_large_for_memory_says_the_estimate():
-    cfg = ExplainConfig(model="dcgan-faces", grid=(8, 8), n=30, baseline_count=8, solver=FAST)
+    """The paper's solver enumerates all 2**n subsets (the OR-structured one never does)."""
+    paper = SolverConfig(method="paper", max_steps=2)
+    cfg = ExplainConfig(model="dcgan-faces", grid=(8, 8), n=30, baseline_count=8, solver=paper)
     with pytest.raises(MemoryError, match=r"n=30 needs about \d+.*GiB.*2\*\*30 x 32768"):
         explain(cfg, progress=False)
 

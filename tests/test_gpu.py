@@ -12,8 +12,14 @@ pytestmark = [
 ]
 
 
-def test_planted_on_cuda_matches_cpu():
-    cfg = dict(model="planted", players=list(DEFAULT_PLAYERS), baseline_count=200)
+@pytest.mark.parametrize("method", ["or", "paper"])
+def test_planted_on_cuda_matches_cpu(method):
+    cfg = dict(
+        model="planted",
+        players=list(DEFAULT_PLAYERS),
+        baseline_count=200,
+        solver=SolverConfig(method=method),
+    )
     cpu = explain(ExplainConfig(**cfg), progress=False, verify=False)
     gpu = explain(ExplainConfig(**cfg, device="cuda"), progress=False)
     assert sorted(gpu.summary["salient"]) == sorted(cpu.summary["salient"])
@@ -28,7 +34,7 @@ def test_dcgan_on_cuda_with_auto_chunk_and_bf16():
         n=4,
         baseline_count=100,
         device="cuda",
-        solver=SolverConfig(chunk=0, precision="bfloat16"),
+        solver=SolverConfig(method="paper", chunk=0, precision="bfloat16"),
     )
     run = explain(cfg, progress=False)
     assert run.summary["chunk"] >= 1

@@ -192,3 +192,24 @@ def test_dcgan_faces_full_default_run(tmp_path):
     assert s["n"] == 9 and s["subsets_meeting_constraint"] == 1.0
     assert s["universal_matching_max_rel_residual"] < 1e-5
     assert (tmp_path / "demo" / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_the_layer_table_is_what_the_models_are():
+    """`regprim models` answers from models/layers.json; it must match the real models
+    (BigGAN built at full size with random weights: minutes, `pytest -m slow`)."""
+    from regprim.models import compute_layer_table, layer_table
+
+    assert compute_layer_table() == layer_table()
+
+
+def test_the_layer_table_matches_the_small_models():
+    from regprim.models import layer_table
+
+    table = layer_table()
+    for name in ("dcgan-faces", "eyes-128", "planted"):
+        gen = load_model(name)
+        assert table[name]["default"] == gen.layer
+        for layer, shapes in table[name]["layers"].items():
+            feature, image = gen.cut_at(layer).shapes()
+            assert (list(feature), list(image)) == (shapes["feature"], shapes["image"])

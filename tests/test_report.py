@@ -70,12 +70,12 @@ def test_report_in_headless_chromium(planted_run):
         page.click('#target-pane .cell[data-cell="14"]')
         mask = 0b10001
         last = len(data["ratios"]) - 1
-        assert page.get_attribute("#recon", "src") == data["images"][last][mask]
+        assert page.get_attribute("#recon", "src") == data["images"][last][str(mask)]
         assert page.get_attribute("#recon", "data-subset") == str(mask)
         assert page.text_content("#subset") == "[7, 14]"
         page.fill("#ratio", "0")
         page.dispatch_event("#ratio", "input")
-        assert page.get_attribute("#recon", "src") == data["images"][0][mask]
+        assert page.get_attribute("#recon", "src") == data["images"][0][str(mask)]
         page.click('#target-pane .cell[data-cell="7"]')  # toggles off
         assert page.get_attribute("#recon", "data-subset") == str(0b10000)
         browser.close()
@@ -95,7 +95,7 @@ def test_explorer_images_are_algorithm_2_reconstructions(planted_run):
         image, _ = planted_run.reconstruct(planted_run.cells(mask), gen)
         expected.append(to_rgb(image, planted_run.value_range) * 255)
     for j, mask in enumerate(masks):
-        url = data["images"][-1][mask]
+        url = data["images"][-1][str(mask)]
         decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
         dist = [np.abs(decoded.astype(float) - e).mean() for e in expected]
         # JPEG is lossy on this noise-like image; the right reconstruction is still the nearest

@@ -242,3 +242,83 @@ def test_adam_runs_exactly_its_steps():
     run = explain(cfg, progress=False, verify=False)
     steps = run.tensors["steps"]
     assert steps[7] == 9 and (steps[1:7] == 7).all()
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_weights_and_objective_are_eq_8_by_hand(reduction):
+    """Eq. 8 for two subsets, written out: lambda / |S| times the squared error summed over the
+    pixels of S (sum), or lambda times the mean over the masked values (mean)."""
+    cfg = SolverConfig(method="paper", reduction=reduction, lam=1234.0)
+    obj, f, f0 = planted_problem(cfg)
+    subsets = torch.tensor([0b1, 0b110])  # one cell; two cells
+    masks, weight = obj.masks(subsets)
+    pixels = masks.flatten(1).sum(1)
+    if reduction == "sum":
+        expected = torch.tensor([1234.0 / 1, 1234.0 / 2])
+    else:
+        expected = 1234.0 / (pixels * 3)  # masked values: pixels x 3 channels
+    torch.testing.assert_close(weight, expected)
+    u = f0 + 0.3 * (f - f0)
+    _, value = obj.check(torch.stack([u, u]), subsets)
+    image = obj.gen.g(u[None], obj.code)[0]
+    for row, s in enumerate(subsets.tolist()):
+        pix = masks[row, 0].bool()
+        sq = ((image - obj.x) ** 2)[:, pix].sum()
+        l1 = (u - f0).abs().sum()
+        if reduction == "sum":
+            want = l1 + 1234.0 / bin(s).count("1") * sq
+        else:
+            want = l1 / f.numel() + 1234.0 * sq / (pix.sum() * 3)
+        torch.testing.assert_close(value[row], want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("sparsity", ["l1-delta", "l1"])
+def test_analytic_gradient_equals_autograd(sparsity):
+    from regprim.solvers.paper import Chunk
+
+    obj, f, f0 = planted_problem(SolverConfig(method="paper", sparsity=sparsity))
+    subsets = torch.tensor([0b1, 0b111, 0b10010])
+    chunk = Chunk(obj, subsets)
+    gen = torch.Generator().manual_seed(0)
+    alpha = 0.1 + 0.8 * torch.rand(3, *f.shape, generator=gen)  # away from the kinks
+    # numbers without a path to the subset's cells sit at the sparsity minimiser (as in a solve)
+    alpha = torch.where(chunk.live, alpha, obj.sparsity_minimiser())
+    every = torch.arange(3)
+    value, grad = chunk.value_grad(alpha, every)
+    a = alpha.clone().requires_grad_(True)
+    u = f0 + a * (f - f0)
+    masks, weight = obj.masks(subsets)
+    rec = weight * obj.errors(obj.gen.g(u, obj.code), masks)
+    l1 = (u - f0 if sparsity == "l1-delta" else u).abs().flatten(1).sum(1)
+    (reference,) = torch.autograd.grad((rec + l1).sum(), a)
+    torch.testing.assert_close(value, (rec + l1).detach(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grad, reference * chunk.live, rtol=1e-4, atol=1e-4)
+
+
+def test_no_window_when_a_global_operation_follows_local_ones():
+    """Local convolutions would allow a window; a global step after them (subtracting the mean
+    over the image) makes g of a crop differ from the crop of g, which the check must catch."""
+    from torch import nn
+
+    from regprim import split_sequential
+
+    class MinusMean(nn.Module):
+        def forward(self, x):
+            return x - x.mean(dim=(2, 3), keepdim=True)
+
+    torch.manual_seed(0)
+    seq = nn.Sequential(
+        nn.ConvTranspose2d(8, 16, 4, 1, 0),
+        nn.ReLU(),  # 16 x 4 x 4 feature
+        nn.ConvTranspose2d(16, 8, 4, 2, 1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(8, 3, 4, 2, 1),  # 16 x 16 image
+        MinusMean(),
+        nn.Tanh(),
+    )
+    gen = split_sequential(seq, "1", code_dim=8).freeze()
+    f0 = torch.zeros(16, 4, 4)
+    target = make_target(gen, f0, [0], grid=(4, 4))  # a corner cell: a small window would do
+    local = split_sequential(nn.Sequential(*seq[:5], nn.Tanh()), "1", code_dim=8).freeze()
+    assert Objective(make_target(local, f0, [0], grid=(4, 4)), SolverConfig()).window is not None
+    assert Objective(target, SolverConfig()).window is None

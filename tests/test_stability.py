@@ -12,11 +12,15 @@ def test_compare_and_jaccard():
     assert jaccard(0b011, 0b110) == 1 / 3
     a = torch.zeros(8, 3)
     a[1, 0], a[2, 1], a[5, 2] = 3.0, 2.0, 1.0
-    same = compare(a, a.clone(), k=3)
+
+    def listed(c):
+        return torch.arange(1, len(c)), c[1:]
+
+    same = compare(listed(a), listed(a.clone()), k=3)
     assert same == {"matched_cosine": 1.0, "matched_region_jaccard": 1.0, "topk_set_jaccard": 1.0}
     b = torch.zeros(8, 3)
     b[1, 0], b[3, 1], b[4, 2] = 3.0, 2.0, 1.0  # component 2 moved to mask 3, 5 to 4
-    r = compare(a, b, k=3)
+    r = compare(listed(a), listed(b), k=3)
     assert r["matched_cosine"] == 1.0
     assert r["matched_region_jaccard"] == pytest.approx((1 + 1 / 2 + 1 / 2) / 3)
     assert r["topk_set_jaccard"] == pytest.approx(1 / 5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from regprim import run_folder as rf
 from regprim.config import ExplainConfig, SolverConfig, field_docs
 from regprim.explain import explain, verification_files
-from regprim.models import MODELS, load_model
+from regprim.models import MODELS
 from regprim.regions import parse_cells, parse_grid
 from regprim.solvers import convergence_note
 from regprim.version import __version__
@@ -68,9 +69,14 @@ def _explain_parser(sub) -> None:
     p = sub.add_parser("explain", help="disentangle the regional primitives of one image")
     add_config_options(p, ExplainConfig, skip=("solver",))
     add_config_options(p, SolverConfig)
-    p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    p.add_argument("--out", type=Path, help="run folder to write (required unless --dry-run)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved settings, the players, memory and time estimates; solve nothing",
+    )
     p.add_argument(
         "--no-verify",
         action="store_true",
@@ -78,8 +84,66 @@ def _explain_parser(sub) -> None:
     )
 
 
+def _explain_many_parser(sub) -> None:
+    p = sub.add_parser(
+        "explain-many", help="explain many images into one dataset folder (local, pool or Ray)"
+    )
+    add_config_options(p, ExplainConfig, skip=("solver", "seed", "class_index"))
+    add_config_options(p, SolverConfig)
+    p.add_argument("--seeds", required=True, help="seeds of the images' codes, e.g. 0-99 or 1,5,9")
+    p.add_argument(
+        "--classes", help="classes (conditional models), comma-separated: each seed for each"
+    )
+    p.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--ray", action="store_true", help="run on Ray (RAY_ADDRESS, else a local one)")
+    p.add_argument("--no-verify", action="store_true", help="skip metrics and reports per image")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_explain_many(args: argparse.Namespace) -> int:
+    from regprim.dataset import explain_many, items_of, parse_seeds
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    items = items_of(parse_seeds(args.seeds), classes)
+    rows = explain_many(
+        config_from(args),
+        items,
+        args.out,
+        args.workers,
+        args.ray,
+        verify=not args.no_verify,
+        progress=not args.quiet,
+    )
+    failed = [r for r in rows if r["status"] == "failed"]
+    print(
+        f"{len(rows) - len(failed)} of {len(rows)} images explained in {args.out}/ "
+        "(images.parquet, components.parquet, transfer.json, report.html)"
+    )
+    for r in failed:
+        print(f"  failed: {r['image']}: {r['error']}")
+    return 1 if failed else 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     cfg = config_from(args)
+    if args.dry_run:
+        from regprim.explain import plan
+
+        p = plan(cfg)
+        print(json.dumps(p["settings"], indent=1))
+        print(f"players on the {cfg.grid[0]}x{cfg.grid[1]} grid (bit index; . = not a player):")
+        print(p["players"])
+        print(f"memory: about {p['memory_bytes'] / 2**20:.0f} MiB for the solver's tensors")
+        print(
+            f"time: about {p['estimated_solve_seconds']:.0f} s to solve ({p['expected_passes']:.0f}"
+            f" generator passes at {p['seconds_per_pass'] * 1e3:.2f} ms, measured here); "
+            "nothing was solved or written"
+        )
+        return 0
+    if args.out is None:
+        msg = "--out FOLDER is required: the run folder to write (or pass --dry-run)"
+        raise ValueError(msg)
     run = explain(
         cfg,
         out=args.out,
@@ -90,6 +154,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     s = run.summary
     print(run)
     print(f"wall {s['wall_seconds']:.1f} s, peak memory {s['peak_memory_bytes'] / 2**20:.0f} MiB")
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in s["stage_seconds"].items())
+    print(f"stages: {stages}")
     note = convergence_note(cfg.solver, s)
     if note:
         print(f"note: {note}")
@@ -103,7 +169,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _print_metrics(metrics) -> None:
     better = {True: "higher is better", False: "lower is better", None: ""}
     for m in metrics:
-        print(f"  {m.name:<28} {m.value:>10.4g}  {better[m.higher_is_better]}")
+        value = f"{m.value:>10.4g}" if m.value == m.value else f"{'n/a':>10}"
+        note = m.details.get("note", "") if m.value != m.value else ""
+        print(f"  {m.name:<28} {value}  {better[m.higher_is_better]} {note}".rstrip())
 
 
 def rebuild_report(run, device: str = "cpu") -> list:
@@ -118,7 +186,7 @@ def rebuild_report(run, device: str = "cpu") -> list:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    run = rf.load_run(args.run)
+    run = rf.load_run(args.run, derived=False)
     metrics = rebuild_report(run, args.device)
     _print_metrics(metrics)
     print(f"{rf.METRICS}, figures and {rf.REPORT} written to {args.run}/")
@@ -126,20 +194,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from regprim.models import layer_table, weights_status
+
+    table = layer_table()
     for name, (_, description) in MODELS.items():
-        print(f"{name}: {description}")
-        try:
-            gen = load_model(name)
-        except (ModuleNotFoundError, FileNotFoundError) as err:
-            if not name.startswith("biggan") or isinstance(err, ModuleNotFoundError):
-                print(f"  (not available: {err})")
-                continue
-            print("  (no weights here: shapes of a random initialisation; --weights FOLDER)")
-            gen = load_model(name, weights="random")
-        for layer in gen.layers:
-            feature, image = gen.cut_at(layer).shapes()
-            mark = " (default)" if layer == gen.layer else ""
-            print(f"  {layer}: feature {tuple(feature)} -> image {tuple(image)}{mark}")
+        print(f"{name}: {description} [{weights_status(name)}]")
+        entry = table[name]
+        for layer, shapes in entry["layers"].items():
+            mark = " (default)" if layer == entry["default"] else ""
+            feature, image = tuple(shapes["feature"]), tuple(shapes["image"])
+            print(f"  {layer}: feature {feature} -> image {image}{mark}")
     print("your own: --model path/to/file.py:function (returns a regprim.SplitGenerator)")
     return 0
 
@@ -153,7 +217,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     fig, _ = reconstruction_figure(
         run.image, image, run.value_range, run.grid, run.players, cells, count
     )
-    out = args.out or args.run / rf.reconstruction_png(cells)
+    out = args.out or args.run
+    if out.is_dir():  # a folder: the default file name in it
+        out = out / rf.reconstruction_png(cells)
+    if out.suffix.lower() != ".png":
+        msg = f"--out {out} must be a .png file or an existing folder"
+        raise ValueError(msg)
     rf.atomic_write(out, png(fig))
     print(json.dumps({"cells": cells, "components": count, "figure": str(out)}))
     return 0
@@ -162,7 +231,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def cmd_stability(args: argparse.Namespace) -> int:
     from regprim.stability import stability
 
-    run = rf.load_run(args.run)
+    run = rf.load_run(args.run, derived=False)
     cfg = ExplainConfig.from_dict(run.config)
     gen = run.generator(args.device)
     result = stability(
@@ -171,6 +240,8 @@ def cmd_stability(args: argparse.Namespace) -> int:
     rf.update_run(run, {rf.STABILITY: rf.stability_file(result)})
     rebuild_report(run, args.device)
     for name in ("raw", "denoised"):
+        if name not in result:
+            continue
         r = result[name]
         print(
             f"{name:>9}: matched cosine {r['matched_cosine']:.3f}, matched region Jaccard "
@@ -187,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"regprim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _explain_parser(sub)
+    _explain_many_parser(sub)
     sub.add_parser("models", help="list models and the layers they can be cut at")
     r = sub.add_parser("reconstruct", help="Algorithm 2: reconstruct cells from a run")
     r.add_argument("run", type=Path, help="run folder written by `regprim explain`")
@@ -213,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 HANDLERS = {
     "explain": cmd_explain,
+    "explain-many": cmd_explain_many,
     "models": cmd_models,
     "reconstruct": cmd_reconstruct,
     "verify": cmd_verify,
@@ -221,20 +294,75 @@ HANDLERS = {
 }
 
 
+def cli_reference() -> str:
+    """docs/cli.md: every command and option with its default and meaning, from the parsers
+    (regenerate with ``python -c "from regprim.cli import cli_reference as r; print(r(), end='')"
+    > docs/cli.md``; a test keeps it in sync)."""
+    parser = build_parser()
+    lines = [
+        "# Command line",
+        "",
+        "Generated from the argument parsers (`regprim.cli.cli_reference`); "
+        "`tests/test_cli.py` keeps it in sync.",
+        "",
+    ]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    for name, command in sub.choices.items():
+        lines += [f"## `regprim {name}`", "", helps.get(name) or "", ""]
+        lines += ["| option | default | meaning |", "| --- | --- | --- |"]
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            flags = ", ".join(f"`{o}`" for o in action.option_strings) or f"`{action.dest}`"
+            text = (action.help or "").replace("%%", "%")
+            found = re.search(r" ?\(default: (.*)\)$", text)
+            if found:
+                shown, text = f"`{found.group(1)}`", text[: found.start()]
+            elif action.default is None or action.default is False:
+                shown = ""
+            else:
+                shown = f"`{action.default}`"
+            text = text.replace("|", "\\|")
+            if action.choices:
+                text += f" (one of {', '.join(map(str, action.choices))})"
+            lines.append(f"| {flags} | {shown} | {text} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return HANDLERS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"\nregprim: interrupted. {_interrupted(args)}", file=sys.stderr)
+        return 130
     except (
         ValueError,
         FileExistsError,
         FileNotFoundError,
+        PermissionError,
         ModuleNotFoundError,
         MemoryError,
         TypeError,
+        rf.RunFolderBusy,
     ) as err:
         print(f"regprim: error: {err}", file=sys.stderr)
         return 2
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted command left behind, and how to go on."""
+    if args.command != "explain":
+        return "Nothing was changed that is not whole; run the command again."
+    partial = rf.partial_dir(args.out) / rf.CHECKPOINT
+    if partial.is_file():
+        return (
+            f"The solver state so far is saved in {partial}; run the same command again to "
+            "resume from it."
+        )
+    return f"No run was written to {args.out} and there was no solver state to keep yet."
 
 
 if __name__ == "__main__":

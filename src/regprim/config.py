@@ -17,6 +17,8 @@ from typing import Any
 
 from regprim.models import DEFAULT_MODEL
 
+DEFAULT_N = 9
+DENSE_MAX_N = 12  # more players: runs keep a list of components, not every subset
 SOLVER_METHODS = ("or", "paper", "reach")
 OPTIMIZERS = ("lbfgs", "adam")
 SPARSITY = ("l1-delta", "l1")
@@ -25,7 +27,7 @@ WARM_STARTS = ("parent", "full")
 PRECISIONS = ("float32", "bfloat16", "float16")
 PLAYER_RULES = ("center", "foreground", "random")
 SALIENT_RULES = ("tau", "top", "removal")
-SUBSET_WEIGHTS = ("subsets", "sizes")
+SUBSET_WEIGHTS = ("auto", "subsets", "sizes")
 
 
 def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
@@ -82,7 +84,9 @@ class SolverConfig:
         or_gtol: the ``or`` solve counts as converged when the KKT residual of beta (its
             projected gradient over the sparsity term's gradient) is below this.
         subset_weights: how the ``or`` objective averages over subsets: ``subsets`` = every
-            subset alike (the paper's sum); ``sizes`` = every subset size alike.
+            subset alike (the paper's sum); ``sizes`` = every subset size alike (else, for
+            large n, single cells are almost never drawn); ``auto`` = ``subsets`` up to 12
+            players, ``sizes`` above.
         optimizer: how the ``paper`` solver minimises each subset: ``lbfgs`` = projected
             L-BFGS until it converges (``ftol``, ``gtol``) or reaches ``max_steps``; ``adam`` =
             projected Adam with a cosine schedule for exactly ``steps`` (regprim 0.1's solver).
@@ -105,9 +109,10 @@ class SolverConfig:
         full_steps: Adam steps for u(N), solved first from alpha = 1 (``adam``).
         precision: number format of the generator passes inside the loop (``bfloat16``,
             ``float16``: faster on some hardware, less exact).
-        init_jitter: perturbation of u(N)'s start (alpha = 1 - jitter * U(0, 1)), for
-            stability studies; 0 = none.
-        perturb_seed: seed of ``init_jitter`` and of ``ExplainConfig.f0_noise``.
+        init_jitter: perturbation of the solver's start (``paper``: u(N)'s alpha = 1 - jitter *
+            U(0, 1); ``or``: beta times 1 - jitter * U(0, 1)), for stability studies; 0 = none.
+        perturb_seed: seed of ``init_jitter``, of ``ExplainConfig.f0_noise`` and of the ``or``
+            solver's subset sampling.
         crop: optimise and render only the window of feature positions that reaches the
             players' pixels (used only where a check shows it is exact).
     """
@@ -119,7 +124,7 @@ class SolverConfig:
     or_init: float = 0.9
     or_snap: float = 0.02
     or_gtol: float = 0.2
-    subset_weights: str = choice("subsets", SUBSET_WEIGHTS)
+    subset_weights: str = choice("auto", SUBSET_WEIGHTS)
     optimizer: str = choice("lbfgs", OPTIMIZERS)
     ftol: float = 3e-4
     gtol: float = 1e-4
@@ -178,9 +183,11 @@ class ExplainConfig:
         seed: seed of the target image's code.
         class_index: class of the target image, by index or name (conditional models).
         grid: rows x cols of the grid of cells over the image.
-        players: the player cells (grid ids, ``row * cols + col``) in bit order; when not
-            given, ``n`` cells chosen by ``player_rule``.
-        n: number of players when ``players`` is not given.
+        players: the player cells (grid ids, ``row * cols + col``) in bit order, or ``all``
+            (every cell: the whole grid); when not given, ``n`` cells chosen by
+            ``player_rule``.
+        n: number of players chosen by ``player_rule`` when ``players`` is not given (9 when
+            neither is given).
         player_rule: how ``n`` players are chosen: ``center`` = the cells nearest the image
             centre, ``foreground`` = the cells most changed from the baseline image,
             ``random``.
@@ -212,8 +219,8 @@ class ExplainConfig:
     seed: int = 0
     class_index: int | str | None = field(default=None, metadata={"cli": "class"})
     grid: tuple[int, int] = (6, 6)
-    players: list[int] | None = None
-    n: int = 9
+    players: list[int] | str | None = None
+    n: int | None = None
     player_rule: str = choice("center", PLAYER_RULES)
     player_seed: int = 0
     baseline_count: int = 1000
@@ -235,13 +242,57 @@ class ExplainConfig:
         if isinstance(self.solver, dict):
             self.solver = SolverConfig(**self.solver)
         self.grid = tuple(self.grid)  # type: ignore[assignment]
+        if self.players == "all":
+            self.players = list(range(self.grid[0] * self.grid[1]))
         check_fields(self, "")
-        if self.players is not None and not self.players:
-            msg = "no player cells given; list them, e.g. players=[14, 15] (--players 14,15)"
-            raise ValueError(msg)
-        if self.players is None and self.n < 1:
+        if self.players is not None:
+            if not self.players:
+                msg = "no player cells given; list them, e.g. players=[14, 15] (--players 14,15)"
+                raise ValueError(msg)
+            if self.n is not None and self.n != len(self.players):
+                msg = (
+                    f"n={self.n} and players {list(self.players)} disagree; give the players "
+                    "or n, not both"
+                )
+                raise ValueError(msg)
+        elif self.n is not None and self.n < 1:
             msg = f"n={self.n} must be at least 1 player"
             raise ValueError(msg)
+        self._check_ranges()
+        check_device(self.device)
+        if self.denoise and self.players_count > DENSE_MAX_N:
+            msg = (
+                f"noise removal works on the minimal features of every subset; with "
+                f"{self.players_count} players there are 2**{self.players_count}: drop --denoise "
+                f"or use at most {DENSE_MAX_N} players"
+            )
+            raise ValueError(msg)
+
+    def _check_ranges(self) -> None:
+        ranges = {
+            "salient_tau": (0.0, math.inf, "a fraction of ||f - f0||, e.g. 0.05"),
+            "salient_top": (1e-12, 1.0, "a fraction in (0, 1], e.g. 0.6"),
+            "removal_threshold": (1e-12, 1 - 1e-12, "a fraction in (0, 1), e.g. 0.1"),
+            "denoise_tau": (0.0, 1 - 1e-12, "a fraction in [0, 1), e.g. 0.04"),
+            "f0_noise": (0.0, math.inf, "standard deviations of f0, e.g. 0.01"),
+        }
+        for name, (low, high, hint) in ranges.items():
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and low <= value <= high):
+                msg = f"{name.replace('_', ' ')} {value} is out of range: {hint}"
+                raise ValueError(msg)
+        for name in ("denoise_steps", "baseline_count"):
+            if getattr(self, name) < 1:
+                msg = f"{name.replace('_', ' ')} {getattr(self, name)} must be at least 1"
+                raise ValueError(msg)
+        if self.top_figure < 0:
+            msg = f"top_figure {self.top_figure} must be >= 0"
+            raise ValueError(msg)
+
+    @property
+    def players_count(self) -> int:
+        """n: the number of players (the given ones, or ``n``, default 9)."""
+        return len(self.players) if self.players is not None else (self.n or DEFAULT_N)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -251,6 +302,23 @@ class ExplainConfig:
         """The settings of a saved ``config.json`` (metadata keys are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def check_device(device: str) -> None:
+    """A clear error for a device that is not one, or a CUDA device this build cannot use."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        msg = f"device {device!r} is not a torch device; use cpu or cuda (cuda:1, ...)"
+        raise ValueError(msg) from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        msg = (
+            f"device {device!r} asked for, but this PyTorch ({torch.__version__}) sees no CUDA "
+            "GPU; use --device cpu, or install a CUDA build of torch (make ... TORCH_SPEC=torch)"
+        )
+        raise ValueError(msg)
 
 
 def check_fields(config: Any, owner: str) -> None:

@@ -8,9 +8,12 @@ Each stage is a function of what the earlier ones made; :func:`explain` runs the
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import resource
+import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,22 @@ from regprim.version import __version__
 AFTER_SOLVE = ("salient", "removal", "denoise", "top_figure")
 
 
+class StageClock:
+    """Times the stages of a run; with ``progress``, says on stderr when each one starts."""
+
+    def __init__(self, progress: bool) -> None:
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.progress:
+            print(f"regprim: {name} ...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - start
+
+
 def load_generator(cfg: ExplainConfig, generator: SplitGenerator | None = None) -> SplitGenerator:
     """Stage 1: the split generator named by ``cfg`` (or the one given), frozen, on the device."""
     device = torch.device(cfg.device)
@@ -48,13 +67,23 @@ def load_generator(cfg: ExplainConfig, generator: SplitGenerator | None = None) 
 
 
 def resolved_config(cfg: ExplainConfig, target: Target) -> dict[str, Any]:
-    """The settings as they were applied (layer, players and class resolved)."""
-    return cfg.to_dict() | {
+    """The settings as they were applied: layer, players and class resolved, files given by
+    path made absolute and their contents hashed (so that a checkpoint made with other weights
+    or another model file is never resumed)."""
+    resolved = cfg.to_dict() | {
         "layer": target.gen.layer,
         "players": target.players,
         "n": target.n,
         "class_index": target.class_index,
     }
+    spec, _, function = cfg.model.rpartition(":")
+    if spec.endswith(".py") and Path(spec).is_file():
+        resolved["model"] = f"{Path(spec).resolve()}:{function}"
+        resolved["model_sha256"] = rf.content_hash(spec)
+    if cfg.weights not in (None, "random") and Path(cfg.weights).exists():
+        resolved["weights"] = str(Path(cfg.weights).resolve())
+        resolved["weights_sha256"] = rf.content_hash(cfg.weights)
+    return resolved
 
 
 def solve_minimal_features(
@@ -66,21 +95,46 @@ def solve_minimal_features(
     progress: bool,
 ) -> MinimalFeatures:
     """Stage 3: the minimal features, resumed from and checkpointed to ``out``'s checkpoint."""
-    key = rf.fingerprint({k: v for k, v in resolved.items() if not k.startswith(AFTER_SOLVE)})
+    settings = {k: v for k, v in resolved.items() if not k.startswith(AFTER_SOLVE)}
+    key = rf.fingerprint(settings | {"inputs": rf.tensor_hash(target.f, target.f0, target.x)})
     resume = rf.load_checkpoint(out, key) if out is not None else None
     last_save = time.perf_counter()
+    latest: dict[str, Tensor] = {}
 
     def checkpoint(state: dict[str, Tensor]) -> None:
         nonlocal last_save
+        latest.update(state)
         if out is not None and time.perf_counter() - last_save >= checkpoint_every:
             rf.save_checkpoint(out, key, state)
             last_save = time.perf_counter()
 
-    return solve(target, cfg.solver, resume, checkpoint, progress)
+    try:
+        return solve(target, cfg.solver, resume, checkpoint, progress)
+    except KeyboardInterrupt:  # keep the work done so far, then stop
+        if out is not None and latest:
+            rf.save_checkpoint(out, key, latest)
+        raise
 
 
 def interactions(target: Target, mf: MinimalFeatures) -> dict[str, Tensor]:
-    """Stage 4: OR interactions (Eq. 10) and the universal-matching check; the run's tensors."""
+    """Stage 4: OR interactions (Eq. 10) and the universal-matching check; the run's tensors.
+    A compact run (no tensor over all subsets) has its components from the solver already,
+    and its minimal features checked on held-out subsets."""
+    if mf.u is None:
+        return {
+            "f": target.f,
+            "f0": target.f0,
+            "code": target.code[0],
+            "image": target.x,
+            "baseline_image": target.baseline_image,
+            "beta": mf.beta,
+            "component_masks": mf.component_masks,
+            "components": mf.component_values,
+            "heldout_masks": mf.heldout_masks,
+            "heldout_rel_error": mf.rel_error,
+            "meets_constraint": mf.meets.to(torch.uint8),
+            "universal_matching_residual": mf.um_residual,
+        }
     components = or_interactions(mf.u)
     residual = universal_matching_residual(mf.u, components, target.f0)
     if not torch.isfinite(residual).all():
@@ -130,16 +184,27 @@ def noise_removal(
     }
 
 
+def component_list(tensors: dict[str, Tensor], denoise: bool) -> tuple[Tensor, Tensor]:
+    """The components the run uses as a list: action regions ``(m,)`` and values ``(m, ...)``
+    (every non-empty subset of a dense run; the non-zero ones of a compact run)."""
+    if "component_masks" in tensors:
+        return tensors["component_masks"], tensors["components"]
+    used = tensors["components_denoised" if denoise else "components"]
+    return torch.arange(1, used.shape[0]), used[1:]
+
+
 def salient_sets(
-    cfg: ExplainConfig, target: Target, components: Tensor, batch: int
+    cfg: ExplainConfig, target: Target, masks: Tensor, values: Tensor, batch: int
 ) -> dict[str, Tensor]:
     """Stage 6: the salient components by each rule (bitmasks by decreasing norm)."""
     scale = float((target.f - target.f0).norm())
+    norms = values.flatten(1).norm(dim=1)
     return {
-        "tau": select_salient(components, scale, "tau", cfg.salient_tau),
-        "top": select_salient(components, scale, "top", top=cfg.salient_top),
+        "tau": select_salient(masks, norms, scale, "tau", cfg.salient_tau),
+        "top": select_salient(masks, norms, scale, "top", top=cfg.salient_top),
         "removal": removal_salient(
-            components,
+            masks,
+            values,
             target.f0,
             lambda feats: target.gen.render(feats, target.code, batch),
             target.player_masks,
@@ -165,9 +230,13 @@ def summarise(
 ) -> dict[str, Any]:
     """The headline numbers of ``summary.json`` (docs/run-folder.md)."""
     gen, n, solver = target.gen, target.n, cfg.solver
-    used = tensors["components_denoised" if cfg.denoise else "components"]
+    masks, values = component_list(tensors, cfg.denoise)
     salient = rules[cfg.salient_rule]
-    norms = used.flatten(1).norm(dim=1)
+    dense = mf.u is not None
+    per = slice(1, None) if dense else slice(None)  # dense: skip the empty set
+    failing_rows = torch.nonzero(~mf.meets).flatten().cpu()
+    failing = (failing_rows if dense else tensors["heldout_masks"][failing_rows]).tolist()
+    norm_of = dict(zip(masks.tolist(), values.flatten(1).norm(dim=1).tolist(), strict=True))
     return {
         "model": gen.name,
         "layer": gen.layer,
@@ -180,8 +249,10 @@ def summarise(
         "reduction": solver.reduction,
         "universal_matching_max_rel_residual": float(tensors["universal_matching_residual"].max()),
         "subsets_meeting_constraint": float(mf.meets.float().mean()),
-        "subsets_failing_constraint": torch.nonzero(~mf.meets).flatten().tolist(),
-        "rel_error_median": float(mf.rel_error[1:].median()) if n else 0.0,
+        "subsets_failing_constraint": failing,
+        "subsets_checked": "every subset" if dense else f"{len(mf.meets)} held-out subsets",
+        "rounded_numbers": mf.rounded_numbers,
+        "rel_error_median": float(mf.rel_error[per].median()) if n else 0.0,
         "rel_error_max": float(mf.rel_error.max()),
         "constraint": solver.constraint,
         "components_used": "denoised" if cfg.denoise else "raw",
@@ -189,15 +260,15 @@ def summarise(
         "salient_rule": cfg.salient_rule,
         "salient_counts": {rule: len(ks) for rule, ks in rules.items()},
         "salient": salient.tolist(),
-        "salient_norms": [float(norms[k]) for k in salient],
+        "salient_norms": [norm_of[int(k)] for k in salient],
         "feature_change_norm": float((target.f - target.f0).norm()),
-        "mean_passes_per_subset": float(mf.passes[1:].float().mean()) if n else 0.0,
-        "mean_forward_passes_per_subset": float(mf.forward_passes[1:].mean()),
-        "mean_steps_per_subset": float(mf.steps[1:].float().mean()),
-        "subsets_converged": float(mf.converged[1:].float().mean()),
-        "subsets_capped": torch.nonzero(~mf.converged).flatten().tolist(),
-        "residual_max": float(mf.residual[1:].max()),
-        "residual_median": float(mf.residual[1:].median()),
+        "mean_passes_per_subset": float(mf.passes[per].float().mean()) if n else 0.0,
+        "mean_forward_passes_per_subset": float(mf.forward_passes[per].mean()),
+        "mean_steps_per_subset": float(mf.steps[per].float().mean()),
+        "subsets_converged": float(mf.converged[per].float().mean()),
+        "subsets_capped": torch.nonzero(~mf.converged).flatten().tolist() if dense else [],
+        "residual_max": float(mf.residual[per].max()),
+        "residual_median": float(mf.residual[per].median()),
         "objective": float(mf.value.sum()),
         "chunk": mf.chunk,
         "device": str(gen.device),
@@ -206,11 +277,26 @@ def summarise(
     }
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run_metadata(target: Target) -> dict[str, Any]:
-    """What ``config.json`` records beside the settings."""
+    """What ``config.json`` records beside the settings (docs/reliability.md: results agree
+    to about 1e-4 across CPUs and thread counts, bit for bit only on the same machine and
+    thread count)."""
     return {
         "regprim_version": __version__,
         "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
         "python": platform.python_version(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "feature_shape": list(target.feature_shape),
@@ -231,14 +317,14 @@ def run_figures(run: Run, gen: SplitGenerator, top: int) -> dict[str, bytes]:
         rf.BASELINE_PNG: image_figure(run.baseline_image, run.value_range, "baseline g(f0)")[0],
     }
     if shown:
-        features = run.f0 + run.components[shown]
-        rendered = gen.render(features.to(gen.device), run.code.to(gen.device))
+        features = run.f0 + run.component(shown)
+        rendered = gen.render(features.to(gen.device), run.code.to(gen.device)).cpu()
         figures[rf.COMPONENTS_PNG] = components_figure(
             run.image,
             run.baseline_image,
             list(rendered),
             shown,
-            [float(run.norms[k]) for k in shown],
+            [run.norm(k) for k in shown],
             run.value_range,
             run.grid,
             run.players,
@@ -279,26 +365,114 @@ def explain(
             solver state, so not after every chunk).
     """
     cfg = cfg or ExplainConfig()
+    if out is None:
+        return _explain(cfg, None, overwrite, progress, generator, verify, checkpoint_every)
+    out = Path(out)
+    rf.check_output(out, overwrite)
+    with rf.lock(out):
+        return _explain(cfg, out, overwrite, progress, generator, verify, checkpoint_every)
+
+
+def _explain(
+    cfg: ExplainConfig,
+    out: Path | None,
+    overwrite: bool,
+    progress: bool,
+    generator: SplitGenerator | None,
+    verify: bool,
+    checkpoint_every: float,
+) -> Run:
+    """The stages of :func:`explain`, in order, each timed (``summary.stage_seconds``)."""
     start = time.perf_counter()
-    out = Path(out) if out is not None else None
+    clock = StageClock(progress)
+    with clock("load"):
+        gen = load_generator(cfg, generator)
+    with clock("target and baseline"):
+        target = build_target(cfg, gen)
+        check_memory(cfg.solver, target.n, target.f.numel(), cfg.memory_budget_gb)
+        resolved = resolved_config(cfg, target)
+    with clock("minimal features"):
+        mf = solve_minimal_features(cfg, target, resolved, out, checkpoint_every, progress)
+    with clock("interactions"):
+        tensors = interactions(target, mf)
+    if cfg.denoise:
+        with clock("noise removal"):
+            denoised = noise_removal(cfg, target, mf, tensors)
+    with clock("salient components"):
+        rules = salient_sets(cfg, target, *component_list(tensors, cfg.denoise), mf.chunk)
+    summary = summarise(cfg, target, mf, tensors, rules, denoised if cfg.denoise else {}, start)
+    on_cpu = {k: v.detach().cpu() for k, v in tensors.items()}  # as the run folder keeps them
+    run = Run(config=resolved | run_metadata(target), summary=summary, tensors=on_cpu)
+    with clock("figures"):
+        files: dict[str, rf.Content] = dict(run_figures(run, gen, cfg.top_figure))
+    if verify:
+        with clock("metrics"):
+            evaluation = evaluate(run, gen)
+            run.metrics = evaluation.metrics
+        with clock("report"):
+            files |= verification_files(run, gen, evaluation, dict(files))
+    summary["stage_seconds"] = dict(clock.seconds)  # the write itself is not in it
     if out is not None:
-        rf.check_output(out, overwrite)
+        with clock("write"):
+            rf.write_run(run, out, overwrite=overwrite, files=files)
+    return run
+
+
+def players_map(target: Target) -> str:
+    """The grid as text: each player cell shows its bit index, other cells a dot."""
+    grid = target.grid
+    width = len(str(target.n - 1))
+    rows = []
+    for r in range(grid.rows):
+        cells = []
+        for c in range(grid.cols):
+            cell = r * grid.cols + c
+            bit = target.players.index(cell) if cell in target.players else None
+            cells.append(("." if bit is None else str(bit)).rjust(width))
+        rows.append(" ".join(cells))
+    return "\n".join(rows)
+
+
+# generator passes per subset: measured means (docs/performance.md) used for the estimate
+PASSES_PER_SUBSET = {"lbfgs": 40.0}
+
+
+def expected_passes(cfg: ExplainConfig, n: int) -> float:
+    """Forward-and-gradient passes a solve is expected to take (forward-only ones as 0.56)."""
+    s, subsets = cfg.solver, 2**n - 1
+    check = 0.56 * subsets  # the constraint check of every subset
+    if s.method == "or":
+        return s.or_steps * min(s.or_batch, subsets) + check
+    if s.method == "reach":
+        return check
+    if s.optimizer == "adam":
+        return s.full_steps + 3 + (subsets - 1) * (s.steps + 3) + check
+    return subsets * PASSES_PER_SUBSET["lbfgs"] + check
+
+
+def plan(cfg: ExplainConfig, generator: SplitGenerator | None = None) -> dict[str, Any]:
+    """What :func:`explain` would do, without solving (``regprim explain --dry-run``): the
+    resolved settings, the players on the grid, and memory and time estimates (the time from a
+    measured pass of a chunk of subsets through ``g`` and the expected number of passes)."""
+    from regprim.solvers import SOLVERS, Objective
+
     gen = load_generator(cfg, generator)
     target = build_target(cfg, gen)
-    check_memory(cfg.solver, target.n, target.f.numel(), cfg.memory_budget_gb)
-    resolved = resolved_config(cfg, target)
-    mf = solve_minimal_features(cfg, target, resolved, out, checkpoint_every, progress)
-    tensors = interactions(target, mf)
-    denoised = noise_removal(cfg, target, mf, tensors) if cfg.denoise else {}
-    used = tensors["components_denoised" if cfg.denoise else "components"]
-    rules = salient_sets(cfg, target, used, mf.chunk)
-    summary = summarise(cfg, target, mf, tensors, rules, denoised, start)
-    run = Run(config=resolved | run_metadata(target), summary=summary, tensors=tensors)
-    files: dict[str, rf.Content] = dict(run_figures(run, gen, cfg.top_figure))
-    if verify:
-        evaluation = evaluate(run, gen)
-        run.metrics = evaluation.metrics
-        files |= verification_files(run, gen, evaluation, dict(files))
-    if out is not None:
-        rf.write_run(run, out, overwrite=overwrite, files=files)
-    return run
+    numel = target.f.numel()
+    memory = SOLVERS[cfg.solver.method].memory_bytes(target.n, numel)
+    obj = Objective(target, cfg.solver)
+    batch = max(1, min(cfg.solver.chunk or 32, 2**target.n - 1, 32))
+    u = (obj.f0 + torch.rand(batch, *obj.df.shape) * obj.df).requires_grad_(True)
+    start = time.perf_counter()
+    for _ in range(2):
+        torch.autograd.grad(gen.g(u, target.code).sum(), u)
+    per_pass = (time.perf_counter() - start) / (2 * batch)
+    passes = expected_passes(cfg, target.n)
+    return {
+        "settings": resolved_config(cfg, target),
+        "players": players_map(target),
+        "memory_bytes": memory,
+        "seconds_per_pass": per_pass,
+        "expected_passes": passes,
+        "estimated_solve_seconds": passes * per_pass,
+    }

@@ -193,7 +193,7 @@ def fig4_action_regions(run, count: int = 16):
         ax = axes.flat[j]
         inside = [float(k >> i & 1) for i in range(run.n)]
         ax.imshow(cell_map(inside, run.grid, run.players), cmap="Oranges", vmin=0, vmax=1.2)
-        ax.set_title(f"#{j + 1} |S|={k.bit_count()}\n|Δf|={float(run.norms[k]):.3g}", fontsize=7)
+        ax.set_title(f"#{j + 1} |S|={k.bit_count()}\n|Δf|={run.norm(k):.3g}", fontsize=7)
     fig.suptitle(
         "Fig. 4: action regions of the most salient components "
         "(orange = cells of S_k, white = not a player)",

@@ -66,11 +66,11 @@ class Scorer:
         self.f, self.f0 = run.f.to(device), run.f0.to(device)
         self.x = run.image.to(device)
         self.code = run.code.to(device)
-        self.components = run.components.to(device)
         self.n = run.n
         self.cell_masks = run.grid.cell_masks()[run.players].to(device)  # (n, H, W)
-        self.order = torch.tensor(run.ranked, dtype=torch.long)
-        self.norms = run.norms.to(device)
+        self.order = torch.tensor(run.ranked, dtype=torch.long)  # non-zero, by norm
+        self.ordered = run.component(self.order).to(device)  # their values, in that order
+        self.position = {int(k): j for j, k in enumerate(self.order)}
         self.base_err = self.cell_errors(run.baseline_image[None].to(device))[0]  # (n,)
 
     def render(self, features: Tensor) -> Tensor:
@@ -81,9 +81,13 @@ class Scorer:
         sq = ((images - self.x) ** 2).sum(1).flatten(1)
         return sq @ self.cell_masks.flatten(1).to(sq.dtype).T
 
+    def bits(self, target: int) -> Tensor:
+        """The players of bitmask ``target`` as a bool ``(n,)``."""
+        return torch.tensor([target >> i & 1 for i in range(self.n)], device=self.x.device).bool()
+
     def set_rel_error(self, images: Tensor, target: int) -> Tensor:
         """Error on the cells of bitmask ``target`` relative to the baseline image's: ``(B,)``."""
-        bits = torch.tensor([target >> i & 1 for i in range(self.n)], device=self.x.device).bool()
+        bits = self.bits(target)
         errs = self.cell_errors(images)[:, bits].sum(1)
         return errs / self.base_err[bits].sum().clamp_min(1e-30)
 
@@ -95,8 +99,7 @@ class Scorer:
         selection ``(len(ratios), m)`` over :attr:`order`."""
         targets = torch.tensor([target])
         chosen = torch.cat([selection(self.order, targets, p, meeting) for p in ratios])
-        comps = self.components[self.order.to(self.components.device)]
-        return self.render(reconstruct_features(comps, self.f0, chosen)), chosen
+        return self.render(reconstruct_features(self.ordered, self.f0, chosen)), chosen
 
     def curves(
         self, targets: list[int], meeting: bool, rebuilt: bool = False
@@ -104,6 +107,10 @@ class Scorer:
         """For each target bitmask, the relative error on its cells (``1 -`` it when
         ``rebuilt``) as the ratio p of (non-)covering components grows; and the first target's
         images."""
+        # a target whose cells the baseline image already matches has nothing to rebuild
+        base = torch.stack([self.base_err[self.bits(t)].sum() for t in targets])
+        skipped = [t for t, b in zip(targets, base, strict=True) if b <= 1e-9 * self.base_err.max()]
+        targets = [t for t in targets if t not in skipped] or targets
         curves, first = [], None
         for target in targets:
             images, _ = self.ratio_images(target, RATIOS, meeting)
@@ -112,6 +119,7 @@ class Scorer:
             curves.append((1 - rel if rebuilt else rel).tolist())
         final = [c[-1] for c in curves]
         mean_curve = [sum(c[j] for c in curves) / len(curves) for j in range(len(RATIOS))]
+        worst = max((abs(v) if rebuilt else v) for c in curves for v in c)
         details = {
             "ratios": RATIOS,
             "targets": targets,
@@ -119,6 +127,12 @@ class Scorer:
             "final": final,
             "mean_curve": mean_curve,
             "mean": sum(final) / len(final),
+            "worst": worst,  # over targets and ratios (|value| for Fig. 6)
+            "skipped": skipped,  # targets equal to the baseline image on their cells
+            "auc": sum(
+                (mean_curve[j] + mean_curve[j + 1]) / 2 * (RATIOS[j + 1] - RATIOS[j])
+                for j in range(len(RATIOS) - 1)
+            ),
         }
         return details, first
 
@@ -164,13 +178,25 @@ def irrelevant_components(s: Scorer) -> tuple[Metric, Tensor]:
     return metric, images
 
 
+def worst_point(curve_metric: Metric, name: str, what: str) -> Metric:
+    """The worst point along p of a curve metric (p = 1 alone can hide a failure on the way)."""
+    return Metric(
+        name,
+        f"{what}: the worst point over the cells and every ratio p (details: area under the "
+        "mean curve)",
+        False,
+        curve_metric.details["worst"],
+        {"auc": curve_metric.details["auc"], "of": curve_metric.name},
+    )
+
+
 def leakage(
     s: Scorer, salient: list[int], top: int = 24, contexts: int = 8, seed: int = 0
 ) -> Metric:
     full = 2**s.n - 1
-    chosen = [k for k in salient if k != full and s.norms[k] > 0][:top]
+    chosen = [k for k in salient if k != full and k in s.position][:top]
     rng = torch.Generator().manual_seed(seed)
-    others = s.components[s.order.to(s.components.device)]
+    others = s.ordered
     pixels = s.cell_masks.flatten(1).sum(1).to(s.x.dtype)
     ratios: list[list[float]] = []
     for k in chosen:
@@ -178,7 +204,7 @@ def leakage(
         include[:, s.order == k] = False
         context = reconstruct_features(others, s.f0, include)  # F(Omega), Omega without k
         before = s.render(context)
-        after = s.render(context + s.components[k])
+        after = s.render(context + s.ordered[s.position[k]])
         change = ((after - before) ** 2).sum(1).flatten(1)  # (R, H*W)
         inside = torch.tensor([k >> i & 1 for i in range(s.n)], device=s.x.device).bool()
         per_cell = change @ s.cell_masks.flatten(1).to(change.dtype).T  # (R, n)
@@ -186,6 +212,15 @@ def leakage(
         in_mean = per_cell[:, inside].sum(1) / pixels[inside].sum()
         ratios.append((out_mean / in_mean.clamp_min(1e-30)).tolist())
     flat = sorted(r for rs in ratios for r in rs)
+    note = (
+        ""
+        if flat
+        else (
+            "n = 1: no player cell lies outside an action region, so leakage is undefined"
+            if s.n == 1
+            else "no salient component with cells outside its action region"
+        )
+    )
     by_order: dict[int, list[float]] = {}
     for k, rs in zip(chosen, ratios, strict=True):
         by_order.setdefault(k.bit_count(), []).extend(rs)
@@ -204,20 +239,23 @@ def leakage(
             "quantiles": {str(q): _quantile(flat, q) for q in (0.1, 0.25, 0.5, 0.75, 0.9)}
             if flat
             else {},
+            "note": note,
         },
     )
 
 
 def sparsity(s: Scorer, salient: list[int]) -> Metric:
     count = 2**s.n - 1
-    mags = s.components[1:].abs().flatten().sort(descending=True).values
-    points = torch.linspace(0, len(mags) - 1, 400).long()
+    values, norms = s.run.component_values, s.run.norms
+    mags = values.abs().flatten().sort(descending=True).values
+    steps = torch.arange(400, dtype=torch.float64) * (len(mags) - 1) / 399
+    points = steps.round().long()  # float64: float32 rounds past the end for 2**25 elements
     return Metric(
         "sparsity",
         "Fig. 5: fraction of the components that carry 90% of the total squared norm "
         "(smaller = sparser); also the fraction above the salient threshold",
         False,
-        energy_fraction(s.components),
+        energy_fraction(norms, count),
         {
             "fraction_salient": len(salient) / count,
             "components": count,
@@ -225,7 +263,7 @@ def sparsity(s: Scorer, salient: list[int]) -> Metric:
                 "rank_fraction": (points.float() / len(mags)).tolist(),
                 "magnitude": mags[points.to(mags.device)].tolist(),
             },
-            "norms_sorted": s.norms[s.order.to(s.norms.device)].tolist(),
+            "norms_sorted": norms.sort(descending=True).values[: len(s.order)].tolist(),
         },
     )
 
@@ -248,19 +286,19 @@ def code_influence(s: Scorer, codes: int = 8, seed: int = 1) -> tuple[Metric, Te
     return metric, images
 
 
-def region_weights(components: Tensor, ks: list[int], n: int) -> list[float]:
+def region_weights(run: Run, ks: list[int]) -> list[float]:
     """Appendix H: per player cell, the sum of ``||Delta f_k||_1 / |S_k|`` over ``ks``."""
-    l1 = components.flatten(1).abs().sum(1)
-    weights = [0.0] * n
-    for k in ks:
-        for i in range(n):
+    l1 = run.component(ks).flatten(1).abs().sum(1).tolist()
+    weights = [0.0] * run.n
+    for k, size in zip(ks, l1, strict=True):
+        for i in range(run.n):
             if k >> i & 1:
-                weights[i] += float(l1[k]) / k.bit_count()
+                weights[i] += size / k.bit_count()
     return weights
 
 
 def action_regions(s: Scorer, salient: list[int]) -> Metric:
-    weights = torch.tensor(region_weights(s.components, salient, s.n))
+    weights = torch.tensor(region_weights(s.run, salient))
     share = weights / weights.sum().clamp_min(1e-30)
     return Metric(
         "action_region_distribution",
@@ -273,6 +311,21 @@ def action_regions(s: Scorer, salient: list[int]) -> Metric:
 
 
 def minimal_feature_quality(run: Run) -> Metric:
+    if run.compact:  # n too large for every subset: the held-out subsets
+        rel, masks = run.rel_error, run.tensors["heldout_masks"]
+        sizes = torch.tensor([int(m).bit_count() for m in masks])
+        return Metric(
+            "minimal_feature_quality",
+            "Eq. 8: worst relative masked reconstruction error of u(S) on the cells of S over "
+            f"{len(masks)} held-out subsets the solver never sampled (details: worst by |S|)",
+            False,
+            float(rel.max()),
+            {
+                "max_rel_error_by_size": {
+                    str(int(k)): float(rel[sizes == k].max()) for k in sizes.unique()
+                }
+            },
+        )
     u, rel = run.minimal_features, run.rel_error
     size = (u - run.f0).abs().flatten(1).sum(1)
     levels = torch.tensor([s.bit_count() for s in range(2**run.n)])
@@ -300,7 +353,7 @@ def incremental(s: Scorer, target: int) -> tuple[dict[str, Any], Tensor]:
         "counts": counts,
         "covering": len(covering),
         "rel_errors": s.set_rel_error(images, target).tolist(),
-        "weights": [region_weights(s.components, covering[:c], s.n) for c in counts],
+        "weights": [region_weights(s.run, covering[:c]) for c in counts],
     }
     return data, images
 
@@ -316,8 +369,12 @@ def evaluate(run: Run, gen: SplitGenerator) -> Evaluation:
     fig3, fig3_images = incremental(s, 0b11 if s.n >= 2 else 0b1)
     metrics = [
         alpha,
+        worst_point(
+            alpha, "requirement_2_alpha_worst", "Fig. 7a: error / baseline error on cell i"
+        ),
         beta,
         irrelevant,
+        worst_point(irrelevant, "irrelevant_components_worst", "Fig. 6: |1 - error / baseline|"),
         leakage(s, salient),
         sparsity(s, salient),
         influence,

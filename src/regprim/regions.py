@@ -85,8 +85,10 @@ def parse_grid(text: str) -> tuple[int, int]:
     return rows, cols
 
 
-def parse_cells(text: str) -> list[int]:
-    """``"7,8,14"`` -> [7, 8, 14]."""
+def parse_cells(text: str) -> list[int] | str:
+    """``"7,8,14"`` -> [7, 8, 14]; ``"all"`` stays ``"all"`` (every cell of the grid)."""
+    if text.strip().lower() == "all":
+        return "all"
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
 
 from regprim.figures import to_rgb
 from regprim.generator import SplitGenerator
@@ -39,26 +40,56 @@ def _data_url(image: torch.Tensor, value_range, fmt: str = "PNG") -> str:
     return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
-def explorer_data(run: Run, gen: SplitGenerator) -> dict[str, Any]:
-    """Reconstructions of every subset at every ratio, and the salient component table."""
+def explorer_subsets(run: Run) -> tuple[Tensor, str]:
+    """The subsets the explorer shows: all of them when there are few, else a documented
+    sample (the empty set, every single player, every pair of neighbouring players, all of
+    them, and 200 random subsets)."""
     size = 2**run.n
-    ratios = EXPLORER_RATIOS if size * len(EXPLORER_RATIOS) <= MAX_EXPLORER_IMAGES else [1.0]
+    if size * len(EXPLORER_RATIOS) <= MAX_EXPLORER_IMAGES:
+        return torch.arange(size), "every subset"
+    cols, players = run.grid.cols, run.players
+    pairs = [
+        (1 << i) | (1 << j)
+        for i, a in enumerate(players)
+        for j, b in enumerate(players)
+        if i < j and (abs(a - b) == cols or (abs(a - b) == 1 and a // cols == b // cols))
+    ]
+    rng = torch.Generator().manual_seed(0)
+    random = torch.randint(1, size, (200,), generator=rng).tolist()
+    chosen = sorted({0, size - 1, *(1 << i for i in range(run.n)), *pairs, *random})
+    return torch.tensor(
+        chosen
+    ), "single cells, pairs of neighbouring cells, all cells and 200 random sets"
+
+
+def explorer_data(run: Run, gen: SplitGenerator) -> dict[str, Any]:
+    """Reconstructions of the explorer's subsets at every ratio (keyed by bitmask), and the
+    salient component table."""
+    subsets, sample = explorer_subsets(run)
+    ratios = (
+        EXPLORER_RATIOS if len(subsets) * len(EXPLORER_RATIOS) <= MAX_EXPLORER_IMAGES else [1.0]
+    )
     masks = torch.tensor(run.salient, dtype=torch.long)
-    comps = run.components[masks].to(gen.device)
+    comps = run.component(masks).to(gen.device)
     f0, code = run.f0.to(gen.device), run.code.to(gen.device)
-    subsets = torch.arange(size)
-    images: list[list[str]] = []
+    images: list[dict[str, str]] = []
     for p in ratios:
         features = reconstruct_features(comps, f0, selection(masks, subsets, p))
         rendered = gen.render(features, code)
-        images.append([_data_url(img, run.value_range, "JPEG") for img in rendered])
+        images.append(
+            {
+                str(int(k)): _data_url(img, run.value_range, "JPEG")
+                for k, img in zip(subsets, rendered, strict=True)
+            }
+        )
     return {
         "n": run.n,
+        "sample": sample,
         "players": run.players,
         "grid": [run.grid.rows, run.grid.cols],
         "ratios": ratios,
         "images": images,
-        "components": [[k, float(run.norms[k])] for k in run.salient],
+        "components": [[k, run.norm(k)] for k in run.salient],
         "target": _data_url(run.image, run.value_range),
         "edges": [run.grid.row_edges(), run.grid.col_edges()],
         "size": list(run.image.shape[1:]),
@@ -87,7 +118,7 @@ def stability_html(result: dict[str, Any] | None) -> str:
         f"<td class=num>{r['topk_set_jaccard']:.3f}</td>"
         f"<td class=num>{r['sparsity']['l1_total']:.4g}</td>"
         f"<td class=num>{r['sparsity']['fraction_carrying_90pct']:.1%}</td></tr>"
-        for name, r in ((n, result[n]) for n in ("raw", "denoised"))
+        for name, r in ((n, result[n]) for n in ("raw", "denoised") if n in result)
     )
     return head + rows + "</table>"
 

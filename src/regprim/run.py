@@ -87,30 +87,78 @@ class Run:
         return self.summary.get("components_used") == "denoised"
 
     @property
+    def compact(self) -> bool:
+        """A run with too many subsets to store them all (n > 12): it keeps ``beta`` and the
+        list of its salient components (``component_masks``, ``components``), and checks the
+        minimal features on held-out subsets."""
+        return "component_masks" in self.tensors
+
+    @property
     def components(self) -> Tensor:
-        """The components the run uses ``(2**n, *feature_shape)``: the denoised ones after
-        ``--denoise``, else the raw ones."""
+        """Every component ``(2**n, *feature_shape)``, row = bitmask: the denoised ones after
+        ``--denoise``, else the raw ones (dense runs; a compact run has
+        :attr:`component_values`)."""
+        if self.compact:
+            msg = (
+                f"this run (n = {self.n}) keeps only its salient components; use "
+                "run.component_masks and run.component_values"
+            )
+            raise ValueError(msg)
         return self.tensors["components_denoised" if self.denoised else "components"]
+
+    @cached_property
+    def component_masks(self) -> Tensor:
+        """Action regions (bitmasks) of the components the run holds, ``(m,)`` int64: every
+        non-empty subset for a dense run, the salient ones for a compact run."""
+        if self.compact:
+            return self.tensors["component_masks"]
+        return torch.arange(1, 2**self.n)
+
+    @cached_property
+    def component_values(self) -> Tensor:
+        """The components of :attr:`component_masks`, ``(m, *feature_shape)``."""
+        return self.tensors["components"] if self.compact else self.components[1:]
+
+    @cached_property
+    def _rows(self) -> dict[int, int]:
+        return {int(m): j for j, m in enumerate(self.component_masks)}
+
+    def component(self, masks: list[int] | Tensor) -> Tensor:
+        """The components of ``masks`` ``(B, *feature_shape)`` (zero for one not held)."""
+        masks = [int(m) for m in masks]
+        out = torch.zeros(len(masks), *self.f.shape, dtype=self.f.dtype)
+        for j, mask in enumerate(masks):
+            if mask in self._rows:
+                out[j] = self.component_values[self._rows[mask]]
+        return out
 
     @property
     def minimal_features(self) -> Tensor:
-        """Minimal features matching :attr:`components`."""
+        """Minimal features matching :attr:`components` (dense runs)."""
         return self.tensors["minimal_features_denoised" if self.denoised else "minimal_features"]
 
     @property
     def rel_error(self) -> Tensor:
-        """Relative masked error of each minimal feature (matching :attr:`components`)."""
+        """Relative masked error of each minimal feature (dense: every subset in bitmask order;
+        compact: the held-out subsets of ``heldout_masks``)."""
+        if self.compact:
+            return self.tensors["heldout_rel_error"]
         return self.tensors["rel_error_denoised" if self.denoised else "rel_error"]
 
     @cached_property
     def norms(self) -> Tensor:
-        """L2 norm of every component ``(2**n,)``."""
-        return component_norms(self.components)
+        """L2 norm of each component of :attr:`component_masks` ``(m,)``."""
+        return component_norms(self.component_values)
+
+    def norm(self, mask: int) -> float:
+        """L2 norm of the component of ``mask`` (0 for one not held)."""
+        row = self._rows.get(int(mask))
+        return 0.0 if row is None else float(self.norms[row])
 
     @cached_property
     def ranked(self) -> list[int]:
         """Bitmasks of the non-zero components, by decreasing norm."""
-        return ranked(self.components).tolist()
+        return ranked(self.component_masks, self.norms).tolist()
 
     @property
     def salient(self) -> list[int]:
@@ -154,7 +202,7 @@ class Run:
         gen = generator or self.generator()
         masks = torch.tensor(self.salient if salient_only else self.ranked, dtype=torch.long)
         chosen = selection(masks, torch.tensor([target]))
-        feature = reconstruct_features(self.components[masks], self.f0, chosen)
+        feature = reconstruct_features(self.component(masks), self.f0, chosen)
         image = gen.render(feature, self.code.to(gen.device))[0]
         return image, int(chosen.sum())
 

@@ -2,20 +2,26 @@
 
 A run folder holds ``config.json`` (resolved settings and metadata), ``summary.json`` (headline
 numbers), ``tensors.safetensors`` (all tensors, subset axis in bitmask order), PNG figures,
-``metrics.json`` and ``report.html``. Every file name is defined here, and every file is written
-by :func:`atomic_write` (a temporary file renamed into place). A new run is assembled in a
-hidden staging folder beside the target and renamed into place as a whole; while its minimal
-features are being solved, a checkpoint is kept in the hidden sibling ``.NAME.partial``, and
-running the same command again resumes from it.
+``metrics.json``, ``report.html`` and ``manifest.json`` (the SHA-256 of every other file).
+Every file name is defined here, and every file is written by :func:`atomic_write` (a temporary
+file renamed into place). A new run is assembled in a hidden staging folder of its own process
+beside the target and renamed into place as a whole, under an exclusive lock (:func:`lock`)
+held for the whole run; while its minimal features are being solved, a checkpoint is kept in
+the hidden sibling ``.NAME.partial``, and running the same command again resumes from it.
+:func:`load_run` checks the checksums, the schema of both JSON files, the tensors' shapes and
+that they are finite, and names the file and the field of whatever is wrong
+(docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +48,40 @@ FIG6 = "fig6_irrelevant.png"
 FIG7A = "fig7a_cells.png"
 FIG7B = "fig7b_sets.png"
 FIG8 = "fig8_code_influence.png"
+MANIFEST = "manifest.json"
 RUN_FIGURES = (TARGET_PNG, BASELINE_PNG, COMPONENTS_PNG)
-REQUIRED_TENSORS = ("f", "f0", "image", "minimal_features", "components")
+REQUIRED_TENSORS = ("f", "f0", "code", "image", "baseline_image", "minimal_features", "components")
+REQUIRED_COMPACT = (
+    *REQUIRED_TENSORS[:5],
+    "beta",
+    "component_masks",
+    "components",
+    "heldout_masks",
+    "heldout_rel_error",
+)
+# files that `regprim verify` / `report` / `stability` rewrite (not needed to read a run back)
+DERIVED = (METRICS, REPORT, STABILITY, FIG3, FIG4, FIG5, FIG6, FIG7A, FIG7B, FIG8)
+CONFIG_FIELDS = {
+    "model": str,
+    "layer": str,
+    "seed": int,
+    "grid": list,
+    "players": list,
+    "n": int,
+    "solver": dict,
+    "value_range": list,
+    "feature_shape": list,
+}
+SUMMARY_FIELDS = {
+    "model": str,
+    "layer": str,
+    "n": int,
+    "players": list,
+    "grid": list,
+    "salient": list,
+    "subsets_meeting_constraint": float,
+    "universal_matching_max_rel_residual": float,
+}
 
 Content = bytes | str | Callable[[Path], Any]
 
@@ -87,8 +125,72 @@ def fingerprint(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_hash(path: str | Path) -> str:
+    """SHA-256 of a file, or of every file in a folder (names and contents, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def tensor_hash(*tensors: Tensor) -> str:
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process holds the lock of a run folder."""
+
+
+@contextlib.contextmanager
+def lock(out: Path) -> Iterator[None]:
+    """Hold the exclusive lock of run folder ``out`` (a lock file beside it, ``.NAME.lock``,
+    with the holder's pid) for the block; refuse at once if another process holds it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f".{out.name}.lock"
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(handle, 32, 0).decode(errors="replace").strip() or "?"
+            msg = (
+                f"another regprim process (pid {holder}) is writing {out}; wait for it to "
+                "finish or choose another --out"
+            )
+            raise RunFolderBusy(msg) from None
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(handle)  # closing releases the lock
+
+
 def check_output(out: Path, overwrite: bool) -> None:
-    """Fail early, before any work, if ``out`` holds something we must not replace."""
+    """Fail early, before any work, if ``out`` holds something we must not replace or cannot
+    be written."""
+    parent = next((p for p in out.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        msg = f"output {out} lies under {parent}, which is a file; choose another --out"
+        raise FileExistsError(msg)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        msg = f"cannot write {out}: {parent} is not writable; choose another --out"
+        raise PermissionError(msg)
     if not out.exists():
         return
     if not out.is_dir():
@@ -135,16 +237,34 @@ def load_checkpoint(out: Path, key: str) -> dict[str, Tensor] | None:
         return None
 
 
+def remove_stale_staging(out: Path) -> None:
+    """Staging folders of ``out`` left by processes that no longer run (killed mid-write)."""
+    for staging in out.parent.glob(f".{out.name}.writing-*"):
+        pid = staging.name.rsplit("-", 1)[1]
+        alive = pid.isdigit() and pid != str(os.getpid()) and Path(f"/proc/{pid}").exists()
+        if not alive:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def manifest_content(folder: Path) -> str:
+    """``manifest.json`` for the files of ``folder``: the SHA-256 of each."""
+    files = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return _json(
+        {"sha256": {name: sha256_file(folder / name) for name in files if name != MANIFEST}}
+    )
+
+
 def write_run(
     run: Run, out: Path, overwrite: bool = False, files: dict[str, Content] | None = None
 ) -> Path:
-    """Write ``run`` (config, summary, tensors) and ``files`` ({file name: content}) to ``out``:
-    assembled in a staging folder and renamed into place as a whole."""
+    """Write ``run`` (config, summary, tensors), ``files`` ({file name: content}) and the
+    manifest to ``out``: assembled in this process's staging folder and renamed into place as
+    a whole. Call it under :func:`lock`."""
     out = Path(out)
     check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.writing"
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_stale_staging(out)
+    staging = out.parent / f".{out.name}.writing-{os.getpid()}"
     staging.mkdir()
     try:
         atomic_write(staging / CONFIG, _json(run.config))
@@ -152,9 +272,9 @@ def write_run(
         atomic_write(staging / TENSORS, safetensors_content(run.tensors))
         for name, content in (files or {}).items():
             atomic_write(staging / name, content)
+        atomic_write(staging / MANIFEST, manifest_content(staging))
         if out.exists():
-            old = out.parent / f".{out.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
             os.replace(staging, out)
             shutil.rmtree(old)
@@ -169,12 +289,15 @@ def write_run(
 
 
 def update_run(run: Run, files: dict[str, Content]) -> None:
-    """Add or replace ``files`` in the folder of a written run, each atomically."""
+    """Add or replace ``files`` in the folder of a written run, each atomically, and rewrite
+    its manifest, under the folder's lock."""
     if run.path is None:
         msg = "this run has no folder; write it with regprim.explain(..., out=FOLDER) first"
         raise ValueError(msg)
-    for name, content in files.items():
-        atomic_write(run.path / name, content)
+    with lock(run.path):
+        for name, content in files.items():
+            atomic_write(run.path / name, content)
+        atomic_write(run.path / MANIFEST, manifest_content(run.path))
 
 
 def metrics_file(metrics: list[Any]) -> str:
@@ -199,8 +322,85 @@ def _corrupt(path: Path, why: str) -> ValueError:
     )
 
 
-def load_run(path: str | Path) -> Run:
-    """Read a run folder written by :func:`write_run`, checking it is complete."""
+def _read_json(path: Path, name: str) -> dict[str, Any]:
+    try:
+        data = json.loads((path / name).read_text())
+    except ValueError as err:
+        raise _corrupt(path, f"{name} does not parse as JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise _corrupt(path, f"{name} holds a {type(data).__name__}, not an object")
+    return data
+
+
+def _check_fields(path: Path, name: str, data: dict[str, Any], fields: dict[str, type]) -> None:
+    for key, kind in fields.items():
+        if key not in data:
+            raise _corrupt(path, f"{name} lacks the field {key!r}")
+        ok = isinstance(data[key], kind) or (kind is float and isinstance(data[key], int))
+        if not ok or (kind is int and isinstance(data[key], bool)):
+            got = type(data[key]).__name__
+            raise _corrupt(path, f"{name} field {key!r} is a {got}, expected {kind.__name__}")
+
+
+def check_checksums(path: Path, derived: bool = True) -> None:
+    """Compare every file with the manifest (``derived=False``: not the files that verify,
+    report and stability rewrite)."""
+    if not (path / MANIFEST).is_file():
+        raise _corrupt(path, f"{MANIFEST} is missing")
+    listed = _read_json(path, MANIFEST).get("sha256")
+    if not isinstance(listed, dict):
+        raise _corrupt(path, f"{MANIFEST} lacks the field 'sha256'")
+    for name, digest in listed.items():
+        if not derived and name in DERIVED:
+            continue
+        file = path / name
+        if not file.is_file():
+            raise _corrupt(path, f"{name} is missing")
+        if sha256_file(file) != digest:
+            raise _corrupt(path, f"{name} does not match its SHA-256 in {MANIFEST}")
+
+
+def check_run(path: Path, config: dict, summary: dict, tensors: dict[str, Tensor]) -> None:
+    """The schema of a run's JSON files and the shapes and values of its tensors."""
+    _check_fields(path, CONFIG, config, CONFIG_FIELDS)
+    _check_fields(path, SUMMARY, summary, SUMMARY_FIELDS)
+    compact = "component_masks" in tensors
+    missing = [k for k in (REQUIRED_COMPACT if compact else REQUIRED_TENSORS) if k not in tensors]
+    if missing:
+        raise _corrupt(path, f"{TENSORS} lacks {missing}")
+    rows, cols = summary["grid"]
+    n, players = summary["n"], summary["players"]
+    if len(players) != n or not all(isinstance(c, int) and 0 <= c < rows * cols for c in players):
+        raise _corrupt(path, f"{SUMMARY} field 'players' {players} is not {n} cells of the grid")
+    bad = [k for k in summary["salient"] if not isinstance(k, int) or not 0 < k < 2**n]
+    if bad:
+        raise _corrupt(
+            path, f"{SUMMARY} field 'salient' holds {bad[:5]}, not bitmasks below 2**{n}"
+        )
+    shape = tuple(tensors["f"].shape)
+    if compact:
+        m = len(tensors["component_masks"])
+        expected = {"f0": shape, "components": (m, *shape), "beta": (n, *shape)}
+    else:
+        expected = {"f0": shape, "minimal_features": (2**n, *shape), "components": (2**n, *shape)}
+    for key, want in expected.items():
+        if tuple(tensors[key].shape) != want:
+            raise _corrupt(path, f"{key} has shape {tuple(tensors[key].shape)}, expected {want}")
+    if tensors["image"].shape != tensors["baseline_image"].shape or tensors["image"].dim() != 3:
+        raise _corrupt(path, "image and baseline_image must both be (C, H, W)")
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(t.isfinite().all()):
+            raise _corrupt(path, f"tensor {key!r} holds NaN or inf values")
+
+
+def load_run(path: str | Path, derived: bool = True) -> Run:
+    """Read a run folder written by :func:`write_run`, checking it (module docstring).
+
+    Args:
+        derived: also check (and read) the files that ``regprim verify``, ``report`` and
+            ``stability`` rewrite; those commands pass False, so that a damaged
+            ``metrics.json`` does not block the command that rewrites it.
+    """
     path = Path(path)
     if not path.is_dir():
         msg = f"run folder {path} does not exist; give the --out folder of `regprim explain`"
@@ -208,32 +408,19 @@ def load_run(path: str | Path) -> Run:
     for name in (CONFIG, SUMMARY, TENSORS):
         if not (path / name).is_file():
             raise _corrupt(path, f"{name} is missing")
-    try:
-        config = json.loads((path / CONFIG).read_text())
-        summary = json.loads((path / SUMMARY).read_text())
-    except ValueError as err:
-        raise _corrupt(path, f"JSON does not parse: {err}") from err
+    check_checksums(path, derived)
+    config, summary = _read_json(path, CONFIG), _read_json(path, SUMMARY)
     try:
         tensors = load_file(path / TENSORS)
     except Exception as err:
         raise _corrupt(path, f"{TENSORS} does not load: {err}") from err
-    missing = [k for k in REQUIRED_TENSORS if k not in tensors]
-    if missing:
-        raise _corrupt(path, f"{TENSORS} lacks {missing}")
-    for key in ("n", "players", "model", "layer", "salient"):
-        if key not in summary:
-            raise _corrupt(path, f"{SUMMARY} lacks {key!r}")
-    size = 2 ** int(summary["n"])
-    for key in ("minimal_features", "components"):
-        if tensors[key].shape != (size, *tensors["f"].shape):
-            shape = tuple(tensors[key].shape)
-            raise _corrupt(path, f"{key} has shape {shape}, expected ({size}, *f.shape)")
+    check_run(path, config, summary, tensors)
     metrics = None
-    if (path / METRICS).is_file():
+    if derived and (path / METRICS).is_file():
         from regprim.metrics import Metric
 
         try:
-            metrics = [Metric(**m) for m in json.loads((path / METRICS).read_text())["metrics"]]
-        except (ValueError, KeyError, TypeError) as err:
+            metrics = [Metric(**m) for m in _read_json(path, METRICS)["metrics"]]
+        except (KeyError, TypeError) as err:
             raise _corrupt(path, f"{METRICS} does not parse: {err}") from err
     return Run(config=config, summary=summary, tensors=tensors, path=path, metrics=metrics)

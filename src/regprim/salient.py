@@ -23,42 +23,50 @@ from regprim.config import SALIENT_RULES
 
 
 def component_norms(components: Tensor) -> Tensor:
-    """L2 norm of every component, ``(2**n,)``."""
+    """L2 norm of every component: ``(m,)`` for ``(m, *feature_shape)``."""
     return components.flatten(1).norm(dim=1)
 
 
-def ranked(components: Tensor) -> Tensor:
-    """Bitmasks of the non-zero components (the empty set excluded), by decreasing L2 norm (ties
-    in bitmask order): the one ranking every rule, metric and figure uses."""
-    norms = component_norms(components)
+def ranked(masks: Tensor, norms: Tensor) -> Tensor:
+    """The ``masks`` of the non-zero components, by decreasing norm (ties in the order given):
+    the one ranking every rule, metric and figure uses."""
+    norms = norms.detach().cpu()  # bitmask lists live on the CPU
     order = torch.argsort(norms, descending=True, stable=True)
-    return order[(order != 0) & (norms[order] > 0)]
+    keep = (masks[order] != 0) & (norms[order] > 0)
+    return masks[order][keep]
 
 
-def energy_fraction(components: Tensor, share: float = 0.9) -> float:
-    """Fraction of the non-empty components that carry ``share`` of the total squared norm
-    (largest first): small = sparse."""
-    sq = (component_norms(components)[1:] ** 2).sort(descending=True).values
+def energy_fraction(norms: Tensor, count: int | None = None, share: float = 0.9) -> float:
+    """Fraction of ``count`` components (default: as many as ``norms``; the ones not listed
+    are zero) that carry ``share`` of the total squared norm, largest first: small = sparse."""
+    count = count or len(norms)
+    sq = (norms**2).sort(descending=True).values
     cum = torch.cumsum(sq, 0) / sq.sum().clamp_min(1e-30)
     carry = int(torch.searchsorted(cum, torch.tensor(share, device=cum.device))) + 1
-    return min(carry, len(sq)) / len(sq)
+    return min(carry, len(sq)) / count
 
 
 def select_salient(
-    components: Tensor, scale: float, rule: str = "tau", tau: float = 0.05, top: float = 0.6
+    masks: Tensor,
+    norms: Tensor,
+    scale: float,
+    rule: str = "tau",
+    tau: float = 0.05,
+    top: float = 0.6,
 ) -> Tensor:
     """Bitmasks of the salient components, sorted by decreasing norm.
 
     Args:
-        components: ``(2**n, *feature_shape)``, row 0 zero.
+        masks, norms: the components' action regions ``(m,)`` and L2 norms ``(m,)``.
         scale: ``||f - f0||_2`` (the "tau" rule is relative to it).
     """
-    order = ranked(components)
+    order = ranked(masks, norms)
     if rule == "tau":
         if not tau >= 0:
             msg = f"salient tau {tau} must be >= 0 (a fraction of ||f - f0||)"
             raise ValueError(msg)
-        return order[component_norms(components)[order] > tau * scale]
+        by_mask = dict(zip(masks.tolist(), norms.cpu().tolist(), strict=True))
+        return order[torch.tensor([by_mask[int(k)] > tau * scale for k in order], dtype=torch.bool)]
     if rule == "top":
         if not 0 < top <= 1:
             msg = f"salient top ratio {top} must be in (0, 1], e.g. 0.6"
@@ -70,7 +78,8 @@ def select_salient(
 
 @torch.no_grad()
 def removal_salient(
-    components: Tensor,
+    masks: Tensor,
+    values: Tensor,
     f0: Tensor,
     render: Callable[[Tensor], Tensor],
     player_masks: Tensor,
@@ -87,9 +96,11 @@ def removal_salient(
     if not 0 < threshold < 1:
         msg = f"removal threshold {threshold} must be in (0, 1), e.g. 0.1"
         raise ValueError(msg)
-    order = ranked(components)
-    start = f0 + components.sum(0)
-    removed = torch.cumsum(components[order], dim=0)
+    norms = component_norms(values).cpu()
+    order = torch.argsort(norms, descending=True, stable=True)
+    order = order[(masks[order] != 0) & (norms[order] > 0)]
+    start = f0 + values.sum(0)
+    removed = torch.cumsum(values[order.to(values.device)], dim=0)
     features = torch.cat([start[None], start - removed])  # (m + 1, ...): j removed
     images = render(features)
     target = render(f0[None])
@@ -97,4 +108,4 @@ def removal_salient(
     dist = ((images - target) ** 2).sum(1)[:, pixels].sum(1)
     below = torch.nonzero(dist < threshold * dist[0].clamp_min(1e-30)).flatten()
     count = int(below[0]) if len(below) else len(order)
-    return order[:count]
+    return masks[order[:count]]

@@ -23,7 +23,7 @@ from regprim.config import ExplainConfig
 from regprim.denoise import remove_noise
 from regprim.explain import explain
 from regprim.generator import SplitGenerator
-from regprim.salient import energy_fraction, ranked
+from regprim.salient import component_norms, energy_fraction, ranked
 
 
 def jaccard(a: int, b: int) -> float:
@@ -31,11 +31,22 @@ def jaccard(a: int, b: int) -> float:
     return (a & b).bit_count() / union if union else 1.0
 
 
-def compare(reference: Tensor, other: Tensor, k: int) -> dict[str, float]:
+Components = tuple[Tensor, Tensor]  # action regions (m,) and values (m, *feature_shape)
+
+
+def top_of(components: Components, k: int) -> tuple[list[int], Tensor]:
+    """The ``k`` largest non-zero components: their bitmasks and values."""
+    masks, values = components
+    top = ranked(masks, component_norms(values))[:k].tolist()
+    row = {int(m): j for j, m in enumerate(masks)}
+    return top, values[[row[m] for m in top]]
+
+
+def compare(reference: Components, other: Components, k: int) -> dict[str, float]:
     """Matched cosine, matched action-region Jaccard and top-k set Jaccard of two runs."""
-    ref, oth = ranked(reference)[:k].tolist(), ranked(other)[:k].tolist()
-    a = torch.nn.functional.normalize(reference[ref].flatten(1), dim=1)
-    b = torch.nn.functional.normalize(other[oth].flatten(1), dim=1)
+    (ref, ref_values), (oth, oth_values) = top_of(reference, k), top_of(other, k)
+    a = torch.nn.functional.normalize(ref_values.flatten(1), dim=1)
+    b = torch.nn.functional.normalize(oth_values.flatten(1), dim=1)
     cos = a @ b.T
     pairs = []
     used_a, used_b = set(), set()
@@ -56,10 +67,11 @@ def compare(reference: Tensor, other: Tensor, k: int) -> dict[str, float]:
     }
 
 
-def sparsity_figures(components: Tensor) -> dict[str, float]:
+def sparsity_figures(components: Components, n: int) -> dict[str, float]:
+    _, values = components
     return {
-        "l1_total": float(components.abs().sum()),
-        "fraction_carrying_90pct": energy_fraction(components),
+        "l1_total": float(values.abs().sum()),
+        "fraction_carrying_90pct": energy_fraction(component_norms(values), 2**n - 1),
     }
 
 
@@ -72,7 +84,8 @@ def stability(
     generator: SplitGenerator | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Explain ``cfg``'s image ``1 + repeats`` times and measure how well components agree."""
+    """Explain ``cfg``'s image ``1 + repeats`` times and measure how well components agree
+    (and, for runs that keep every subset, how well their denoised components agree)."""
     if repeats < 1:
         msg = f"repeats={repeats} must be at least 1"
         raise ValueError(msg)
@@ -84,15 +97,18 @@ def stability(
         perturbed = dataclasses.replace(base, solver=solver, f0_noise=f0_noise)
         runs.append(explain(perturbed, generator=generator, progress=progress, verify=False))
     solve_seconds = time.perf_counter() - start
-    raw = [run.tensors["components"] for run in runs]
+    kinds: dict[str, list[Components]] = {
+        "raw": [(run.component_masks, run.component_values) for run in runs]
+    }
     start = time.perf_counter()
-    denoised = [
-        remove_noise(
-            run.tensors["minimal_features"], run.f0, cfg.denoise_tau, cfg.denoise_steps
-        ).components
-        for run in runs
-    ]
-    denoise_seconds = (time.perf_counter() - start) / len(runs)
+    if not runs[0].compact:
+        denoised = [
+            remove_noise(run.minimal_features, run.f0, cfg.denoise_tau, cfg.denoise_steps)
+            for run in runs
+        ]
+        kinds["denoised"] = [
+            (torch.arange(1, len(d.components)), d.components[1:]) for d in denoised
+        ]
     result: dict[str, Any] = {
         "repeats": repeats,
         "init_jitter": init_jitter,
@@ -101,11 +117,12 @@ def stability(
         "denoise_tau": cfg.denoise_tau,
         "denoise_steps": cfg.denoise_steps,
         "solve_seconds": solve_seconds,
-        "denoise_seconds_per_run": denoise_seconds,
+        "denoise_seconds_per_run": (time.perf_counter() - start) / len(runs),
+        "solver": cfg.solver.method,
     }
-    for name, comps in (("raw", raw), ("denoised", denoised)):
+    for name, comps in kinds.items():
         per = [compare(comps[0], c, k) for c in comps[1:]]
         result[name] = {key: sum(p[key] for p in per) / len(per) for key in per[0]}
         result[name]["per_repeat"] = per
-        result[name]["sparsity"] = sparsity_figures(comps[0])
+        result[name]["sparsity"] = sparsity_figures(comps[0], runs[0].n)
     return result

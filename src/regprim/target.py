@@ -75,8 +75,11 @@ def check_players(cfg: ExplainConfig, grid: Grid) -> list[int] | None:
     ``n`` is checked)."""
     if cfg.players is not None:
         return grid.check_cells(list(cfg.players), "player cells")
-    if not 1 <= cfg.n <= grid.cells:
-        msg = f"n={cfg.n} players do not fit a grid of {grid.cells} cells; use 1..{grid.cells}"
+    if not 1 <= cfg.players_count <= grid.cells:
+        msg = (
+            f"n={cfg.players_count} players do not fit a grid of {grid.cells} cells; "
+            f"use 1..{grid.cells}"
+        )
         raise ValueError(msg)
     return None
 
@@ -103,5 +106,6 @@ def build_target(cfg: ExplainConfig, gen: SplitGenerator) -> Target:
     with torch.no_grad():
         baseline_image = gen.g(f0[None], code)[0]
     if players is None:
-        players = choose_players(cfg.player_rule, grid, cfg.n, x, baseline_image, cfg.player_seed)
+        n = cfg.players_count
+        players = choose_players(cfg.player_rule, grid, n, x, baseline_image, cfg.player_seed)
     return Target(gen, code, f, f0, x, baseline_image, grid, players, class_index)

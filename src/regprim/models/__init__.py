@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
+import os
 import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+
+import torch
 
 from regprim.generator import SplitGenerator
 from regprim.models.biggan import biggan
@@ -79,3 +83,48 @@ def load_model(
         msg = f"{spec} returned {type(gen).__name__}, not a regprim.SplitGenerator"
         raise TypeError(msg)
     return gen.freeze().to(device)
+
+
+LAYER_TABLE = Path(__file__).with_name("layers.json")
+PACKAGES = {"dcgan-faces": "gan_face_generate", "eyes-128": "omniart_eye_generator"}
+
+
+def weights_status(name: str) -> str:
+    """Whether a built-in model's weights are here, without loading them."""
+    if name in PACKAGES:
+        found = importlib.util.find_spec(PACKAGES[name]) is not None
+        return "weights installed" if found else f"needs the package {PACKAGES[name]}"
+    if name.startswith("biggan"):
+        from regprim.models.biggan import cached_files
+
+        if os.environ.get("REGPRIM_BIGGAN_DIR") or cached_files(name):
+            return "weights found"
+        return "no weights here: --weights FOLDER, or --weights random"
+    return "built in"
+
+
+def layer_table() -> dict:
+    """``{model: {"default": layer, "layers": {layer: {"feature": shape, "image": shape}}}}``
+    for the built-in models, as data (``regprim models`` answers from it at once; a slow test
+    checks it against the real models, :func:`compute_layer_table`)."""
+    return json.loads(LAYER_TABLE.read_text())
+
+
+@torch.no_grad()
+def compute_layer_table() -> dict:
+    """The table of :func:`layer_table`, computed by building every built-in model (BigGAN at
+    full size with random weights: minutes and over a GiB)."""
+    table = {}
+    for name in MODELS:
+        gen = load_model(name, weights="random") if name.startswith("biggan") else load_model(name)
+        layers = {}
+        for layer in gen.layers:
+            feature, image = gen.cut_at(layer).shapes()
+            layers[layer] = {"feature": list(feature), "image": list(image)}
+        table[name] = {"default": gen.layer, "layers": layers}
+    return table
+
+
+if __name__ == "__main__":  # python -m regprim.models: rewrite layers.json
+    LAYER_TABLE.write_text(json.dumps(compute_layer_table(), indent=1) + "\n")
+    print(f"wrote {LAYER_TABLE}")

@@ -17,9 +17,12 @@ maps onto this).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
+from functools import cache
+from importlib.resources import files
 from pathlib import Path
 
 import torch
@@ -38,6 +41,46 @@ URLS = {
 }
 NUM_CLASSES = 1000
 Z_DIM = 128
+
+
+@cache
+def imagenet_classes() -> tuple[tuple[str, ...], ...]:
+    """The names of the 1000 ImageNet classes, in BigGAN's index order (package data)."""
+    text = (files("regprim") / "data" / "imagenet_classes.txt").read_text()
+    rows = [line.split("\t", 1)[1] for line in text.splitlines() if not line.startswith("#")]
+    return tuple(tuple(name.strip() for name in row.split(",")) for row in rows)
+
+
+def class_by_name(name: str) -> int:
+    """The ImageNet class index of ``name`` (any of its names, any case)."""
+    wanted = name.strip().lower()
+    hits = [i for i, names in enumerate(imagenet_classes()) if wanted in (n.lower() for n in names)]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        listed = ", ".join(f"{i} ({imagenet_classes()[i][0]})" for i in hits)
+        msg = f"class {name!r} names several ImageNet classes: {listed}; give the index"
+        raise ValueError(msg)
+    every = [n for names in imagenet_classes() for n in names]
+    close = difflib.get_close_matches(name, every, n=3)
+    hint = f"; did you mean {close}?" if close else ""
+    msg = f"unknown ImageNet class {name!r}{hint} (or give an index 0..999)"
+    raise ValueError(msg)
+
+
+def _stages(inputs: list[int], outputs: list[int]) -> list[tuple[bool, int, int]]:
+    """BigGAN-deep's blocks: per stage, one block at its input width, then an upsampling one."""
+    return [b for i, o in zip(inputs, outputs, strict=True) for b in ((False, i, i), (True, i, o))]
+
+
+# (upsample, in, out) channel multipliers of each resolution's generator blocks, with the
+# self-attention layer after the 64x64 stage (BigGAN-deep, Brock et al. 2019, Appendix B)
+ARCHITECTURES = {
+    128: _stages([16, 16, 8, 4, 2], [16, 8, 4, 2, 1]),
+    256: _stages([16, 16, 8, 8, 4, 2], [16, 8, 8, 4, 2, 1]),
+    512: _stages([16, 16, 8, 8, 4, 2, 1], [16, 8, 8, 4, 2, 1, 1]),
+}
+ATTENTION_POSITION = 8
 
 
 def _package():
@@ -124,6 +167,12 @@ class BigGANSplit(SplitGenerator):
     def modules(self) -> list[nn.Module]:
         return [self.model]
 
+    def class_index(self, value: int | str | None) -> int | None:
+        """An ImageNet class by index or by any of its names (``"golden retriever"``)."""
+        if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+            return class_by_name(value)
+        return super().class_index(value)
+
     def cut_at(self, layer: str) -> BigGANSplit:
         return BigGANSplit(self.model, layer, self.truncation, self.name)
 
@@ -176,6 +225,8 @@ def biggan(
     if config is not None:
         cfg = pkg.BigGANConfig()
         cfg.output_dim = resolution
+        cfg.layers = [list(block) for block in ARCHITECTURES[resolution]]
+        cfg.attention_layer_position = ATTENTION_POSITION
         for key, value in config.items():
             setattr(cfg, key, value)
         torch.manual_seed(0)

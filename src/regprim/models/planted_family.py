@@ -294,9 +294,12 @@ def draw_spec(seed: int) -> PlantedSpec:
     )
 
 
-def planted_family(seed: int) -> PlantedMember:
-    """The family member drawn from ``seed`` (see the module docstring)."""
+def planted_family(seed: int, full_grid: bool = False) -> PlantedMember:
+    """The family member drawn from ``seed`` (see the module docstring); with ``full_grid``,
+    every cell of its grid is a player."""
     spec = draw_spec(seed)
+    if full_grid:
+        spec.players = list(range(spec.rows * spec.cols))
     rng = torch.Generator().manual_seed(10_000 + seed)
     head = FeatureHead(spec.feature_shape)
     decoder = PlantedDecoder(spec, rng)
@@ -324,16 +327,18 @@ def recovery(member: PlantedMember, run) -> dict:
     other component below 1% of the smallest planted one, every subset meets the
     reconstruction constraint, universal matching residual <= 1e-5."""
     truth = member.truth(run.f, run.f0)
-    comps = run.components
-    norms = comps.flatten(1).norm(dim=1)
+    found = run.component(list(truth))
     cosines = {
-        k: float(nn.functional.cosine_similarity(comps[k].flatten(), t.flatten(), dim=0))
-        for k, t in truth.items()
+        k: float(nn.functional.cosine_similarity(c.flatten(), t.flatten(), dim=0))
+        for (k, t), c in zip(truth.items(), found, strict=True)
     }
     smallest = min(float(t.norm()) for t in truth.values())
-    others = torch.ones(len(norms), dtype=torch.bool)
-    others[[0, *truth]] = False
-    worst = float(norms[others].max()) if others.any() else 0.0
+    others = [
+        float(v)
+        for k, v in zip(run.component_masks.tolist(), run.norms, strict=True)
+        if k not in truth
+    ]
+    worst = max(others, default=0.0)
     s = run.summary
     result = {
         "seed": member.spec.seed,

@@ -48,9 +48,14 @@ class MinimalFeatures:
         residual: ``(2**n,)`` KKT residual at the end (:func:`regprim.solvers.lbfgs.kkt_residual`).
         converged: ``(2**n,)`` bool: stopped by the convergence test, not by the step cap.
         beta: ``(n, *feature_shape)`` for the OR-structured solvers (None for the paper's).
+        component_masks, component_values: a compact run's non-zero components (``u`` is None
+            then, and ``rel_error``, ``meets`` and ``value`` are those of ``heldout_masks``);
+            ``um_residual``: universal matching on the held-out subsets; the other per-subset
+            tensors have one entry, the run's; ``rounded_numbers``: numbers whose betas were
+            rounded to list their components (:func:`regprim.solvers.or_structured.settle`).
     """
 
-    u: Tensor
+    u: Tensor | None
     rel_error: Tensor
     meets: Tensor
     passes: Tensor
@@ -62,6 +67,11 @@ class MinimalFeatures:
     residual: Tensor | None = None
     converged: Tensor | None = None
     beta: Tensor | None = None
+    component_masks: Tensor | None = None
+    component_values: Tensor | None = None
+    heldout_masks: Tensor | None = None
+    um_residual: Tensor | None = None
+    rounded_numbers: int = 0
 
 
 def sparsity_minimiser(f0: Tensor, df: Tensor, sparsity: str) -> Tensor:

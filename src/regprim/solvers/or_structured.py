@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from regprim.config import DENSE_MAX_N
 from regprim.solvers.objective import MinimalFeatures, Objective
 
 
@@ -50,8 +51,16 @@ def alpha_of(beta: Tensor, bits: Tensor) -> Tensor:
     return (1 - keep).view(bits.shape[0], *beta.shape[1:])
 
 
+def weight_rule(n: int, rule: str) -> str:
+    """``subsets`` or ``sizes`` (``auto``: ``subsets`` up to 12 players)."""
+    if rule == "auto":
+        return "subsets" if n <= DENSE_MAX_N else "sizes"
+    return rule
+
+
 def size_weights(n: int, rule: str) -> Tensor:
     """Weight of each subset size 1..n in the objective, summing to 1: ``(n,)`` float64."""
+    rule = weight_rule(n, rule)
     sizes = torch.arange(1, n + 1, dtype=torch.float64)
     if rule == "sizes":
         return torch.full((n,), 1.0 / n, dtype=torch.float64)
@@ -71,7 +80,7 @@ def mean_alpha(beta: Tensor, rule: str) -> Tensor:
       polynomials, built up one player at a time.
     """
     n = beta.shape[0]
-    if rule == "subsets":
+    if weight_rule(n, rule) == "subsets":
         return (1 - (1 - beta / 2).prod(dim=0)) * (2**n / (2**n - 1))
     e = torch.zeros(n + 1, *beta.shape[1:], dtype=beta.dtype, device=beta.device)
     e[0] = 1
@@ -156,9 +165,11 @@ class ORSolver:
 
     @staticmethod
     def memory_bytes(n: int, numel: int) -> int:
-        """beta and its Adam moments, then the minimal features and components of every
-        subset (2**n x D each, float32) for the transform and the metrics."""
-        return 4 * numel * (4 * n + 4 * 2**n)
+        """beta, its gradient and Adam moments, then the minimal features and components of
+        every subset (2**n x D each, float32) when n <= 12, else the batch's passes and the
+        component list (about 4096 components at most)."""
+        every = 4 * 2**n if n <= DENSE_MAX_N else 4096
+        return 4 * numel * (4 * n + every)
 
     @staticmethod
     def solve(
@@ -170,8 +181,12 @@ class ORSolver:
         cfg = obj.cfg
         n, reach = obj.n, obj.reach_sets.to(obj.f0.dtype)
         weights = size_weights(n, cfg.subset_weights)
+        start = cfg.or_init * reach
+        if cfg.init_jitter:  # perturbed start, for stability studies
+            rng = torch.Generator().manual_seed(cfg.perturb_seed)
+            start = start * (1 - cfg.init_jitter * torch.rand(start.shape, generator=rng)).to(start)
         state = resume or {
-            "beta": cfg.or_init * reach,
+            "beta": start,
             "m": torch.zeros_like(reach),
             "v": torch.zeros_like(reach),
             "step": torch.zeros((), dtype=torch.int64),
@@ -181,19 +196,21 @@ class ORSolver:
         rng = torch.Generator().manual_seed(cfg.perturb_seed)
         everything = all_subsets(n) if 2**n - 1 <= cfg.or_batch else None
         done = int(state["step"])
+        seen: set[int] = set()  # subsets the solver sampled (held-out checks avoid them)
         for _ in range(done):  # replay the sampler to where an interrupted run stopped
             if everything is None:
-                sample_subsets(n, cfg.or_batch, weights, rng)
+                seen.update(to_bitmasks(sample_subsets(n, cfg.or_batch, weights, rng)).tolist())
         bar = tqdm(
             total=steps, initial=done, desc="OR-structured beta", unit="step", disable=not progress
         )
-        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        beta1, beta2, eps = 0.9, 0.99, 1e-8
         for t in range(done + 1, steps + 1):
             bits = (
                 everything
                 if everything is not None
                 else sample_subsets(n, cfg.or_batch, weights, rng)
             )
+            seen.update(to_bitmasks(bits).tolist())
             beta.requires_grad_(True)
             full = everything is not None
             loss = reconstruction(obj, beta, bits, weights, full) + sparsity(obj, beta)
@@ -214,7 +231,122 @@ class ORSolver:
         residual = beta_residual(obj, beta.detach(), weights, cfg.or_batch)  # the optimum's
         snapped = snap(beta.detach(), cfg.or_snap)
         passes = steps * batch / (2**n - 1)
+        if n > DENSE_MAX_N:
+            return finish_compact(obj, snapped, steps, passes, residual, seen)
         return finish(obj, snapped, steps, passes, residual, residual < cfg.or_gtol)
+
+
+HELDOUT = 1000  # held-out subsets checked in a compact run
+MAX_SUPPORT = 12  # players one fractional number may spread over in a compact run
+
+
+def components_of(beta: Tensor, df: Tensor) -> dict[int, Tensor]:
+    """Every non-zero OR component of ``beta`` ``(n, *shape)``, exactly, without touching all
+    2**n subsets: a number with support T (its players with beta > 0) contributes only to the
+    subsets of T, ``df * prod_{i in S} beta_i * prod_{j in T - S} (1 - beta_j)``; with a
+    binary beta, to T alone. Call :func:`settle` first, so that no fractional number spreads over
+    more than ``MAX_SUPPORT`` players. Returns ``{bitmask: component (*shape)}``."""
+    n = beta.shape[0]
+    flat, dflat = beta.flatten(1), df.flatten()
+    support = ((flat > 0).long() << torch.arange(n, device=flat.device)[:, None]).sum(0)
+    out: dict[int, Tensor] = {}
+    for s in support.unique().tolist():
+        if s == 0:
+            continue
+        numbers = torch.nonzero(support == s).flatten()
+        players = [i for i in range(n) if s >> i & 1]
+        b = flat[players][:, numbers]  # (|T|, count)
+        if bool(((b == 0) | (b == 1)).all()):
+            subsets = [s]
+        else:
+            subsets = [
+                sum(1 << players[j] for j in range(len(players)) if t >> j & 1)
+                for t in range(1, 2 ** len(players))
+            ]
+        for mask in subsets:
+            inside = torch.tensor(
+                [mask >> i & 1 for i in players], dtype=torch.bool, device=b.device
+            )
+            weight = torch.where(inside[:, None], b, 1 - b).prod(0)
+            value = torch.zeros_like(dflat)
+            value[numbers] = dflat[numbers] * weight
+            if bool(value.any()):
+                out[mask] = out.get(mask, 0) + value.view(df.shape)
+    return out
+
+
+def settle(beta: Tensor) -> tuple[Tensor, int]:
+    """Round the betas (at 0.5) of every number that keeps fractional betas over more than
+    ``MAX_SUPPORT`` players: its components would span too many subsets to list. Returns the
+    betas and how many numbers were rounded (the minimal features use the same betas, so
+    universal matching stays exact; the held-out check shows what rounding cost)."""
+    flat = beta.flatten(1)
+    fractional = ((flat > 0) & (flat < 1)).any(0)
+    wide = fractional & ((flat > 0).sum(0) > MAX_SUPPORT)
+    rounded = torch.where(wide[None], (flat >= 0.5).to(flat.dtype), flat)
+    return rounded.view_as(beta), int(wide.sum())
+
+
+def heldout_subsets(n: int, count: int, seen: set[int], seed: int = 7) -> Tensor:
+    """``count`` subsets of mixed sizes (a size uniform in 1..n, then its players uniform) that
+    the solver never sampled: bool ``(count, n)``."""
+    rng = torch.Generator().manual_seed(seed)
+    weights = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    kept: dict[int, Tensor] = {}
+    for _ in range(100):
+        bits = sample_subsets(n, count, weights, rng)
+        for row, mask in zip(bits, to_bitmasks(bits).tolist(), strict=True):
+            if mask not in seen and mask not in kept:
+                kept[mask] = row
+        if len(kept) >= count:
+            break
+    return torch.stack(list(kept.values())[:count])
+
+
+def finish_compact(
+    obj: Objective, beta: Tensor, steps: int, passes: float, residual: float, seen: set[int]
+) -> MinimalFeatures:
+    """A run with too many subsets to store: the non-zero components in closed form, the
+    minimal features checked on held-out subsets (with universal matching there)."""
+    from regprim.reconstruction import reconstruct_features, selection
+
+    cfg = obj.cfg
+    beta, rounded = settle(beta)
+    found = components_of(beta, obj.df)
+    masks = torch.tensor(list(found), dtype=torch.long)  # on the CPU, as every bitmask list
+    values = torch.stack(list(found.values())) if found else obj.df.new_zeros(0, *obj.df.shape)
+    bits = heldout_subsets(obj.n, HELDOUT, seen)
+    held = to_bitmasks(bits)
+    rel, value, residuals = [], [], []
+    scale = obj.df.norm().clamp_min(1e-30)
+    for part, tags in zip(bits.split(cfg.or_batch), held.split(cfg.or_batch), strict=True):
+        u = obj.f0 + alpha_of(beta, part.to(beta.device)) * obj.df
+        r, v = obj.check(u, tags)
+        rel.append(r)
+        value.append(v)
+        matched = reconstruct_features(values, obj.f0, selection(masks, tags))
+        residuals.append((matched - u).flatten(1).norm(dim=1) / scale)
+    rel_error = torch.cat(rel)
+    count = len(held)
+    return MinimalFeatures(
+        u=None,
+        rel_error=rel_error,
+        meets=rel_error < cfg.constraint,
+        passes=torch.tensor([passes]),
+        chunk=cfg.or_batch,
+        objective=obj,
+        value=torch.cat(value),
+        forward_passes=torch.tensor([count / max(len(seen), 1)]),
+        steps=torch.tensor([steps], dtype=torch.int32),
+        residual=torch.tensor([residual]),
+        converged=torch.tensor([residual < cfg.or_gtol]),
+        beta=obj.expand(beta),
+        component_masks=masks,
+        component_values=obj.expand(values) if len(values) else values,
+        heldout_masks=held,
+        um_residual=torch.cat(residuals),
+        rounded_numbers=rounded,
+    )
 
 
 def snap(beta: Tensor, within: float) -> Tensor:

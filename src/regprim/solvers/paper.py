@@ -56,24 +56,31 @@ class Chunk:
         held = self.obj.sparsity_minimiser()
         return torch.where(self.live, alpha0, held).contiguous(memory_format=self.obj.memory_format)
 
+    @staticmethod
+    def rows(t: Tensor, idx: Tensor) -> Tensor:
+        """Rows ``idx`` of a per-subset tensor (itself, not a copy, when all rows are asked)."""
+        return t if len(idx) == len(t) else t[idx]
+
     def sparsity(self, alpha: Tensor, u: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         """The sparsity term and its gradient in alpha (live numbers)."""
+        dims = tuple(range(1, alpha.dim()))
         if self.l1_delta:
-            slope = self.slope[idx]
-            return (alpha * slope).flatten(1).sum(1), slope
-        value = u.abs().flatten(1).sum(1) * self.scale
-        return value, torch.sign(u) * self.df_live[idx] * self.scale
+            slope = self.rows(self.slope, idx)
+            return (alpha * slope).sum(dim=dims), slope
+        value = u.abs().sum(dim=dims) * self.scale
+        return value, torch.sign(u) * self.rows(self.df_live, idx) * self.scale
 
     def value_grad(self, alpha: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         obj = self.obj
         u = torch.addcmul(self.f0, alpha, self.df).requires_grad_(True)
         with obj.autocast():
             images = obj.gen.g(u, obj.code)
-        rec = self.weight[idx] * obj.errors(images.float(), self.masks[idx])
+        rows = self.rows
+        rec = rows(self.weight, idx) * obj.errors(images.float(), rows(self.masks, idx))
         (grad_u,) = torch.autograd.grad(rec.sum(), u)
         with torch.no_grad():
             l1, l1_grad = self.sparsity(alpha, u, idx)
-            return rec.detach() + l1, torch.addcmul(l1_grad, grad_u, self.df_live[idx])
+            return rec.detach() + l1, torch.addcmul(l1_grad, grad_u, rows(self.df_live, idx))
 
     def curvature(self, alpha: Tensor, probes: int = HUTCHINSON_PROBES) -> Tensor:
         """Gauss-Newton diagonal ``2 w diag(J^T J)`` by Hutchinson probes (random signs on the
@@ -189,13 +196,25 @@ class PaperSolver:
             state = {k: v.to(f0.device) for k, v in resume.items()}
         full = size - 1
         chunk = cfg.chunk or obj.auto_chunk()
-        bar = tqdm(total=size - 1, desc="minimal features", unit="subset", disable=not progress)
-        bar.update(int(state["solved"].sum()) - 1)
+        # u(N) alone first (it starts from alpha = 1 and costs several subsets' worth), then a
+        # bar over the other subsets, so that each bar's rate and ETA are honest
+        bar = tqdm(total=1, desc="u(N)", unit="subset", disable=not progress)
+        bar.update(int(state["solved"][full]))
         ones = torch.ones(1, *shape, dtype=f0.dtype, device=f0.device)
         if cfg.init_jitter:  # perturbed start of u(N), for stability studies
             rng = torch.Generator().manual_seed(cfg.perturb_seed)
             ones = ones - cfg.init_jitter * torch.rand(ones.shape, generator=rng).to(ones.device)
         for level in range(n, 0, -1):
+            if level == n - 1:
+                bar.close()
+                done = int(state["solved"].sum()) - 2
+                bar = tqdm(
+                    total=size - 2,
+                    initial=done,
+                    desc="other subsets",
+                    unit="subset",
+                    disable=not progress or size < 3,
+                )
             todo = [s for s in subsets_of_size(n, level) if not state["solved"][s]]
             for start in range(0, len(todo), chunk):
                 subsets = torch.tensor(todo[start : start + chunk])

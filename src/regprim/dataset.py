@@ -1,0 +1,398 @@
+"""Many images: one run folder per image under one dataset folder, tables, consistency.
+
+``regprim explain-many --seeds 0-99 --out DATA`` explains every image with the same settings and
+writes (format: docs/run-folder.md, "Dataset folders")::
+
+    DATA/images/<image>/      one run folder per image (seed-0007, class-green-seed-0007, ...)
+    DATA/images.parquet       one row per image: its seed and class, status, wall time, metrics
+    DATA/components.parquet   one row per salient component: image, action set, order, norm
+    DATA/transfer.json        cross-image consistency (below)
+    DATA/report.html          distributions over images, where primitives act, the best and
+                              the worst images linked to their own reports
+
+It resumes: an image whose run folder is complete is skipped, one that was killed restarts
+(from its checkpoint). A failing image is recorded with its error, and the others go on.
+
+Execution: images one after another by default; ``workers`` processes on this machine; or Ray
+(``ray=True``, or ``RAY_ADDRESS`` set): every image a Ray task with its CPU/GPU request,
+``ray.init()`` joining the cluster at ``RAY_ADDRESS`` or starting a local one. Each worker
+process loads the generator once and keeps it.
+
+Transfer ratio (the paper's later version): for images A and B, the share of A's top-``l_a``
+salient components whose action set (as grid cells) is among B's top-``l_b``, averaged over
+ordered pairs; with the cosine of the matched components' feature directions.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import torch
+
+from regprim import run_folder as rf
+from regprim.config import ExplainConfig
+
+IMAGES, IMAGES_TABLE, COMPONENTS_TABLE = "images", "images.parquet", "components.parquet"
+TRANSFER, DATASET_REPORT = "transfer.json", "report.html"
+TRANSFER_PAIRS = ((10, 10), (20, 100))
+_GENERATORS: dict[str, Any] = {}  # per worker process: the generator, loaded once
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of a dataset: its code's seed and, for conditional models, its class."""
+
+    seed: int
+    class_index: int | str | None = None
+
+    @property
+    def name(self) -> str:
+        label = "" if self.class_index is None else f"class-{self.class_index}-"
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{label}seed-{self.seed:04d}")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-99"``, ``"3,5,8"`` or both (``"0-9,20"``) -> seeds."""
+    seeds: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            low, _, high = part.partition("-")
+            seeds += range(int(low), int(high) + 1) if high else [int(low)]
+    except ValueError:
+        msg = f"seeds {text!r} must be integers and ranges, e.g. 0-99 or 1,5,9"
+        raise ValueError(msg) from None
+    if not seeds:
+        msg = f"seeds {text!r} name no seed; give e.g. 0-99"
+        raise ValueError(msg)
+    return seeds
+
+
+def items_of(seeds: list[int], classes: list[str] | None = None) -> list[Item]:
+    """Every seed, for every class when classes are given."""
+    return [Item(s, c) for c in (classes or [None]) for s in seeds]
+
+
+def _generator(cfg: ExplainConfig):
+    from regprim.models import load_model
+
+    key = json.dumps([cfg.model, cfg.layer, cfg.weights, cfg.device])
+    if key not in _GENERATORS:
+        _GENERATORS[key] = load_model(cfg.model, cfg.layer, cfg.device, cfg.weights)
+    return _GENERATORS[key]
+
+
+def explain_one(config: dict[str, Any], item: Item, folder: str, verify: bool) -> dict[str, Any]:
+    """Explain one image into ``folder`` (skipped when it holds a complete run): its row of
+    ``images.parquet``. Errors become the row's status, never an exception."""
+    from regprim.explain import explain
+
+    out = Path(folder)
+    start = time.perf_counter()
+    row: dict[str, Any] = {
+        "image": item.name,
+        "seed": item.seed,
+        "class": None if item.class_index is None else str(item.class_index),
+    }
+    try:
+        if (out / rf.MANIFEST).is_file():
+            run = rf.load_run(out)
+            status = "done before"
+        else:
+            cfg = ExplainConfig.from_dict(
+                config | {"seed": item.seed, "class_index": item.class_index}
+            )
+            run = explain(
+                cfg,
+                out=out,
+                overwrite=(out / rf.CONFIG).is_file(),
+                progress=False,
+                generator=_generator(cfg),
+                verify=verify,
+            )
+            status = "ok"
+    except Exception as err:  # recorded; the other images go on
+        return row | {
+            "status": "failed",
+            "error": f"{type(err).__name__}: {err}",
+            "wall_seconds": time.perf_counter() - start,
+        }
+    s = run.summary
+    row |= {
+        "status": status,
+        "error": None,
+        "wall_seconds": s["wall_seconds"],
+        "n": s["n"],
+        "salient": len(s["salient"]),
+        "subsets_meeting_constraint": s["subsets_meeting_constraint"],
+        "universal_matching_max_rel_residual": s["universal_matching_max_rel_residual"],
+        "objective": s.get("objective"),
+        "path": str(Path(IMAGES) / item.name),
+    }
+    row |= {f"metric_{m.name}": m.value for m in run.metrics or []}
+    return row
+
+
+def _pool_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_items(
+    config: dict[str, Any],
+    items: list[Item],
+    out: Path,
+    verify: bool,
+    workers: int,
+    use_ray: bool,
+    progress: bool,
+) -> Iterator[dict[str, Any]]:
+    """Rows of every image, as they finish (in this process, a local pool, or Ray)."""
+    from tqdm.auto import tqdm
+
+    folders = [str(out / IMAGES / item.name) for item in items]
+    bar = tqdm(total=len(items), desc="images", unit="image", disable=not progress)
+    if use_ray:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+        gpus = 1 if str(config.get("device", "cpu")).startswith("cuda") else 0
+        task = ray.remote(num_cpus=1, num_gpus=gpus)(explain_one)
+        pending = [task.remote(config, i, f, verify) for i, f in zip(items, folders, strict=True)]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            bar.update(1)
+            yield ray.get(done[0])
+    elif workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, initializer=_pool_init, initargs=(threads,)) as pool:
+            jobs = [
+                pool.submit(explain_one, config, i, f, verify)
+                for i, f in zip(items, folders, strict=True)
+            ]
+            for job in jobs:
+                bar.update(1)
+                yield job.result()
+    else:
+        for item, folder in zip(items, folders, strict=True):
+            bar.update(1)
+            yield explain_one(config, item, folder, verify)
+    bar.close()
+
+
+def explain_many(
+    cfg: ExplainConfig,
+    items: list[Item],
+    out: str | Path,
+    workers: int = 1,
+    use_ray: bool = False,
+    verify: bool = True,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Explain every item with the settings of ``cfg`` (module docstring); the image rows."""
+    if not items:
+        msg = "no images to explain; give seeds, e.g. --seeds 0-99"
+        raise ValueError(msg)
+    if workers < 1:
+        msg = f"workers={workers} must be at least 1"
+        raise ValueError(msg)
+    out = Path(out)
+    if not (out / IMAGES).is_dir():  # a new dataset: its folder must be new or empty
+        rf.check_output(out, overwrite=False)
+    (out / IMAGES).mkdir(parents=True, exist_ok=True)
+    use_ray = use_ray or bool(os.environ.get("RAY_ADDRESS"))
+    rows = list(run_items(cfg.to_dict(), items, out, verify, workers, use_ray, progress))
+    order = {item.name: k for k, item in enumerate(items)}
+    rows.sort(key=lambda r: order[r["image"]])
+    write_tables(out, rows)
+    return rows
+
+
+def component_rows(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per salient component of every finished image."""
+    table = []
+    for row in rows:
+        if row["status"] == "failed":
+            continue
+        run = rf.load_run(out / row["path"], derived=False)
+        leak = next((m for m in run.metrics or [] if m.name == "leakage"), None)
+        ratios = (
+            dict(zip(leak.details["components"], leak.details["ratios"], strict=True))
+            if leak
+            else {}
+        )
+        for rank, mask in enumerate(run.salient):
+            values = ratios.get(mask)
+            table.append(
+                {
+                    "image": row["image"],
+                    "rank": rank,
+                    "mask": mask,
+                    "cells": run.cells(mask),
+                    "order": mask.bit_count(),
+                    "norm": run.norm(mask),
+                    "leakage": None if values is None else float(torch.tensor(values).median()),
+                }
+            )
+    return table
+
+
+def write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
+    """``images.parquet``, ``components.parquet``, ``transfer.json`` and ``report.html``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def parquet(table: list[dict[str, Any]]) -> Callable[[Path], None]:
+        return lambda path: pq.write_table(pa.Table.from_pylist(table), path)
+
+    components = component_rows(out, rows)
+    transfer = transfer_ratios(out, rows)
+    rf.atomic_write(out / IMAGES_TABLE, parquet(rows))
+    rf.atomic_write(out / COMPONENTS_TABLE, parquet(components))
+    rf.atomic_write(out / TRANSFER, json.dumps(transfer, indent=2))
+    rf.atomic_write(out / DATASET_REPORT, dataset_report(out, rows, components, transfer))
+
+
+def transfer_ratios(out: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Transfer ratio of the top components' action sets between every ordered pair of
+    images, for each (l_a, l_b) of ``TRANSFER_PAIRS``, and the cosine of matched components."""
+    top: dict[str, list[tuple[frozenset, torch.Tensor]]] = {}
+    deepest = max(max(pair) for pair in TRANSFER_PAIRS)
+    for row in rows:
+        if row["status"] == "failed":
+            continue
+        run = rf.load_run(out / row["path"], derived=False)
+        masks = run.ranked[:deepest]
+        top[row["image"]] = [
+            (frozenset(run.cells(m)), v.flatten())
+            for m, v in zip(masks, run.component(masks), strict=True)
+        ]
+    names = list(top)
+    result: dict[str, Any] = {"images": len(names)}
+    for la, lb in TRANSFER_PAIRS:
+        shares, cosines = [], []
+        for a in names:
+            for b in names:
+                if a == b:
+                    continue
+                sets_b = {s: v for s, v in top[b][:lb]}
+                mine = top[a][:la]
+                hits = [(v, sets_b[s]) for s, v in mine if s in sets_b]
+                shares.append(len(hits) / max(len(mine), 1))
+                cosines += [
+                    float(torch.nn.functional.cosine_similarity(u, w, dim=0)) for u, w in hits
+                ]
+        result[f"top{la}_in_top{lb}"] = {
+            "transfer_ratio": sum(shares) / len(shares) if shares else float("nan"),
+            "matched_cosine": sum(cosines) / len(cosines) if cosines else float("nan"),
+            "pairs": len(shares),
+        }
+    return result
+
+
+def _png(fig) -> str:
+    from regprim.figures import png
+
+    return f'<img src="data:image/png;base64,{base64.b64encode(png(fig)).decode()}">'
+
+
+def dataset_report(
+    out: Path, rows: list[dict[str, Any]], components: list[dict[str, Any]], transfer: dict
+) -> str:
+    """One offline page over the images (module docstring)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ok = [r for r in rows if r["status"] != "failed"]
+    figs = []
+    keys = [
+        k
+        for k in ("metric_leakage", "salient", "metric_sparsity", "wall_seconds")
+        if any(r.get(k) is not None for r in ok)
+    ]
+    if ok and keys:
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
+        for ax, key in zip(axes[0], keys, strict=True):
+            values = [r[key] for r in ok if r.get(key) is not None and r[key] == r[key]]
+            ax.hist(values, bins=20, color="steelblue")
+            ax.set_title(key.removeprefix("metric_"), fontsize=9)
+        fig.tight_layout()
+        figs.append(_png(fig))
+    if components:
+        first = rf.load_run(out / ok[0]["path"], derived=False)
+        grid = first.grid
+        heat = np.zeros(grid.rows * grid.cols)
+        for c in components:
+            for cell in c["cells"]:
+                heat[cell] += c["norm"] / len(c["cells"])
+        fig, axes = plt.subplots(1, 2, figsize=(7, 3))
+        axes[0].imshow(heat.reshape(grid.rows, grid.cols), cmap="inferno")
+        axes[0].set_title(
+            "where salient components act\\n(norm / |S| per cell, all images)", fontsize=8
+        )
+        axes[0].axis("off")
+        orders = [c["order"] for c in components]
+        axes[1].hist(orders, bins=range(1, max(orders) + 2), color="darkorange", align="left")
+        axes[1].set_title("order |S| of the salient components", fontsize=8)
+        fig.tight_layout()
+        figs.append(_png(fig))
+    ranked = sorted(
+        (
+            r
+            for r in ok
+            if r.get("metric_leakage") == r.get("metric_leakage")
+            and r.get("metric_leakage") is not None
+        ),
+        key=lambda r: r["metric_leakage"],
+    )
+
+    def links(chosen):
+        return "".join(
+            f'<li><a href="{html.escape(r["path"])}/{rf.REPORT}">{html.escape(r["image"])}</a> '
+            f"leakage {r['metric_leakage']:.3g}, {r['salient']} salient</li>"
+            for r in chosen
+        )
+
+    failed = "".join(
+        f"<li>{html.escape(r['image'])}: {html.escape(r['error'] or '')}</li>"
+        for r in rows
+        if r["status"] == "failed"
+    )
+    transfer_rows = "".join(
+        f"<tr><td>{k}</td><td>{v['transfer_ratio']:.3f}</td><td>{v['matched_cosine']:.3f}</td>"
+        f"<td>{v['pairs']}</td></tr>"
+        for k, v in transfer.items()
+        if isinstance(v, dict)
+    )
+    template = Template((files("regprim") / "templates" / "dataset.html").read_text())
+    return template.substitute(
+        images=len(rows),
+        explained=len(ok),
+        figures="".join(figs),
+        transfer=transfer_rows,
+        best=links(ranked[:5]),
+        worst=links(ranked[-5:][::-1]),
+        failed=failed or "<li>none</li>",
+    )
+
+
+def load_tables(out: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The image and component rows of a dataset folder."""
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    return (
+        pq.read_table(out / IMAGES_TABLE).to_pylist(),
+        pq.read_table(out / COMPONENTS_TABLE).to_pylist(),
+    )
