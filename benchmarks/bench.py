@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ import torch
 
 from regprim import ExplainConfig, SolverConfig, explain, load_model
 from regprim.baseline import baseline
+from regprim.explain import cpu_model
 from regprim.interactions import or_interactions
 from regprim.models.planted import DEFAULT_PLAYERS, Planted
 from regprim.solvers import Objective
@@ -53,16 +53,8 @@ from regprim.target import build_target
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -280,7 +272,7 @@ def section_convergence(args) -> None:
             f"adam, {k} steps",
             SolverConfig(method="paper", optimizer="adam", steps=k, full_steps=4 * k),
         )
-        for k in (50, 150, 400)
+        for k in (50, 150)
     ]
     seeds = range(args.family_seed, args.family_seed + args.convergence_members)
     print(f"planted family, seeds {seeds.start}..{seeds.stop - 1}:")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -31,15 +30,9 @@ ERRORS = ("rel_error", "universal_matching_residual", "residual")
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    from regprim.explain import cpu_model
+
+    return f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
 
 
 def golden_configs():

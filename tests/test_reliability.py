@@ -41,6 +41,25 @@ def rewrite(folder, name, content):
 
 
 # -- concurrency -------------------------------------------------------------------------------
+
+
+def interrupt_after(calls: int, monkeypatch) -> object:
+    """Make the paper solver's ``optimise`` raise KeyboardInterrupt on its ``calls``-th call (as
+    Ctrl-C would); the real function, to put back."""
+    import regprim.solvers.paper as paper
+
+    real, count = paper.optimise, {"n": 0}
+
+    def dying(*args):
+        count["n"] += 1
+        if count["n"] == calls:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(paper, "optimise", dying)
+    return real
+
+
 def test_a_second_process_cannot_write_a_folder_being_written(tmp_path):
     out = tmp_path / "shared"
     first = [
@@ -171,15 +190,7 @@ def test_stale_checkpoint_after_the_weights_change_is_not_resumed(tmp_path, monk
         solver=SolverConfig(method="paper", chunk=2),
     )
     out = tmp_path / "run"
-    real, calls = paper.optimise, {"n": 0}
-
-    def dying(*args):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(paper, "optimise", dying)
+    real = interrupt_after(3, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         explain(cfg, out=out, progress=False, verify=False, checkpoint_every=1e9)
     assert (rf.partial_dir(out) / rf.CHECKPOINT).is_file()  # saved on the interrupt
@@ -204,15 +215,7 @@ def test_other_solver_settings_do_not_resume_a_checkpoint(tmp_path, monkeypatch)
         solver=SolverConfig(method="paper", chunk=2),
     )
     out = tmp_path / "run"
-    real, calls = paper.optimise, {"n": 0}
-
-    def dying(*args):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(paper, "optimise", dying)
+    real = interrupt_after(3, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         explain(cfg, out=out, progress=False, verify=False)
     monkeypatch.setattr(paper, "optimise", real)

@@ -120,19 +120,21 @@ def interactions(target: Target, mf: MinimalFeatures) -> dict[str, Tensor]:
     """Stage 4: OR interactions (Eq. 10) and the universal-matching check; the run's tensors.
     A compact run (no tensor over all subsets) has its components from the solver already,
     and its minimal features checked on held-out subsets."""
+    common = {
+        "f": target.f,
+        "f0": target.f0,
+        "code": target.code[0],
+        "image": target.x,
+        "baseline_image": target.baseline_image,
+        "meets_constraint": mf.meets.to(torch.uint8),
+    }
     if mf.u is None:
-        return {
-            "f": target.f,
-            "f0": target.f0,
-            "code": target.code[0],
-            "image": target.x,
-            "baseline_image": target.baseline_image,
+        return common | {
             "beta": mf.beta,
             "component_masks": mf.component_masks,
             "components": mf.component_values,
             "heldout_masks": mf.heldout_masks,
             "heldout_rel_error": mf.rel_error,
-            "meets_constraint": mf.meets.to(torch.uint8),
             "universal_matching_residual": mf.um_residual,
         }
     components = or_interactions(mf.u)
@@ -140,22 +142,20 @@ def interactions(target: Target, mf: MinimalFeatures) -> dict[str, Tensor]:
     if not torch.isfinite(residual).all():
         msg = "universal matching residual is not finite; the minimal features hold NaN or inf"
         raise ValueError(msg)
-    return {
-        "f": target.f,
-        "f0": target.f0,
-        "code": target.code[0],
-        "image": target.x,
-        "baseline_image": target.baseline_image,
-        "minimal_features": mf.u,
-        "components": components,
-        "rel_error": mf.rel_error,
-        "meets_constraint": mf.meets.to(torch.uint8),
-        "passes": mf.passes,
-        "steps": mf.steps,
-        "residual": mf.residual,
-        "converged": mf.converged.to(torch.uint8),
-        "universal_matching_residual": residual,
-    } | ({} if mf.beta is None else {"beta": mf.beta})
+    return (
+        common
+        | {
+            "minimal_features": mf.u,
+            "components": components,
+            "rel_error": mf.rel_error,
+            "passes": mf.passes,
+            "steps": mf.steps,
+            "residual": mf.residual,
+            "converged": mf.converged.to(torch.uint8),
+            "universal_matching_residual": residual,
+        }
+        | ({} if mf.beta is None else {"beta": mf.beta})
+    )
 
 
 def noise_removal(
