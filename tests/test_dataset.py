@@ -1,6 +1,7 @@
 """Many images: local and Ray execution, resume, Parquet tables, consistency, the report."""
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +51,12 @@ def test_local_run_tables_round_trip_and_resume(tmp_path, monkeypatch):
     assert all(c["order"] == len(c["cells"]) and c["norm"] > 0 for c in components)
     for name in (COMPONENTS_TABLE, TRANSFER, DATASET_REPORT):
         assert (out / name).is_file()
+    # planted primitives are the same sets in every image: every top set transfers
+    transfer = json.loads((out / TRANSFER).read_text())
+    assert transfer["images"] == 3
+    assert transfer["top10_in_top10"]["transfer_ratio"] == 1.0
+    assert transfer["top10_in_top10"]["pairs"] == 6
+    assert transfer["top10_in_top10"]["chance"] == pytest.approx(10 / 15)
     page = (out / DATASET_REPORT).read_text()
     assert "seed-0001/report.html" in page and "$" + "figures" not in page
     # a second call skips the finished images and only does the new one

@@ -280,6 +280,7 @@ def transfer_ratios(out: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
         ]
     names = list(top)
     result: dict[str, Any] = {"images": len(names)}
+    n = max((row.get("n") or 0 for row in rows if row["status"] != "failed"), default=0)
     for la, lb in TRANSFER_PAIRS:
         shares, cosines = [], []
         for a in names:
@@ -297,6 +298,8 @@ def transfer_ratios(out: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "transfer_ratio": sum(shares) / len(shares) if shares else float("nan"),
             "matched_cosine": sum(cosines) / len(cosines) if cosines else float("nan"),
             "pairs": len(shares),
+            # the share expected if each image's top action sets were drawn at random
+            "chance": min(lb / (2**n - 1), 1.0) if n else float("nan"),
         }
     return result
 
@@ -370,8 +373,8 @@ def dataset_report(
         if r["status"] == "failed"
     )
     transfer_rows = "".join(
-        f"<tr><td>{k}</td><td>{v['transfer_ratio']:.3f}</td><td>{v['matched_cosine']:.3f}</td>"
-        f"<td>{v['pairs']}</td></tr>"
+        f"<tr><td>{k}</td><td>{v['transfer_ratio']:.3f}</td><td>{v['chance']:.3f}</td>"
+        f"<td>{v['matched_cosine']:.3f}</td><td>{v['pairs']}</td></tr>"
         for k, v in transfer.items()
         if isinstance(v, dict)
     )
