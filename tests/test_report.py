@@ -1,6 +1,7 @@
 """The report page: its files, its rebuild, and the page in a real headless browser."""
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -40,11 +41,17 @@ def test_cli_report_rebuilds(planted_run, tmp_path, capsys):
     assert "leakage" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not CHROMIUM and not REQUIRE_BROWSER, reason="needs Debian's chromium")
-def test_report_in_headless_chromium(planted_run):
+needs_browser = pytest.mark.skipif(
+    not CHROMIUM and not REQUIRE_BROWSER, reason="needs Debian's chromium"
+)
+
+
+@contextlib.contextmanager
+def report_page(path):
+    """The report at ``path`` open in headless chromium; yields (page, console errors, requested
+    URLs)."""
     from playwright.sync_api import sync_playwright
 
-    page_file = planted_run.path / rf.REPORT
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM,
@@ -62,8 +69,15 @@ def test_report_in_headless_chromium(planted_run):
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.on("request", lambda req: requests.append(req.url))
-        page.goto(page_file.as_uri())
+        page.goto(path.as_uri())
         page.wait_for_load_state("load")
+        yield page, errors, requests
+        browser.close()
+
+
+@needs_browser
+def test_report_in_headless_chromium(planted_run):
+    with report_page(planted_run.path / rf.REPORT) as (page, errors, requests):
         data = json.loads(page.locator("#data").text_content())
         # click players 7 and 14 (bits 0 and 4): the reconstruction must be that subset's image
         page.click('#target-pane .cell[data-cell="7"]')
@@ -78,9 +92,37 @@ def test_report_in_headless_chromium(planted_run):
         assert page.get_attribute("#recon", "src") == data["images"][0][str(mask)]
         page.click('#target-pane .cell[data-cell="7"]')  # toggles off
         assert page.get_attribute("#recon", "data-subset") == str(0b10000)
-        browser.close()
     assert errors == []
     assert all(url.startswith(("file:", "data:")) for url in requests), requests
+
+
+@needs_browser
+def test_whole_grid_report_in_headless_chromium(tmp_path):
+    """n = 36: the explorer holds a documented sample; every cell is clickable, bits above 31
+    work (BigInt), and a subset outside the sample says so instead of showing a wrong image."""
+    from regprim import ExplainConfig, explain
+    from regprim.models.planted_family import draw_spec, planted_family
+
+    seed = next(s for s in range(3000, 3100) if draw_spec(s).rows * draw_spec(s).cols == 36)
+    member = planted_family(seed, full_grid=True)
+    cfg = ExplainConfig(
+        model=member.generator.name, players=member.players, grid=member.grid, baseline_count=200
+    )
+    explain(cfg, generator=member.generator, out=tmp_path / "run", progress=False)
+    with report_page(tmp_path / "run" / rf.REPORT) as (page, errors, _):
+        data = json.loads(page.locator("#data").text_content())
+        assert data["n"] == 36 and "random" in data["sample"]
+        top = member.players[35]  # bit 35: beyond a 32-bit integer
+        page.click(f'#target-pane .cell[data-cell="{top}"]')
+        assert page.get_attribute("#recon", "data-subset") == str(2**35)
+        assert page.get_attribute("#recon", "src") == data["images"][-1][str(2**35)]
+        far = member.players[0]  # bits 0 and 35 are not neighbours: not in the sample
+        page.click(f'#target-pane .cell[data-cell="{far}"]')
+        key = str(2**35 + 1)
+        assert page.get_attribute("#recon", "data-subset") == key
+        assert key not in data["images"][-1]
+        assert "not precomputed" in page.text_content("#missing")
+    assert errors == []
 
 
 def test_explorer_images_are_algorithm_2_reconstructions(planted_run):
