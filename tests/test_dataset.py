@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from regprim import ExplainConfig, SolverConfig
 from regprim.dataset import (
@@ -20,6 +21,7 @@ from regprim.dataset import (
     items_of,
     load_tables,
     parse_seeds,
+    transfer_ratios,
 )
 
 CFG = ExplainConfig(
@@ -66,6 +68,21 @@ def test_local_run_tables_round_trip_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(ex, "explain", lambda *a, **k: calls.append(1) or real(*a, **k))
     rows = explain_many(CFG, items_of([0, 1, 2, 3]), out, progress=False)
     assert [r["status"] for r in rows] == ["done before"] * 3 + ["ok"] and len(calls) == 1
+
+
+def test_transfer_ratios_by_hand():
+    """Image a's top sets {1}, {2}; image b's {2}, {3}: each finds one of its two in the other's,
+    and the matched components ({2} in both) have cosine -1."""
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    top = {
+        "a": [(frozenset({1}), e1), (frozenset({2}), e2)],
+        "b": [(frozenset({2}), -e2), (frozenset({3}), e1)],
+    }
+    result = transfer_ratios(top, n=3)
+    for key in ("top10_in_top10", "top20_in_top100"):
+        assert result[key]["transfer_ratio"] == 0.5 and result[key]["pairs"] == 2
+        assert result[key]["matched_cosine"] == pytest.approx(-1.0)
+    assert result["top10_in_top10"]["chance"] == 1.0  # 10 of the 7 sets of 3 players
 
 
 def test_a_failing_image_is_recorded_and_the_others_go_on(tmp_path):

@@ -219,9 +219,15 @@ def explain_many(
     return rows
 
 
-def component_rows(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per salient component of every finished image."""
-    table = []
+Top = dict[str, list[tuple[frozenset, torch.Tensor]]]  # image -> (action set, component)
+
+
+def read_images(out: Path, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Top]:
+    """One pass over the finished images' run folders: the rows of ``components.parquet`` (one
+    per salient component) and each image's largest components, for :func:`transfer_ratios`."""
+    table: list[dict[str, Any]] = []
+    top: Top = {}
+    deepest = max(max(pair) for pair in TRANSFER_PAIRS)
     for row in rows:
         if row["status"] == "failed":
             continue
@@ -245,7 +251,12 @@ def component_rows(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]
                     "leakage": None if values is None else float(torch.tensor(values).median()),
                 }
             )
-    return table
+        masks = run.ranked[:deepest]
+        top[row["image"]] = [
+            (frozenset(run.cells(m)), v.flatten())
+            for m, v in zip(masks, run.component(masks), strict=True)
+        ]
+    return table, top
 
 
 def write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
@@ -256,40 +267,30 @@ def write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
     def parquet(table: list[dict[str, Any]]) -> Callable[[Path], None]:
         return lambda path: pq.write_table(pa.Table.from_pylist(table), path)
 
-    components = component_rows(out, rows)
-    transfer = transfer_ratios(out, rows)
+    components, top = read_images(out, rows)
+    n = max((row.get("n") or 0 for row in rows if row["status"] != "failed"), default=0)
+    transfer = transfer_ratios(top, n)
     rf.atomic_write(out / IMAGES_TABLE, parquet(rows))
     rf.atomic_write(out / COMPONENTS_TABLE, parquet(components))
     rf.atomic_write(out / TRANSFER, json.dumps(transfer, indent=2))
     rf.atomic_write(out / DATASET_REPORT, dataset_report(out, rows, components, transfer))
 
 
-def transfer_ratios(out: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def transfer_ratios(top: Top, n: int) -> dict[str, Any]:
     """Transfer ratio of the top components' action sets between every ordered pair of
-    images, for each (l_a, l_b) of ``TRANSFER_PAIRS``, and the cosine of matched components."""
-    top: dict[str, list[tuple[frozenset, torch.Tensor]]] = {}
-    deepest = max(max(pair) for pair in TRANSFER_PAIRS)
-    for row in rows:
-        if row["status"] == "failed":
-            continue
-        run = rf.load_run(out / row["path"], derived=False)
-        masks = run.ranked[:deepest]
-        top[row["image"]] = [
-            (frozenset(run.cells(m)), v.flatten())
-            for m, v in zip(masks, run.component(masks), strict=True)
-        ]
+    images (``top`` from :func:`read_images`, ``n`` players), for each (l_a, l_b) of
+    ``TRANSFER_PAIRS``, and the cosine of matched components."""
     names = list(top)
     result: dict[str, Any] = {"images": len(names)}
-    n = max((row.get("n") or 0 for row in rows if row["status"] != "failed"), default=0)
     for la, lb in TRANSFER_PAIRS:
+        lookup = {b: dict(top[b][:lb]) for b in names}
         shares, cosines = [], []
         for a in names:
+            mine = top[a][:la]
             for b in names:
                 if a == b:
                     continue
-                sets_b = {s: v for s, v in top[b][:lb]}
-                mine = top[a][:la]
-                hits = [(v, sets_b[s]) for s, v in mine if s in sets_b]
+                hits = [(v, lookup[b][s]) for s, v in mine if s in lookup[b]]
                 shares.append(len(hits) / max(len(mine), 1))
                 cosines += [
                     float(torch.nn.functional.cosine_similarity(u, w, dim=0)) for u, w in hits

@@ -183,8 +183,10 @@ class ORSolver:
         weights = size_weights(n, cfg.subset_weights)
         start = cfg.or_init * reach
         if cfg.init_jitter:  # perturbed start, for stability studies
-            rng = torch.Generator().manual_seed(cfg.perturb_seed)
-            start = start * (1 - cfg.init_jitter * torch.rand(start.shape, generator=rng)).to(start)
+            jitter = torch.Generator().manual_seed(cfg.perturb_seed)
+            start = start * (1 - cfg.init_jitter * torch.rand(start.shape, generator=jitter)).to(
+                start
+            )
         state = resume or {
             "beta": start,
             "m": torch.zeros_like(reach),
@@ -195,24 +197,24 @@ class ORSolver:
         steps = cfg.or_steps
         rng = torch.Generator().manual_seed(cfg.perturb_seed)
         everything = all_subsets(n) if 2**n - 1 <= cfg.or_batch else None
+        full = everything is not None
         done = int(state["step"])
-        seen: set[int] = set()  # subsets the solver sampled (held-out checks avoid them)
+        compact = n > DENSE_MAX_N
+        seen: set[int] = set()  # subsets sampled in a compact run (its held-out checks avoid them)
         for _ in range(done):  # replay the sampler to where an interrupted run stopped
-            if everything is None:
-                seen.update(to_bitmasks(sample_subsets(n, cfg.or_batch, weights, rng)).tolist())
+            if not full:
+                drawn = sample_subsets(n, cfg.or_batch, weights, rng)
+                if compact:
+                    seen.update(to_bitmasks(drawn).tolist())
         bar = tqdm(
             total=steps, initial=done, desc="OR-structured beta", unit="step", disable=not progress
         )
         beta1, beta2, eps = 0.9, 0.99, 1e-8
         for t in range(done + 1, steps + 1):
-            bits = (
-                everything
-                if everything is not None
-                else sample_subsets(n, cfg.or_batch, weights, rng)
-            )
-            seen.update(to_bitmasks(bits).tolist())
+            bits = everything if full else sample_subsets(n, cfg.or_batch, weights, rng)
+            if compact:
+                seen.update(to_bitmasks(bits).tolist())
             beta.requires_grad_(True)
-            full = everything is not None
             loss = reconstruction(obj, beta, bits, weights, full) + sparsity(obj, beta)
             (grad,) = torch.autograd.grad(loss, beta)
             with torch.no_grad():
@@ -227,11 +229,11 @@ class ORSolver:
             if on_chunk:
                 on_chunk({"beta": beta, "m": m, "v": v, "step": torch.tensor(t)})
         bar.close()
-        batch = len(everything) if everything is not None else cfg.or_batch
+        batch = len(everything) if full else cfg.or_batch
         residual = beta_residual(obj, beta.detach(), weights, cfg.or_batch)  # the optimum's
         snapped = snap(beta.detach(), cfg.or_snap)
         passes = steps * batch / (2**n - 1)
-        if n > DENSE_MAX_N:
+        if compact:
             return finish_compact(obj, snapped, steps, passes, residual, seen)
         return finish(obj, snapped, steps, passes, residual, residual < cfg.or_gtol)
 
