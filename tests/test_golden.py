@@ -11,6 +11,15 @@ on the recording machine with the recording thread count (docs/reliability.md). 
 test still checks each tensor's float64 sum and norm against the recorded ones within 2e-3 of its
 norm (the feature, images and baseline agree far closer; the minimal features across CPUs to
 ~1e-4), and that the error tensors (relative errors, universal-matching residual) stay small.
+
+Across machines only a converged result is comparable. A solver that stops each subset by a test
+(the paper's L-BFGS) and left some subsets at the step cap has a result that follows the float
+summation order: one step more or less on one subset moves everything after it (dcgan-faces
+n = 5: components 72.196 on an Intel Xeon against 71.166 recorded on the AMD EPYC; 2.3% between
+1 and 2 threads here). For such a run only what precedes the solver (the feature, baseline,
+images, code) is compared elsewhere, and the error tensors' sizes. Runs whose every subset
+converged, and the OR-structured solver's fixed cosine schedule (no stopping decision to flip),
+agree to 1e-4 of the norm between 1 and 2 threads and across the two CPU kinds.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from safetensors.torch import load_file
 
 GOLDEN = Path(__file__).parent / "data" / "golden.json"
 ERRORS = ("rel_error", "universal_matching_residual", "residual")
+INPUTS = ("f", "f0", "image", "baseline_image", "code")  # made before any solver runs
 
 
 def machine() -> str:
@@ -86,15 +96,25 @@ def current():
     return run_all()
 
 
+def capped_by_a_stopping_test(name: str, tensors: dict) -> bool:
+    """A run of the paper's solver (stopped per subset by a convergence test) in which some
+    subsets reached the step cap: its solver outputs follow the float summation order."""
+    converged = tensors["converged"]
+    return name.endswith("-paper") and converged["sum"] < converged["shape"][0]
+
+
 def test_tensors_equal_the_recorded_ones(recorded, current):
     same_machine = recorded["machine"] == machine()
     for name, tensors in recorded["runs"].items():
         assert sorted(current[name]) == sorted(tensors), name
+        order_dependent = capped_by_a_stopping_test(name, tensors)
         for key, want in tensors.items():
             got = current[name][key]
             assert got["shape"] == want["shape"], (name, key)
             if same_machine:
                 assert got["sha256"] == want["sha256"], (name, key)
+            elif order_dependent and key not in INPUTS + ERRORS:
+                continue
             elif key in ERRORS:  # float error itself: only its size is comparable
                 assert got["norm"] <= 10 * want["norm"] + 1e-6, (name, key)
             else:
