@@ -328,11 +328,11 @@ def faithfulness_row(cfg: ExplainConfig, gen, stable: bool) -> dict:
         "l1": float((u - run.f0).abs().sum()),
         "objective": objective,
         "leakage": ev["leakage"].value,
-        "energy90": energy_fraction(run.norms) * len(run.norms),
+        "energy90": energy_fraction(run.table.norms) * len(run.table),
         "fig6": ev["irrelevant_components_worst"].value,
         "fig7a": ev["requirement_2_alpha_worst"].value,
         "salient": len(run.salient),
-        "meeting": float(run.rel_error[1:].lt(cfg.solver.constraint).float().mean()),
+        "meeting": float(run.checked[1].lt(cfg.solver.constraint).float().mean()),
         "stability": float("nan"),
     }
     if stable:
@@ -480,9 +480,9 @@ def section_grid(args) -> None:
     run = explain(ExplainConfig(players="all"), generator=gen, progress=False, verify=False)
     wall = time.perf_counter() - start
     s = run.summary
-    orders = [m.bit_count() for m in run.component_masks.tolist()]
-    energy = run.norms**2
-    ranked = run.norms.argsort(descending=True)
+    orders = run.table.orders.tolist()
+    energy = run.table.norms**2
+    ranked = run.table.norms.argsort(descending=True)
     carry = int((energy[ranked].cumsum(0) / energy.sum() < 0.9).sum()) + 1
     by_order = {o: orders.count(o) for o in sorted(set(orders))}
     print(

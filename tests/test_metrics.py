@@ -28,11 +28,10 @@ def test_planted_metrics_have_their_exact_values(planted_run):
 
 
 def test_sparsity_and_action_regions_on_hand_made_components(planted_run):
-    run = dataclasses.replace(planted_run, tensors=dict(planted_run.tensors))
-    comps = torch.zeros_like(run.components)
+    comps = torch.zeros_like(planted_run.components)
     comps[0b1, 0, 0] = 3.0  # norm 3, order 1, L1 3
     comps[0b110, 1, :] = torch.tensor([1.0, 0, 0, 0])  # norm 1, order 2, L1 1
-    run.tensors["components"] = comps
+    run = dataclasses.replace(planted_run, tensors=planted_run.tensors | {"components": comps})
     s = Scorer(run, load_model("planted"))
     assert s.order.tolist() == [0b1, 0b110]
     m = sparsity(s, [0b1, 0b110])

@@ -81,7 +81,7 @@ def test_a_member_on_its_whole_grid_is_recovered_exactly():
         model=member.generator.name, players=member.players, grid=member.grid, baseline_count=500
     )
     run = explain(cfg, generator=member.generator, progress=False, verify=False)
-    assert run.n == 36 and run.compact
+    assert run.n == 36 and run.minimal_features is None
     assert len(run.tensors["heldout_masks"]) >= 1000
     assert "minimal_features" not in run.tensors
     result = recovery(member, run)

@@ -22,17 +22,18 @@ import torch
 from torch import Tensor
 
 from regprim import run_folder as rf
+from regprim.components import ComponentTable
 from regprim.config import ExplainConfig
 from regprim.denoise import remove_noise
 from regprim.figures import components_figure, image_figure, paper_figures, png, target_figure
 from regprim.generator import SplitGenerator
-from regprim.interactions import or_interactions, universal_matching_residual
+from regprim.interactions import universal_matching_residual
 from regprim.metrics import Evaluation, evaluate
 from regprim.models import load_model
 from regprim.report import report_html
-from regprim.run import Run
+from regprim.run import Run, component_table
 from regprim.salient import removal_salient, select_salient
-from regprim.solvers import MinimalFeatures, check_memory, solve
+from regprim.solvers import MinimalFeatures, check_memory, expected_passes, solve
 from regprim.target import Target, build_target
 from regprim.version import __version__
 
@@ -131,13 +132,13 @@ def interactions(target: Target, mf: MinimalFeatures) -> dict[str, Tensor]:
     if mf.u is None:
         return common | {
             "beta": mf.beta,
-            "component_masks": mf.component_masks,
-            "components": mf.component_values,
+            "component_masks": mf.table.masks,
+            "components": mf.table.values,
             "heldout_masks": mf.heldout_masks,
             "heldout_rel_error": mf.rel_error,
             "universal_matching_residual": mf.um_residual,
         }
-    components = or_interactions(mf.u)
+    components = mf.table.dense()
     residual = universal_matching_residual(mf.u, components, target.f0)
     if not torch.isfinite(residual).all():
         msg = "universal matching residual is not finite; the minimal features hold NaN or inf"
@@ -184,27 +185,18 @@ def noise_removal(
     }
 
 
-def component_list(tensors: dict[str, Tensor], denoise: bool) -> tuple[Tensor, Tensor]:
-    """The components the run uses as a list: action regions ``(m,)`` and values ``(m, ...)``
-    (every non-empty subset of a dense run; the non-zero ones of a compact run)."""
-    if "component_masks" in tensors:
-        return tensors["component_masks"], tensors["components"]
-    used = tensors["components_denoised" if denoise else "components"]
-    return torch.arange(1, used.shape[0]), used[1:]
-
-
 def salient_sets(
-    cfg: ExplainConfig, target: Target, masks: Tensor, values: Tensor, batch: int
+    cfg: ExplainConfig, target: Target, table: ComponentTable, batch: int
 ) -> dict[str, Tensor]:
     """Stage 6: the salient components by each rule (bitmasks by decreasing norm)."""
     scale = float((target.f - target.f0).norm())
-    norms = values.flatten(1).norm(dim=1)
+    masks, norms = table.masks, table.norms
     return {
         "tau": select_salient(masks, norms, scale, "tau", cfg.salient_tau),
         "top": select_salient(masks, norms, scale, "top", top=cfg.salient_top),
         "removal": removal_salient(
             masks,
-            values,
+            table.values,
             target.f0,
             lambda feats: target.gen.render(feats, target.code, batch),
             target.player_masks,
@@ -224,19 +216,18 @@ def summarise(
     target: Target,
     mf: MinimalFeatures,
     tensors: dict[str, Tensor],
+    table: ComponentTable,
     rules: dict[str, Tensor],
     denoised: dict[str, Any],
     start: float,
 ) -> dict[str, Any]:
     """The headline numbers of ``summary.json`` (docs/run-folder.md)."""
     gen, n, solver = target.gen, target.n, cfg.solver
-    masks, values = component_list(tensors, cfg.denoise)
     salient = rules[cfg.salient_rule]
     dense = mf.u is not None
     per = slice(1, None) if dense else slice(None)  # dense: skip the empty set
     failing_rows = torch.nonzero(~mf.meets).flatten().cpu()
     failing = (failing_rows if dense else tensors["heldout_masks"][failing_rows]).tolist()
-    norm_of = dict(zip(masks.tolist(), values.flatten(1).norm(dim=1).tolist(), strict=True))
     return {
         "model": gen.name,
         "layer": gen.layer,
@@ -260,7 +251,7 @@ def summarise(
         "salient_rule": cfg.salient_rule,
         "salient_counts": {rule: len(ks) for rule, ks in rules.items()},
         "salient": salient.tolist(),
-        "salient_norms": [norm_of[int(k)] for k in salient],
+        "salient_norms": [table.norm(k) for k in salient.tolist()],
         "feature_change_norm": float((target.f - target.f0).norm()),
         "mean_passes_per_subset": float(mf.passes[per].float().mean()) if n else 0.0,
         "mean_forward_passes_per_subset": float(mf.forward_passes[per].mean()),
@@ -399,8 +390,11 @@ def _explain(
         with clock("noise removal"):
             denoised = noise_removal(cfg, target, mf, tensors)
     with clock("salient components"):
-        rules = salient_sets(cfg, target, *component_list(tensors, cfg.denoise), mf.chunk)
-    summary = summarise(cfg, target, mf, tensors, rules, denoised if cfg.denoise else {}, start)
+        table = component_table(tensors, target.n, cfg.denoise)
+        rules = salient_sets(cfg, target, table, mf.chunk)
+    summary = summarise(
+        cfg, target, mf, tensors, table, rules, denoised if cfg.denoise else {}, start
+    )
     on_cpu = {k: v.detach().cpu() for k, v in tensors.items()}  # as the run folder keeps them
     run = Run(config=resolved | run_metadata(target), summary=summary, tensors=on_cpu)
     with clock("figures"):
@@ -433,23 +427,6 @@ def players_map(target: Target) -> str:
     return "\n".join(rows)
 
 
-# generator passes per subset: measured means (docs/performance.md) used for the estimate
-PASSES_PER_SUBSET = {"lbfgs": 40.0}
-
-
-def expected_passes(cfg: ExplainConfig, n: int) -> float:
-    """Forward-and-gradient passes a solve is expected to take (forward-only ones as 0.56)."""
-    s, subsets = cfg.solver, 2**n - 1
-    check = 0.56 * subsets  # the constraint check of every subset
-    if s.method == "or":
-        return s.or_steps * min(s.or_batch, subsets) + check
-    if s.method == "reach":
-        return check
-    if s.optimizer == "adam":
-        return s.full_steps + 3 + (subsets - 1) * (s.steps + 3) + check
-    return subsets * PASSES_PER_SUBSET["lbfgs"] + check
-
-
 def plan(cfg: ExplainConfig, generator: SplitGenerator | None = None) -> dict[str, Any]:
     """What :func:`explain` would do, without solving (``regprim explain --dry-run``): the
     resolved settings, the players on the grid, and memory and time estimates (the time from a
@@ -467,7 +444,7 @@ def plan(cfg: ExplainConfig, generator: SplitGenerator | None = None) -> dict[st
     for _ in range(2):
         torch.autograd.grad(gen.g(u, target.code).sum(), u)
     per_pass = (time.perf_counter() - start) / (2 * batch)
-    passes = expected_passes(cfg, target.n)
+    passes = expected_passes(cfg.solver, target.n)
     return {
         "settings": resolved_config(cfg, target),
         "players": players_map(target),

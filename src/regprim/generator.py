@@ -263,6 +263,14 @@ class HookSplit(SplitGenerator):
 
     ``forward(model, code)`` runs the model on codes. Fixed extra inputs (e.g. StyleGAN noise)
     must be fixed inside ``forward`` so that ``g`` sees the same ones as ``d``.
+
+    Args:
+        output_index: for a submodule that returns a tuple or list, the position of the
+            feature in it (the other entries pass through unchanged); None for a tensor.
+        call: for a submodule called several times per forward (a shared block, a U-Net
+            block at every step), which call (0 = the first) is the cut; the other calls run
+            as usual. A forward that never reaches that call is an error that says how often
+            the submodule ran.
     """
 
     def __init__(
@@ -271,6 +279,8 @@ class HookSplit(SplitGenerator):
         layer: str,
         forward: Callable[[nn.Module, Tensor], Tensor],
         layers: Sequence[str] | None = None,
+        output_index: int | None = None,
+        call: int = 0,
         **kwargs,
     ) -> None:
         valid = (
@@ -280,43 +290,87 @@ class HookSplit(SplitGenerator):
         if layer not in valid:
             msg = f"unknown layer {layer!r} for model {self.name!r}; valid layers: {list(valid)}"
             raise ValueError(msg)
+        if call < 0:
+            msg = f"call={call} must be >= 0 (0 = the first time {layer!r} runs in a forward)"
+            raise ValueError(msg)
         self.model = model
         self.module = model.get_submodule(layer)
         self.forward = forward
+        self.output_index, self.call = output_index, call
 
     def modules(self) -> list[nn.Module]:
         return [self.model]
 
+    def _feature(self, out: object) -> Tensor:
+        """The feature inside a submodule's output (the tuple entry ``output_index``)."""
+        if self.output_index is None:
+            if not isinstance(out, Tensor):
+                msg = (
+                    f"layer {self.layer!r} returns a {type(out).__name__}, not a tensor; "
+                    "pass output_index=i to cut at its i-th entry"
+                )
+                raise TypeError(msg)
+            return out
+        if not isinstance(out, tuple | list) or not -len(out) <= self.output_index < len(out):
+            msg = (
+                f"output_index={self.output_index} does not index the output of layer "
+                f"{self.layer!r} (a {type(out).__name__}); use None for a tensor output"
+            )
+            raise TypeError(msg)
+        return out[self.output_index]
+
+    def _run_hooked(self, code: Tensor, on_cut: Callable[[object], object]) -> Tensor:
+        """Run the model with ``on_cut`` applied to the output of the cut call of the layer;
+        hooks are removed whatever happens, and a cut call that never came is an error."""
+        calls = 0
+
+        def hook(_m: nn.Module, _i: object, out: object) -> object:
+            nonlocal calls
+            calls += 1
+            return on_cut(out) if calls - 1 == self.call else None
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            result = self.forward(self.model, code)
+        finally:
+            handle.remove()
+        if calls <= self.call:
+            msg = (
+                f"the forward hook on layer {self.layer!r} fired {calls} time(s), so call "
+                f"{self.call} never happened; check the layer name and forward(), or use a "
+                f"call below {calls}"
+            )
+            raise RuntimeError(msg)
+        return result
+
     def d(self, code: Tensor) -> Tensor:
         captured: list[Tensor] = []
 
-        def capture(_m: nn.Module, _i: object, out: Tensor) -> None:
-            captured.append(out)
+        def capture(out: object) -> None:
+            captured.append(self._feature(out))
 
-        handle = self.module.register_forward_hook(capture)
-        try:
-            self.forward(self.model, code)
-        finally:
-            handle.remove()
+        self._run_hooked(code, capture)
         return captured[0]
 
     def g(self, f: Tensor, code: Tensor) -> Tensor:
         if code.shape[0] != f.shape[0]:
             code = code.expand(f.shape[0], *code.shape[1:])
 
-        def substitute(_m: nn.Module, _i: object, out: Tensor) -> Tensor:
-            if out.shape != f.shape:
+        def substitute(out: object) -> object:
+            feature = self._feature(out)
+            if feature.shape != f.shape:
                 msg = (
-                    f"feature shape {tuple(f.shape)} does not match layer output {tuple(out.shape)}"
+                    f"feature shape {tuple(f.shape)} does not match layer output "
+                    f"{tuple(feature.shape)}"
                 )
                 raise ValueError(msg)
-            return f
+            if self.output_index is None:
+                return f
+            parts = list(out)  # type: ignore[arg-type]
+            parts[self.output_index] = f
+            return type(out)(parts)  # type: ignore[call-arg]
 
-        handle = self.module.register_forward_hook(substitute)
-        try:
-            return self.forward(self.model, code)
-        finally:
-            handle.remove()
+        return self._run_hooked(code, substitute)
 
 
 def split_at(

@@ -246,7 +246,7 @@ def leakage(
 
 def sparsity(s: Scorer, salient: list[int]) -> Metric:
     count = 2**s.n - 1
-    values, norms = s.run.component_values, s.run.norms
+    values, norms = s.run.table.values, s.run.table.norms
     mags = values.abs().flatten().sort(descending=True).values
     steps = torch.arange(400, dtype=torch.float64) * (len(mags) - 1) / 399
     points = steps.round().long()  # float64: float32 rounds past the end for 2**25 elements
@@ -311,33 +311,25 @@ def action_regions(s: Scorer, salient: list[int]) -> Metric:
 
 
 def minimal_feature_quality(run: Run) -> Metric:
-    if run.compact:  # n too large for every subset: the held-out subsets
-        rel, masks = run.rel_error, run.tensors["heldout_masks"]
-        sizes = torch.tensor([int(m).bit_count() for m in masks])
-        return Metric(
-            "minimal_feature_quality",
-            "Eq. 8: worst relative masked reconstruction error of u(S) on the cells of S over "
-            f"{len(masks)} held-out subsets the solver never sampled (details: worst by |S|)",
-            False,
-            float(rel.max()),
-            {
-                "max_rel_error_by_size": {
-                    str(int(k)): float(rel[sizes == k].max()) for k in sizes.unique()
-                }
-            },
-        )
-    u, rel = run.minimal_features, run.rel_error
-    size = (u - run.f0).abs().flatten(1).sum(1)
-    levels = torch.tensor([s.bit_count() for s in range(2**run.n)])
-    by_size = {str(k): float(size[levels == k].mean()) for k in range(run.n + 1)}
-    err_by_size = {str(k): float(rel[levels == k].max()) for k in range(1, run.n + 1)}
+    masks, rel = run.checked
+    sizes = torch.tensor([int(m).bit_count() for m in masks])
+    details: dict[str, Any] = {
+        "max_rel_error_by_size": {str(int(k)): float(rel[sizes == k].max()) for k in sizes.unique()}
+    }
+    which = f"{len(masks)} held-out subsets the solver never sampled"
+    u = run.minimal_features
+    if u is not None:  # every subset is stored: also the size of its change
+        which = "every subset"
+        size = (u - run.f0).abs().flatten(1).sum(1)
+        levels = torch.tensor([s.bit_count() for s in range(2**run.n)])
+        details["l1_by_size"] = {str(k): float(size[levels == k].mean()) for k in range(run.n + 1)}
     return Metric(
         "minimal_feature_quality",
-        "Eq. 8: worst relative masked reconstruction error of u(S) on the cells of S "
-        "(details: L1 size of u(S) - f0 and worst error by |S|)",
+        f"Eq. 8: worst relative masked reconstruction error of u(S) on the cells of S over {which} "
+        "(details: worst error by |S| and, where stored, the L1 size of u(S) - f0 by |S|)",
         False,
         float(rel.max()),
-        {"l1_by_size": by_size, "max_rel_error_by_size": err_by_size},
+        details,
     )
 
 

@@ -15,8 +15,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from regprim.components import ComponentTable
 from regprim.regions import Grid, bitmask, cells_of
-from regprim.salient import component_norms, ranked
+
+
+def component_table(tensors: dict[str, Tensor], n: int, denoised: bool) -> ComponentTable:
+    """The component table of a run's tensors (docs/run-folder.md): every subset's component
+    for n <= 12, the listed non-zero ones above; the denoised ones when ``denoised``."""
+    if "component_masks" in tensors:
+        return ComponentTable(tensors["component_masks"], tensors["components"], n)
+    return ComponentTable.from_dense(tensors["components_denoised" if denoised else "components"])
 
 
 def _tensor(key: str, doc: str) -> property:
@@ -87,78 +95,53 @@ class Run:
         return self.summary.get("components_used") == "denoised"
 
     @property
-    def compact(self) -> bool:
-        """A run with too many subsets to store them all (n > 12): it keeps ``beta`` and the
-        list of its salient components (``component_masks``, ``components``), and checks the
-        minimal features on held-out subsets."""
+    def stored_compact(self) -> bool:
+        """How the run folder stores the components (docs/run-folder.md): True when n > 12 and
+        only ``beta`` and the non-zero components are kept. Only :attr:`table` and
+        :attr:`checked` need to know."""
         return "component_masks" in self.tensors
+
+    @cached_property
+    def table(self) -> ComponentTable:
+        """The components (the denoised ones after ``--denoise``) as one
+        :class:`~regprim.components.ComponentTable`, whatever the n."""
+        return component_table(self.tensors, self.n, self.denoised)
 
     @property
     def components(self) -> Tensor:
-        """Every component ``(2**n, *feature_shape)``, row = bitmask: the denoised ones after
-        ``--denoise``, else the raw ones (dense runs; a compact run has
-        :attr:`component_values`)."""
-        if self.compact:
-            msg = (
-                f"this run (n = {self.n}) keeps only its salient components; use "
-                "run.component_masks and run.component_values"
-            )
-            raise ValueError(msg)
-        return self.tensors["components_denoised" if self.denoised else "components"]
-
-    @cached_property
-    def component_masks(self) -> Tensor:
-        """Action regions (bitmasks) of the components the run holds, ``(m,)`` int64: every
-        non-empty subset for a dense run, the salient ones for a compact run."""
-        if self.compact:
-            return self.tensors["component_masks"]
-        return torch.arange(1, 2**self.n)
-
-    @cached_property
-    def component_values(self) -> Tensor:
-        """The components of :attr:`component_masks`, ``(m, *feature_shape)``."""
-        return self.tensors["components"] if self.compact else self.components[1:]
-
-    @cached_property
-    def _rows(self) -> dict[int, int]:
-        return {int(m): j for j, m in enumerate(self.component_masks)}
+        """Every subset's component ``(2**n, *feature_shape)``, row = bitmask (a dense view of
+        :attr:`table`, for n <= 16)."""
+        return self.table.dense()
 
     def component(self, masks: list[int] | Tensor) -> Tensor:
         """The components of ``masks`` ``(B, *feature_shape)`` (zero for one not held)."""
-        masks = [int(m) for m in masks]
-        out = torch.zeros(len(masks), *self.f.shape, dtype=self.f.dtype)
-        for j, mask in enumerate(masks):
-            if mask in self._rows:
-                out[j] = self.component_values[self._rows[mask]]
-        return out
+        return self.table.value(masks)
 
     @property
-    def minimal_features(self) -> Tensor:
-        """Minimal features matching :attr:`components` (dense runs)."""
-        return self.tensors["minimal_features_denoised" if self.denoised else "minimal_features"]
-
-    @property
-    def rel_error(self) -> Tensor:
-        """Relative masked error of each minimal feature (dense: every subset in bitmask order;
-        compact: the held-out subsets of ``heldout_masks``)."""
-        if self.compact:
-            return self.tensors["heldout_rel_error"]
-        return self.tensors["rel_error_denoised" if self.denoised else "rel_error"]
+    def minimal_features(self) -> Tensor | None:
+        """Every subset's minimal feature ``(2**n, *feature_shape)`` matching :attr:`table`
+        (None when the run keeps only ``beta``: n > 12)."""
+        key = "minimal_features_denoised" if self.denoised else "minimal_features"
+        return self.tensors.get(key)
 
     @cached_property
-    def norms(self) -> Tensor:
-        """L2 norm of each component of :attr:`component_masks` ``(m,)``."""
-        return component_norms(self.component_values)
+    def checked(self) -> tuple[Tensor, Tensor]:
+        """The subsets whose minimal features were checked against the reconstruction
+        constraint, and their relative masked errors: ``(masks (s,), rel_error (s,))`` (every
+        non-empty subset for n <= 12, held-out subsets the solver never sampled above)."""
+        if self.stored_compact:
+            return self.tensors["heldout_masks"], self.tensors["heldout_rel_error"]
+        rel = self.tensors["rel_error_denoised" if self.denoised else "rel_error"]
+        return torch.arange(1, 2**self.n), rel[1:]
 
     def norm(self, mask: int) -> float:
         """L2 norm of the component of ``mask`` (0 for one not held)."""
-        row = self._rows.get(int(mask))
-        return 0.0 if row is None else float(self.norms[row])
+        return self.table.norm(mask)
 
-    @cached_property
+    @property
     def ranked(self) -> list[int]:
         """Bitmasks of the non-zero components, by decreasing norm."""
-        return ranked(self.component_masks, self.norms).tolist()
+        return self.table.ranked
 
     @property
     def salient(self) -> list[int]:

@@ -98,10 +98,10 @@ def stability(
         runs.append(explain(perturbed, generator=generator, progress=progress, verify=False))
     solve_seconds = time.perf_counter() - start
     kinds: dict[str, list[Components]] = {
-        "raw": [(run.component_masks, run.component_values) for run in runs]
+        "raw": [(run.table.masks, run.table.values) for run in runs]
     }
     start = time.perf_counter()
-    if not runs[0].compact:
+    if runs[0].minimal_features is not None:  # Appendix G needs every subset's u
         denoised = [
             remove_noise(run.minimal_features, run.f0, cfg.denoise_tau, cfg.denoise_steps)
             for run in runs

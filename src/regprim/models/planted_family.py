@@ -335,7 +335,7 @@ def recovery(member: PlantedMember, run) -> dict:
     smallest = min(float(t.norm()) for t in truth.values())
     others = [
         float(v)
-        for k, v in zip(run.component_masks.tolist(), run.norms, strict=True)
+        for k, v in zip(run.table.masks.tolist(), run.table.norms.tolist(), strict=True)
         if k not in truth
     ]
     worst = max(others, default=0.0)

@@ -9,9 +9,10 @@ by ``SolverConfig.method``:
 - ``paper`` (:mod:`regprim.solvers.paper`): every subset solved alone, as the paper does;
 - ``reach`` (:mod:`regprim.solvers.or_structured`): the receptive-field reference.
 
-To add one: a class with ``name``, ``memory_bytes(n, numel)`` and
-``solve(objective, resume, on_chunk, progress) -> MinimalFeatures``, registered in ``SOLVERS``
-and named in ``regprim.config.SOLVER_METHODS``.
+To add one: a class with ``name``, ``memory_bytes(n, numel)``, ``expected_passes(cfg, n)``,
+``convergence_note(cfg, summary)`` and ``solve(objective, resume, on_chunk, progress) ->
+MinimalFeatures``, registered in ``SOLVERS`` and named in ``regprim.config.SOLVER_METHODS``
+(``tests/test_solvers.py`` checks every registered solver on the planted generator).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Protocol
 
 from torch import Tensor
 
+from regprim.components import ComponentTable
 from regprim.config import SolverConfig
+from regprim.interactions import or_interactions
 from regprim.solvers.objective import MinimalFeatures, Objective
 from regprim.solvers.or_structured import ORSolver, ReachSolver
 from regprim.solvers.paper import PaperSolver
@@ -31,9 +34,16 @@ from regprim.target import Target
 
 
 class Solver(Protocol):
+    """What differs per solver: its name, memory and pass model, its convergence note, and the
+    solve itself."""
+
     name: str
 
     def memory_bytes(self, n: int, numel: int) -> int: ...
+
+    def expected_passes(self, cfg: SolverConfig, n: int) -> float: ...
+
+    def convergence_note(self, cfg: SolverConfig, summary: dict) -> str: ...
 
     def solve(
         self,
@@ -42,6 +52,56 @@ class Solver(Protocol):
         on_chunk: Callable[[dict[str, Tensor]], None] | None,
         progress: bool,
     ) -> MinimalFeatures: ...
+
+
+SOLVERS: dict[str, Solver] = {s.name: s for s in (ORSolver(), PaperSolver(), ReachSolver())}
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (physical memory where that is missing)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(cfg: SolverConfig, n: int, numel: int, budget_gb: float | None) -> None:
+    """Refuse a solve whose tensors would not fit in memory (with the estimate)."""
+    need = SOLVERS[cfg.method].memory_bytes(n, numel)
+    have = int(budget_gb * 2**30) if budget_gb else available_memory_bytes()
+    if need > have:
+        msg = (
+            f"n={n} needs about {need / 2**30:.1f} GiB for its 2**{n} x {numel} tensors, "
+            f"more than the {have / 2**30:.1f} GiB available; use a smaller n "
+            f"(each player fewer halves it) or an earlier, smaller layer"
+        )
+        raise MemoryError(msg)
+
+
+def convergence_note(cfg: SolverConfig, summary: dict) -> str | None:
+    """What a user should know when a solve stopped before its convergence test held (each
+    solver words its own)."""
+    if summary["subsets_converged"] == 1.0:
+        return None
+    return SOLVERS[cfg.method].convergence_note(cfg, summary)
+
+
+def expected_passes(cfg: SolverConfig, n: int) -> float:
+    """Generator passes (forward and input gradient) the solve of n players is expected to
+    take, by the solver's own pass model."""
+    return SOLVERS[cfg.method].expected_passes(cfg, n)
+
+
+def solve(
+    self,
+    obj: Objective,
+    resume: dict[str, Tensor] | None,
+    on_chunk: Callable[[dict[str, Tensor]], None] | None,
+    progress: bool,
+) -> MinimalFeatures: ...
 
 
 SOLVERS: dict[str, Solver] = {s.name: s for s in (ORSolver(), PaperSolver(), ReachSolver())}
@@ -98,8 +158,12 @@ def solve(
     on_chunk: Callable[[dict[str, Tensor]], None] | None = None,
     progress: bool = True,
 ) -> MinimalFeatures:
-    """The minimal features of ``target`` by ``cfg.method``."""
-    return SOLVERS[cfg.method].solve(Objective(target, cfg), resume, on_chunk, progress)
+    """The minimal features of ``target`` by ``cfg.method``, with their component table (Eq. 10
+    by the fast Moebius transform when the solver stores every subset)."""
+    mf = SOLVERS[cfg.method].solve(Objective(target, cfg), resume, on_chunk, progress)
+    if mf.table is None:
+        mf.table = ComponentTable.from_dense(or_interactions(mf.u))
+    return mf
 
 
 __all__ = [
@@ -109,5 +173,6 @@ __all__ = [
     "Solver",
     "check_memory",
     "convergence_note",
+    "expected_passes",
     "solve",
 ]

@@ -24,11 +24,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from regprim.components import ComponentTable
 from regprim.config import SolverConfig
 from regprim.regions import subset_masks
 from regprim.solvers.reach import reach_bits, reach_sets
 from regprim.solvers.window import find_window
 from regprim.target import Target
+
+CHECK_PASS = 0.56  # a forward-only pass (the constraint check) in forward-and-gradient passes
 
 
 @dataclass
@@ -48,8 +51,10 @@ class MinimalFeatures:
         residual: ``(2**n,)`` KKT residual at the end (:func:`regprim.solvers.lbfgs.kkt_residual`).
         converged: ``(2**n,)`` bool: stopped by the convergence test, not by the step cap.
         beta: ``(n, *feature_shape)`` for the OR-structured solvers (None for the paper's).
-        component_masks, component_values: a compact run's non-zero components (``u`` is None
-            then, and ``rel_error``, ``meets`` and ``value`` are those of ``heldout_masks``);
+        table: the OR components (:class:`~regprim.components.ComponentTable`); a solver that
+            stores every subset leaves it to :func:`regprim.solvers.solve` (Eq. 10 of ``u``).
+            A compact run (n > 12) has its table from the solver, ``u`` is None, and
+            ``rel_error``, ``meets`` and ``value`` are those of ``heldout_masks``;
             ``um_residual``: universal matching on the held-out subsets; the other per-subset
             tensors have one entry, the run's; ``rounded_numbers``: numbers whose betas were
             rounded to list their components (:func:`regprim.solvers.or_structured.settle`).
@@ -67,8 +72,7 @@ class MinimalFeatures:
     residual: Tensor | None = None
     converged: Tensor | None = None
     beta: Tensor | None = None
-    component_masks: Tensor | None = None
-    component_values: Tensor | None = None
+    table: ComponentTable | None = None
     heldout_masks: Tensor | None = None
     um_residual: Tensor | None = None
     rounded_numbers: int = 0

@@ -37,8 +37,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from regprim.config import DENSE_MAX_N
-from regprim.solvers.objective import MinimalFeatures, Objective
+from regprim.components import ComponentTable
+from regprim.config import DENSE_MAX_N, SolverConfig
+from regprim.solvers.objective import CHECK_PASS, MinimalFeatures, Objective
 
 
 def alpha_of(beta: Tensor, bits: Tensor) -> Tensor:
@@ -170,6 +171,26 @@ class ORSolver:
         component list (about 4096 components at most)."""
         every = 4 * 2**n if n <= DENSE_MAX_N else 4096
         return 4 * numel * (4 * n + every)
+
+    @staticmethod
+    def expected_passes(cfg: SolverConfig, n: int) -> float:
+        """Forward-and-gradient passes: ``or_steps`` batches, the KKT residual (every subset
+        up to 12 players, else 16 batches) and the constraint check (every subset, or the
+        held-out ones), forward-only passes counted as 0.56. The whole grid is sampled, never
+        enumerated, and so is this estimate."""
+        subsets = 2**n - 1
+        batch = min(cfg.or_batch, subsets)
+        residual = subsets if n <= DENSE_MAX_N else 16 * cfg.or_batch
+        checked = subsets if n <= DENSE_MAX_N else HELDOUT
+        return cfg.or_steps * batch + residual + CHECK_PASS * checked
+
+    @staticmethod
+    def convergence_note(cfg: SolverConfig, summary: dict) -> str:
+        return (
+            f"the OR-structured solve ended after or_steps={cfg.or_steps} with a KKT residual "
+            f"of beta of {summary['residual_max']:.2g} (converged below or_gtol={cfg.or_gtol}); "
+            "raise --or-steps to go further (docs/method-choices.md)"
+        )
 
     @staticmethod
     def solve(
@@ -343,8 +364,7 @@ def finish_compact(
         residual=torch.tensor([residual]),
         converged=torch.tensor([residual < cfg.or_gtol]),
         beta=obj.expand(beta),
-        component_masks=masks,
-        component_values=obj.expand(values) if len(values) else values,
+        table=ComponentTable(masks, obj.expand(values) if len(values) else values, obj.n),
         heldout_masks=held,
         um_residual=torch.cat(residuals),
         rounded_numbers=rounded,
@@ -366,6 +386,15 @@ class ReachSolver:
     @staticmethod
     def memory_bytes(n: int, numel: int) -> int:
         return 4 * numel * (n + 4 * 2**n)
+
+    @staticmethod
+    def expected_passes(cfg: SolverConfig, n: int) -> float:
+        """No optimisation: the constraint check of every subset only."""
+        return CHECK_PASS * (2**n - 1)
+
+    @staticmethod
+    def convergence_note(cfg: SolverConfig, summary: dict) -> str:
+        return "the reach reference solves nothing; it cannot fail to converge"
 
     @staticmethod
     def solve(obj, resume=None, on_chunk=None, progress=True) -> MinimalFeatures:

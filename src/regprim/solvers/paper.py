@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from regprim.config import SolverConfig
 from regprim.solvers.lbfgs import Result, kkt_residual, projected_lbfgs
-from regprim.solvers.objective import MinimalFeatures, Objective
+from regprim.solvers.objective import CHECK_PASS, MinimalFeatures, Objective
 from regprim.solvers.reach import live_for
 
 HUTCHINSON_PROBES = 2
@@ -162,6 +163,9 @@ def lowest_missing_bit(subsets: Tensor, n: int) -> Tensor:
     return missing & -missing
 
 
+LBFGS_PASSES_PER_SUBSET = 40.0  # measured mean on dcgan-faces (docs/performance.md)
+
+
 class PaperSolver:
     """Every subset solved alone, level by level (module docstring)."""
 
@@ -171,6 +175,27 @@ class PaperSolver:
     def memory_bytes(n: int, numel: int) -> int:
         """Minimal features, solver alphas, components and one transform temporary."""
         return 4 * (2**n) * numel * 4
+
+    @staticmethod
+    def expected_passes(cfg: SolverConfig, n: int) -> float:
+        """Forward-and-gradient passes (forward-only ones as 0.56): per subset, Adam's fixed
+        steps, or L-BFGS's measured mean of 40 (docs/performance.md), then the check."""
+        subsets = 2**n - 1
+        if cfg.optimizer == "adam":
+            solve = cfg.full_steps + 3 + (subsets - 1) * (cfg.steps + 3)
+        else:
+            solve = subsets * LBFGS_PASSES_PER_SUBSET
+        return solve + CHECK_PASS * subsets
+
+    @staticmethod
+    def convergence_note(cfg: SolverConfig, summary: dict) -> str:
+        capped = len(summary["subsets_capped"])
+        return (
+            f"{capped} of {2 ** summary['n'] - 1} subsets reached the step cap "
+            f"(max_steps={cfg.max_steps}) before converging; worst KKT residual "
+            f"{summary['residual_max']:.2g} (median {summary['residual_median']:.2g}); raise "
+            "--max-steps or loosen --ftol/--gtol to change that (docs/method-choices.md)"
+        )
 
     @staticmethod
     def solve(
