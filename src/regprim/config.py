@@ -15,9 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from regprim.models import DEFAULT_MODEL
-
 DEFAULT_N = 9
+DEFAULT_MODEL = "dcgan-faces"  # regprim models lists the others
 DENSE_MAX_N = 12  # more players: runs keep a list of components, not every subset
 SOLVER_METHODS = ("or", "paper", "reach")
 OPTIMIZERS = ("lbfgs", "adam")

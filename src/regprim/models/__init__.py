@@ -20,12 +20,11 @@ from pathlib import Path
 
 import torch
 
+from regprim.config import DEFAULT_MODEL
 from regprim.generator import SplitGenerator
 from regprim.models.biggan import biggan
 from regprim.models.dcgan import dcgan_faces, eyes_128
 from regprim.models.planted import planted
-
-DEFAULT_MODEL = "dcgan-faces"
 
 MODELS: dict[str, tuple[Callable[..., SplitGenerator], str]] = {
     "dcgan-faces": (dcgan_faces, "pretrained 64x64 faces DCGAN (gan-face-generate 1.1.1)"),

@@ -96,62 +96,6 @@ def expected_passes(cfg: SolverConfig, n: int) -> float:
 
 
 def solve(
-    self,
-    obj: Objective,
-    resume: dict[str, Tensor] | None,
-    on_chunk: Callable[[dict[str, Tensor]], None] | None,
-    progress: bool,
-) -> MinimalFeatures: ...
-
-
-SOLVERS: dict[str, Solver] = {s.name: s for s in (ORSolver(), PaperSolver(), ReachSolver())}
-
-
-def available_memory_bytes() -> int:
-    """MemAvailable from /proc/meminfo (physical memory where that is missing)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def check_memory(cfg: SolverConfig, n: int, numel: int, budget_gb: float | None) -> None:
-    """Refuse a solve whose tensors would not fit in memory (with the estimate)."""
-    need = SOLVERS[cfg.method].memory_bytes(n, numel)
-    have = int(budget_gb * 2**30) if budget_gb else available_memory_bytes()
-    if need > have:
-        msg = (
-            f"n={n} needs about {need / 2**30:.1f} GiB for its 2**{n} x {numel} tensors, "
-            f"more than the {have / 2**30:.1f} GiB available; use a smaller n "
-            f"(each player fewer halves it) or an earlier, smaller layer"
-        )
-        raise MemoryError(msg)
-
-
-def convergence_note(cfg: SolverConfig, summary: dict) -> str | None:
-    """What a user should know when a solve stopped before its convergence test held."""
-    if summary["subsets_converged"] == 1.0:
-        return None
-    residual = summary["residual_max"]
-    if cfg.method == "or":
-        return (
-            f"the OR-structured solve ended after or_steps={cfg.or_steps} with a KKT residual "
-            f"of beta of {residual:.2g} (converged below or_gtol={cfg.or_gtol}); raise "
-            "--or-steps to go further (docs/method-choices.md)"
-        )
-    capped = len(summary["subsets_capped"])
-    return (
-        f"{capped} of {2 ** summary['n'] - 1} subsets reached the step cap "
-        f"(max_steps={cfg.max_steps}) before converging; worst KKT residual {residual:.2g} "
-        f"(median {summary['residual_median']:.2g}); raise --max-steps or loosen --ftol/--gtol "
-        "to change that (docs/method-choices.md)"
-    )
-
-
-def solve(
     target: Target,
     cfg: SolverConfig,
     resume: dict[str, Tensor] | None = None,
