@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from regprim.config import DEFAULT_MODEL
+from regprim.config import DEFAULT_MODEL as DEFAULT_MODEL
 from regprim.generator import SplitGenerator
 from regprim.models.biggan import biggan
 from regprim.models.dcgan import dcgan_faces, eyes_128
