@@ -22,3 +22,12 @@ def planted_run(tmp_path_factory, _cache):
     cfg = ExplainConfig(model="planted", players=list(DEFAULT_PLAYERS), baseline_count=200)
     explain(cfg, out=out, progress=False)
     return load_run(out)
+
+
+@pytest.fixture(scope="session")
+def planted_donor(tmp_path_factory, _cache):
+    """The planted generator's image of another seed, same players and baseline (a donor)."""
+    out = tmp_path_factory.mktemp("planted-donor") / "run"
+    cfg = ExplainConfig(model="planted", players=list(DEFAULT_PLAYERS), baseline_count=200, seed=5)
+    explain(cfg, out=out, progress=False, verify=False)
+    return load_run(out)

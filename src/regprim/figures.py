@@ -326,3 +326,24 @@ def paper_figures(run, ev) -> dict[str, object]:
         rf.FIG7B: curve_figure(run, ev, "fig7b")[0],
         rf.FIG8: fig8_code_influence(run, ev)[0],
     }
+
+
+def edit_figure(before: Tensor, images: dict[str, Tensor], value_range, grid: Grid, players, cells):
+    """An edit: the image before, then each way of editing (after, and where it changed the
+    image, summed over channels, on one colour scale); the edited cells highlighted."""
+    fig, axes = plt.subplots(2, len(images) + 1, figsize=(2.6 * (len(images) + 1), 5.4))
+    axes[0, 0].imshow(to_rgb(before, value_range), interpolation="nearest")
+    draw_grid(axes[0, 0], grid, players, highlight=cells)
+    axes[0, 0].set_title(f"before (cells {cells})", fontsize=8)
+    diffs = {k: (v - before).abs().sum(0).numpy() for k, v in images.items()}
+    top = max(float(d.max()) for d in diffs.values()) or 1.0
+    for j, (name, image) in enumerate(images.items(), start=1):
+        axes[0, j].imshow(to_rgb(image, value_range), interpolation="nearest")
+        axes[0, j].set_title(name, fontsize=8)
+        axes[1, j].imshow(diffs[name], cmap="magma", vmin=0, vmax=top, interpolation="nearest")
+        draw_grid(axes[1, j], grid, players, highlight=cells)
+        axes[1, j].set_title("|change|", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig, axes

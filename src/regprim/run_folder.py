@@ -49,6 +49,8 @@ FIG7A = "fig7a_cells.png"
 FIG7B = "fig7b_sets.png"
 FIG8 = "fig8_code_influence.png"
 MANIFEST = "manifest.json"
+EDIT = "edit.json"  # the marker of an edit folder (docs/run-folder.md, "Edit folders")
+EDIT_FIGURE = "edit.png"
 RUN_FIGURES = (TARGET_PNG, BASELINE_PNG, COMPONENTS_PNG)
 REQUIRED_TENSORS = ("f", "f0", "code", "image", "baseline_image", "minimal_features", "components")
 REQUIRED_COMPACT = (
@@ -181,9 +183,9 @@ def lock(out: Path) -> Iterator[None]:
         os.close(handle)  # closing releases the lock
 
 
-def check_output(out: Path, overwrite: bool) -> None:
+def check_output(out: Path, overwrite: bool, marker: str = CONFIG) -> None:
     """Fail early, before any work, if ``out`` holds something we must not replace or cannot
-    be written."""
+    be written (``marker``: the file that makes a folder regprim's own, e.g. ``edit.json``)."""
     parent = next((p for p in out.parents if p.exists()), Path("."))
     if not parent.is_dir():
         msg = f"output {out} lies under {parent}, which is a file; choose another --out"
@@ -198,14 +200,15 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise FileExistsError(msg)
     if not any(out.iterdir()):
         return
-    if (out / CONFIG).is_file():
+    if (out / marker).is_file():
         if overwrite:
             return
         try:
-            old = json.loads((out / CONFIG).read_text())
+            old = json.loads((out / marker).read_text())
             what = f"a run of {old.get('model')}/{old.get('layer')} from {old.get('created')}"
         except (OSError, ValueError, AttributeError):
             what = "a run"
+        what = what if marker == CONFIG else f"an earlier {marker}"
         msg = f"output folder {out} already holds {what}; pass --overwrite or choose another --out"
         raise FileExistsError(msg)
     msg = f"output folder {out} is not empty and holds no run; choose an empty or new --out"
@@ -254,23 +257,21 @@ def manifest_content(folder: Path) -> str:
     )
 
 
-def write_run(
-    run: Run, out: Path, overwrite: bool = False, files: dict[str, Content] | None = None
+def write_folder(
+    out: Path, files: dict[str, Content], overwrite: bool = False, marker: str = CONFIG
 ) -> Path:
-    """Write ``run`` (config, summary, tensors), ``files`` ({file name: content}) and the
-    manifest to ``out``: assembled in this process's staging folder and renamed into place as
-    a whole. Call it under :func:`lock`."""
+    """Write ``files`` ({file name: content}) and their manifest to ``out``: assembled in this
+    process's staging folder and renamed into place as a whole (the old folder, if replaced,
+    is removed only after the new one is in place). ``marker`` is the file that makes ``out``
+    one of regprim's folders (``config.json`` for a run). Call it under :func:`lock`."""
     out = Path(out)
-    check_output(out, overwrite)
+    check_output(out, overwrite, marker)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out)
     staging = out.parent / f".{out.name}.writing-{os.getpid()}"
     staging.mkdir()
     try:
-        atomic_write(staging / CONFIG, _json(run.config))
-        atomic_write(staging / SUMMARY, _json(run.summary))
-        atomic_write(staging / TENSORS, safetensors_content(run.tensors))
-        for name, content in (files or {}).items():
+        for name, content in files.items():
             atomic_write(staging / name, content)
         atomic_write(staging / MANIFEST, manifest_content(staging))
         if out.exists():
@@ -283,6 +284,21 @@ def write_run(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return out
+
+
+def write_run(
+    run: Run, out: Path, overwrite: bool = False, files: dict[str, Content] | None = None
+) -> Path:
+    """Write ``run`` (config, summary, tensors) and ``files`` ({file name: content}) to ``out``
+    with :func:`write_folder`; the solver checkpoint goes once the run is in place."""
+    out = Path(out)
+    own = {
+        CONFIG: _json(run.config),
+        SUMMARY: _json(run.summary),
+        TENSORS: safetensors_content(run.tensors),
+    }
+    write_folder(out, own | (files or {}), overwrite)
     shutil.rmtree(partial_dir(out), ignore_errors=True)
     run.path = out
     return out

@@ -1,0 +1,117 @@
+"""Edits on the planted generator, where the primitives are known: exact locality, exact
+transplants, the edit folder, and refusals that name what is wrong."""
+
+import json
+
+import pytest
+import torch
+
+from regprim import ExplainConfig, explain, load_model
+from regprim.edit import Edit, apply, locality, save_edit
+from regprim.inversion import invert
+from regprim.models.planted import DEFAULT_PLAYERS
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return load_model("planted")
+
+
+def cells_mask(run, cells):
+    return run.grid.cell_masks()[cells].any(0)
+
+
+def test_dropping_a_planted_primitive_changes_only_its_cells(planted_run, gen):
+    for mask in planted_run.salient:
+        result = apply(Edit(planted_run).drop(masks=[mask]), gen)
+        cells = planted_run.cells(mask)
+        assert result.cells == sorted(cells)
+        change = (result.image - planted_run.image).abs().sum(0)
+        inside = cells_mask(planted_run, cells)
+        assert float(change[inside].sum()) > 1.0  # it did something
+        assert result.metrics["locality"] < 1e-5  # and nothing elsewhere
+        assert float(change[~inside].max()) < 1e-5
+
+
+def test_an_edit_with_every_weight_one_is_the_target(planted_run, gen):
+    edit = Edit(planted_run).scale(1.0, masks=planted_run.salient[:2])
+    assert torch.equal(edit.feature(), planted_run.f)
+
+
+def test_scale_and_keep_set_the_weights(planted_run):
+    top = planted_run.salient
+    w = Edit(planted_run).scale(2.0, masks=[top[0]]).drop(masks=[top[1]]).weights()
+    assert w[top[0]] == 2.0 and w[top[1]] == 0.0 and w[top[2]] == 1.0
+    kept = Edit(planted_run).keep(masks=[top[0]]).weights()
+    assert kept[top[0]] == 1.0 and all(v == 0.0 for m, v in kept.items() if m != top[0])
+    f = Edit(planted_run).scale(3.0, masks=[top[0]]).feature()
+    torch.testing.assert_close(f, planted_run.f + 2.0 * planted_run.component([top[0]])[0])
+
+
+def test_a_transplant_moves_exactly_the_planted_pattern(planted_run, planted_donor, gen):
+    mask = planted_run.salient[0]
+    cells = planted_run.cells(mask)[:1]  # one cell: every primitive meeting it moves
+    result = apply(Edit(planted_run).transplant(planted_donor, cells), gen)
+    moved = planted_run.table.meeting(planted_run.bitmask(cells))
+    region = sorted({c for m in moved for c in planted_run.cells(m)})
+    inside = cells_mask(planted_run, region)
+    torch.testing.assert_close(
+        result.image[:, inside], planted_donor.image[:, inside], atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(
+        result.image[:, ~inside], planted_run.image[:, ~inside], atol=1e-4, rtol=0
+    )
+    assert result.metrics["agreement"] < 1e-6
+    assert "pixel pasting" in result.baselines
+
+
+def test_locality_is_outside_over_inside(planted_run):
+    before = torch.zeros(3, *planted_run.image.shape[1:])
+    after = before.clone()
+    t, b, left, right = planted_run.grid.cell_box(14)
+    after[0, t:b, left:right] = 1.0  # inside cell 14: area a
+    t, b, left, right = planted_run.grid.cell_box(0)
+    after[0, t, left] = 2.0  # one pixel outside, change 2
+    area = (planted_run.grid.cell_box(14)[1] - planted_run.grid.cell_box(14)[0]) * (
+        planted_run.grid.cell_box(14)[3] - planted_run.grid.cell_box(14)[2]
+    )
+    assert locality(before, after, planted_run.grid, [14]) == pytest.approx(2.0 / area)
+
+
+def test_the_edit_folder_is_written_atomically_with_its_record(planted_run, gen, tmp_path):
+    edit = Edit(planted_run).drop(masks=[planted_run.salient[0]])
+    result = apply(edit, gen)
+    inv = invert(gen, result.feature, planted_run.f0, planted_run.code, restarts=2, progress=False)
+    out = save_edit(edit, result, tmp_path / "edit", inversion=inv)
+    record = json.loads((out / "edit.json").read_text())
+    assert record["operations"][0]["kind"] == "drop"
+    assert record["metrics"]["locality"] == result.metrics["locality"]
+    assert record["inversion"]["residual"] == inv.residual
+    manifest = json.loads((out / "manifest.json").read_text())["sha256"]
+    assert {"edit.json", "tensors.safetensors", "edit.png"} <= set(manifest)
+    with pytest.raises(FileExistsError, match="earlier edit.json"):
+        save_edit(edit, result, out)
+    save_edit(edit, result, out, overwrite=True)
+
+
+def test_bad_edits_are_refused_with_the_reason(planted_run, tmp_path):
+    with pytest.raises(ValueError, match="no non-zero component with action set"):
+        Edit(planted_run).drop(masks=[0b1000_0000_0])
+    with pytest.raises(ValueError, match="by masks or by cells"):
+        Edit(planted_run).drop()
+    with pytest.raises(ValueError, match="not players of this run"):
+        Edit(planted_run).drop(cells=[0])  # cell 0 is not a player
+    other = explain(
+        ExplainConfig(model="planted", players=list(DEFAULT_PLAYERS)[:4], baseline_count=200),
+        progress=False,
+        verify=False,
+    )
+    with pytest.raises(ValueError, match="players"):
+        Edit(planted_run).transplant(other, [DEFAULT_PLAYERS[0]])
+
+
+def test_inversion_recovers_the_feature_of_a_code(planted_run, gen):
+    inv = invert(gen, planted_run.f, planted_run.f0, None, restarts=4, progress=False)
+    assert inv.residual <= 0.01 and inv.converged
+    with torch.no_grad():
+        torch.testing.assert_close(gen.d(inv.code)[0], planted_run.f, atol=0.02, rtol=0)
