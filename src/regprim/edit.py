@@ -235,7 +235,10 @@ def positions_under(feature_shape: tuple[int, ...], grid: Grid, cells: list[int]
 
 @dataclass
 class EditResult:
-    """An applied edit: the features and images and the metrics (docs/metrics.md, "Edits")."""
+    """An applied edit: the features and images and the metrics (docs/metrics.md, "Edits").
+    ``images`` and ``features`` hold every way of editing the same cells (``primitives``,
+    ``feature masking``, ``pixel pasting``: an image only), ``baselines`` the naive ways'
+    metrics."""
 
     feature: Tensor
     image: Tensor
@@ -244,6 +247,7 @@ class EditResult:
     metrics: dict[str, Any]
     baselines: dict[str, dict[str, Any]]
     images: dict[str, Tensor]
+    features: dict[str, Tensor]
 
 
 @torch.no_grad()
@@ -285,6 +289,7 @@ def apply(edit: Edit, gen: SplitGenerator) -> EditResult:
         metrics=measured["primitives"],
         baselines={k: v for k, v in measured.items() if k != "primitives"},
         images=images,
+        features=candidates,
     )
 
 

@@ -1,4 +1,4 @@
-"""A generator split at one intermediate layer: ``z --d--> f --g--> x`` (METHOD.md, "Objects").
+"""A generator split at one intermediate layer: ``z --d--> f --g--> x`` (docs/method.md, "Objects").
 
 A :class:`SplitGenerator` is the one abstraction every model goes through. It maps a batch of
 codes to the feature ``f`` of the cut layer (``d``), renders a batch of features to images with

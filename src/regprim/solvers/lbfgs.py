@@ -6,7 +6,7 @@ history, line search and stopping test, so converged rows leave the batch and co
 - **Direction**: the L-BFGS two-loop recursion on the free numbers (those not held at a bound
   by their gradient), with the initial inverse Hessian ``1 / D``, ``D`` a Gauss-Newton diagonal
   estimated by Hutchinson probes (the reconstruction term's curvature is ~1e6 times the L1
-  slope, so unscaled first steps are useless; METHOD.md). A direction that is not a descent
+  slope, so unscaled first steps are useless; docs/method.md). A direction that is not a descent
   direction after projection is replaced by the scaled projected gradient ``-g / D``.
 - **Step**: Armijo backtracking along the projected path ``clip(alpha + t d, 0, 1)``, starting
   from the row's last accepted step (1 at first); each trial is evaluated with its gradient, so

@@ -4,7 +4,7 @@ For a subset S: ``u(S) = f0 + alpha * (f - f0)`` with ``alpha in [0, 1]^D`` mini
 
     sparsity(u) + lambda / |S| * ||g_S(u) - x_S||_2^2
 
-``g_S`` keeps the pixels of the cells in S. Two sparsity terms (METHOD.md): ``"l1"`` is the
+``g_S`` keeps the pixels of the cells in S. Two sparsity terms (docs/method.md): ``"l1"`` is the
 paper's literal ``||u||_1``; ``"l1-delta"`` is ``||u - f0||_1``, the size of the change from the
 baseline. ``reduction="sum"`` uses the raw sums as the paper writes them; ``"mean"`` divides the
 L1 term by D and the squared error by the number of masked values (then ``lambda`` multiplies a

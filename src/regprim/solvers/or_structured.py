@@ -1,5 +1,5 @@
-"""OR-structured minimal features, and the receptive-field reference (METHOD.md, "Beyond the
-paper: structured minimal features").
+"""OR-structured minimal features, and the receptive-field reference (docs/method.md, "Beyond
+the paper: structured minimal features").
 
 The paper solves every ``u(S)`` alone; where the L1 optimum is not unique, neighbouring subsets
 pick inconsistent solutions and Eq. 10 turns that into high-order noise. Here every minimal

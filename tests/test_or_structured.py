@@ -1,0 +1,122 @@
+"""The OR-structured solver's closed forms against brute force on small n."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from regprim.interactions import or_interactions, or_interactions_reference
+from regprim.solvers.or_structured import (
+    all_subsets,
+    alpha_of,
+    components_of,
+    mean_alpha,
+    sample_subsets,
+    settle,
+    size_weights,
+    snap,
+    to_bitmasks,
+)
+
+
+def random_beta(n=4, shape=(3, 2), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    beta = torch.rand(n, *shape, generator=g, dtype=torch.float64)
+    beta[0, 0, 0] = 0.0  # exact bounds, as the projection leaves them
+    beta[1, 0, 1] = 1.0
+    return beta
+
+
+def brute_alpha(beta, subset):
+    keep = torch.ones_like(beta[0])
+    for i in subset:
+        keep = keep * (1 - beta[i])
+    return 1 - keep
+
+
+def test_alpha_is_one_minus_the_product_over_the_subset():
+    beta = random_beta()
+    n = beta.shape[0]
+    bits = torch.cat([torch.zeros(1, n, dtype=torch.bool), all_subsets(n)])
+    alpha = alpha_of(beta, bits)
+    for mask in range(2**n):
+        subset = [i for i in range(n) if mask >> i & 1]
+        torch.testing.assert_close(alpha[mask], brute_alpha(beta, subset))
+    assert not alpha[0].any()  # u(empty) = f0
+    # OR, not max: two players of 0.5 give 0.75
+    half = torch.full((2, 1), 0.5, dtype=torch.float64)
+    assert float(alpha_of(half, torch.tensor([[True, True]]))[0, 0]) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("rule", ["subsets", "sizes"])
+def test_mean_alpha_equals_the_weighted_mean_over_enumerated_subsets(rule):
+    beta = random_beta(n=5, seed=1)
+    n = beta.shape[0]
+    weights = size_weights(n, rule)
+    want = torch.zeros_like(beta[0])
+    for k in range(1, n + 1):
+        subsets = list(itertools.combinations(range(n), k))
+        for subset in subsets:
+            want += weights[k - 1] / len(subsets) * brute_alpha(beta, subset)
+    torch.testing.assert_close(mean_alpha(beta, rule), want)
+    if rule == "subsets":  # every subset alike: the plain mean over the 2**n - 1 of them
+        counts = torch.tensor([math.comb(n, k) for k in range(1, n + 1)], dtype=torch.float64)
+        torch.testing.assert_close(weights, counts / counts.sum())
+
+
+def test_components_are_the_moebius_transform_of_the_minimal_features():
+    beta = random_beta(n=4, seed=2)
+    n = beta.shape[0]
+    df = torch.randn(
+        *beta.shape[1:], dtype=torch.float64, generator=torch.Generator().manual_seed(3)
+    )
+    f0 = torch.zeros_like(df)
+    bits = torch.cat([torch.zeros(1, n, dtype=torch.bool), all_subsets(n)])
+    u = f0 + alpha_of(beta, bits) * df
+    dense = or_interactions(u.clone())
+    torch.testing.assert_close(dense, or_interactions_reference(u))
+    found = components_of(beta, df)
+    for mask in range(1, 2**n):
+        closed = df.clone()
+        for i in range(n):
+            closed = closed * (beta[i] if mask >> i & 1 else 1 - beta[i])
+        torch.testing.assert_close(dense[mask], closed)  # the closed form of the module docstring
+        torch.testing.assert_close(found.get(mask, torch.zeros_like(df)), closed)
+
+
+def test_binary_beta_gives_each_number_to_exactly_one_component():
+    beta = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
+    df = torch.tensor([2.0, 3.0, 5.0], dtype=torch.float64)
+    found = components_of(beta, df)
+    assert sorted(found) == [0b01, 0b10, 0b11]
+    torch.testing.assert_close(found[0b11], torch.tensor([2.0, 0, 0], dtype=torch.float64))
+    torch.testing.assert_close(found[0b10], torch.tensor([0, 3.0, 0], dtype=torch.float64))
+    torch.testing.assert_close(found[0b01], torch.tensor([0, 0, 5.0], dtype=torch.float64))
+
+
+def test_snap_sets_values_near_a_bound_to_it():
+    beta = torch.tensor([0.0, 0.01, 0.03, 0.5, 0.97, 0.99, 1.0])
+    assert snap(beta, 0.02).tolist() == pytest.approx([0, 0, 0.03, 0.5, 0.97, 1, 1])
+
+
+def test_settle_rounds_only_numbers_spread_over_too_many_players():
+    n = 14
+    beta = torch.zeros(n, 2)
+    beta[:, 0] = 0.6  # fractional over 14 players: rounded at 0.5
+    beta[:3, 1] = torch.tensor([0.2, 0.7, 1.0])  # fractional over 3: kept
+    rounded, count = settle(beta)
+    assert count == 1
+    assert rounded[:, 0].tolist() == [1.0] * n
+    assert rounded[:3, 1].tolist() == pytest.approx([0.2, 0.7, 1.0])
+
+
+def test_sampled_subsets_follow_the_size_weights():
+    n, rng = 6, torch.Generator().manual_seed(0)
+    weights = torch.zeros(n, dtype=torch.float64)
+    weights[1] = 1.0  # only pairs
+    bits = sample_subsets(n, 200, weights, rng)
+    assert (bits.sum(1) == 2).all()
+    masks = to_bitmasks(bits)
+    assert all(int(m).bit_count() == 2 for m in masks)
+    assert to_bitmasks(all_subsets(3)).tolist() == list(range(1, 8))
