@@ -1,8 +1,8 @@
 """Image regions: an H x W grid of cells, the player cells N, and subset masks.
 
 Cells are numbered row-major, ``cell = row * W + col``. Players are grid cells listed in bit
-order: player ``i`` is bit ``i`` of every subset bitmask (docs/method.md). Uneven division is handled
-by rounding the cell edges: edges of the rows are ``round(r * height / H)`` for r = 0..H.
+order: player ``i`` is bit ``i`` of every subset bitmask (docs/method.md). Uneven division is
+handled by rounding the cell edges: edges of the rows are ``round(r * height / H)`` for r = 0..H.
 
 This module is the one place that computes masks.
 """
