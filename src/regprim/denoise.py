@@ -14,7 +14,6 @@ own change from the baseline.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor
 
 from regprim.interactions import or_interactions, or_transpose
+from regprim.solvers.adam import Adam, cosine
 
 
 @dataclass
@@ -83,17 +83,11 @@ def _denoise_block(u: Tensor, tau: Tensor, steps: int, lr: float) -> Tensor:
     """Projected Adam on q for a ``(2**n, b)`` block; returns ``u + q`` (or ``u`` if the
     correction did not lower the objective)."""
     q = torch.zeros_like(u)
-    m = torch.zeros_like(u)
-    v = torch.zeros_like(u)
-    beta1, beta2, eps = 0.9, 0.999, 1e-12
+    opt = Adam(u, eps=1e-12)
     for t in range(1, steps + 1):
         grad = or_transpose(torch.sign(or_interactions(u + q)))
         grad[0] = 0
-        m.lerp_(grad, 1 - beta1)
-        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        rate = lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps)) / (1 - beta1**t)
-        denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
-        q.addcdiv_(m * tau, denom, value=-rate)
+        opt.step(q, grad, t, cosine(lr, t, steps), scale=tau)
         q = torch.maximum(torch.minimum(q, tau), -tau)
     if or_interactions(u + q).abs().sum() > or_interactions(u).abs().sum():
         return u

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from regprim.components import ComponentTable
 from regprim.config import DENSE_MAX_N, SolverConfig
+from regprim.solvers.adam import Adam, cosine
 from regprim.solvers.objective import CHECK_PASS, MinimalFeatures, Objective
 
 
@@ -214,7 +215,9 @@ class ORSolver:
             "v": torch.zeros_like(reach),
             "step": torch.zeros((), dtype=torch.int64),
         }
-        beta, m, v = state["beta"].clone(), state["m"].clone(), state["v"].clone()
+        beta = state["beta"].clone()
+        opt = Adam(beta, beta2=0.99)
+        opt.m, opt.v = state["m"].clone(), state["v"].clone()
         steps = cfg.or_steps
         rng = torch.Generator().manual_seed(cfg.perturb_seed)
         everything = all_subsets(n) if 2**n - 1 <= cfg.or_batch else None
@@ -230,7 +233,6 @@ class ORSolver:
         bar = tqdm(
             total=steps, initial=done, desc="OR-structured beta", unit="step", disable=not progress
         )
-        beta1, beta2, eps = 0.9, 0.99, 1e-8
         for t in range(done + 1, steps + 1):
             bits = everything if full else sample_subsets(n, cfg.or_batch, weights, rng)
             if compact:
@@ -240,15 +242,10 @@ class ORSolver:
             (grad,) = torch.autograd.grad(loss, beta)
             with torch.no_grad():
                 beta.requires_grad_(False)
-                m.lerp_(grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                rate = cfg.or_lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps))
-                root = math.sqrt(1 - beta2**t)
-                beta.addcdiv_(m, v.sqrt().add_(eps * root), value=-rate * root / (1 - beta1**t))
-                beta.clamp_(0, 1).mul_(reach)
+                opt.step(beta, grad, t, cosine(cfg.or_lr, t, steps)).clamp_(0, 1).mul_(reach)
             bar.update(1)
             if on_chunk:
-                on_chunk({"beta": beta, "m": m, "v": v, "step": torch.tensor(t)})
+                on_chunk({"beta": beta, "m": opt.m, "v": opt.v, "step": torch.tensor(t)})
         bar.close()
         batch = len(everything) if full else cfg.or_batch
         residual = beta_residual(obj, beta.detach(), weights, cfg.or_batch)  # the optimum's

@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -29,6 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from regprim.config import SolverConfig
+from regprim.solvers.adam import Adam, cosine
 from regprim.solvers.lbfgs import Result, kkt_residual, projected_lbfgs
 from regprim.solvers.objective import CHECK_PASS, MinimalFeatures, Objective
 from regprim.solvers.reach import live_for
@@ -103,17 +103,10 @@ class Chunk:
 def adam(chunk: Chunk, alpha: Tensor, steps: int, lr: float) -> Result:
     """Projected Adam with a cosine step from ``lr`` to zero for exactly ``steps`` steps."""
     every = torch.arange(alpha.shape[0], device=alpha.device)
-    m = torch.zeros_like(alpha)
-    v = torch.zeros_like(alpha)
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    opt = Adam(alpha)
     for t in range(1, steps + 1):
         _, grad = chunk.value_grad(alpha, every)
-        m.lerp_(grad, 1 - beta1)
-        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        rate = lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps))
-        root = math.sqrt(1 - beta2**t)
-        denom = v.sqrt().add_(eps * root)
-        alpha.addcdiv_(m, denom, value=-rate * root / (1 - beta1**t)).clamp_(0, 1)
+        opt.step(alpha, grad, t, cosine(lr, t, steps)).clamp_(0, 1)
     value, grad = chunk.value_grad(alpha, every)
     batch = len(every)
     return Result(
