@@ -147,11 +147,16 @@ class Objective:
         """Masked squared error ``(B,)`` of images ``(B, C, H, W)`` against the target."""
         return ((images - self.x) ** 2 * masks).flatten(1).sum(1)
 
+    @property
+    def l1_scale(self) -> float:
+        """The factor of every L1 sum: ``1 / D`` for ``reduction="mean"``, else 1 (the one place
+        the reduction of the sparsity term is decided)."""
+        return 1 / self.numel if self.cfg.reduction == "mean" else 1.0
+
     def sparsity(self, u: Tensor) -> Tensor:
         """The sparsity term of window-size features ``u`` ``(B, ...)``: ``(B,)``."""
         delta = u - self.f0 if self.cfg.sparsity == "l1-delta" else u
-        scale = 1 / self.numel if self.cfg.reduction == "mean" else 1.0
-        return delta.abs().flatten(1).sum(1) * scale
+        return delta.abs().flatten(1).sum(1) * self.l1_scale
 
     @torch.no_grad()
     def check(self, u: Tensor, subsets: Tensor) -> tuple[Tensor, Tensor]:

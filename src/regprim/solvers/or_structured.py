@@ -133,8 +133,7 @@ def reconstruction(
 
 def sparsity(obj: Objective, beta: Tensor) -> Tensor:
     """The sparsity part of the OR objective, exact: the weighted mean of ``||u(S) - f0||_1``."""
-    scale = 1 / obj.numel if obj.cfg.reduction == "mean" else 1.0
-    return (mean_alpha(beta, obj.cfg.subset_weights) * obj.df.abs()).sum() * scale
+    return (mean_alpha(beta, obj.cfg.subset_weights) * obj.df.abs()).sum() * obj.l1_scale
 
 
 def beta_residual(obj: Objective, beta: Tensor, weights: Tensor, chunk: int) -> float:

@@ -47,7 +47,7 @@ class Chunk:
         self.f0 = obj.f0[None].contiguous(memory_format=fmt)
         self.df = obj.df[None].contiguous(memory_format=fmt)
         self.df_live = (self.df * self.live).contiguous(memory_format=fmt)
-        self.scale = 1 / obj.numel if obj.cfg.reduction == "mean" else 1.0
+        self.scale = obj.l1_scale
         self.slope = self.df_live.abs().mul_(self.scale)  # d/d alpha of ||u - f0||_1
         self.l1_delta = obj.cfg.sparsity == "l1-delta"
 
