@@ -122,6 +122,9 @@ def test_whole_grid_report_in_headless_chromium(tmp_path):
         assert page.get_attribute("#recon", "data-subset") == key
         assert key not in data["images"][-1]
         assert "not precomputed" in page.text_content("#missing")
+        assert "regprim serve" in page.text_content("#missing")
+        assert page.get_attribute("#recon", "src") is None  # nothing that looks like a result
+        assert not page.is_visible("#recon")
     assert errors == []
 
 
