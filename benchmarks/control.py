@@ -8,7 +8,8 @@ For each n, images (seeds) 0 and 1 are explained with the default solver. Edits:
   (f0 at the feature positions under the same cells);
 - transplant: image 0 receives, one player cell at a time, the components of image 1 that meet
   that cell, against feature masking (image 1's feature under the cells) and pixel pasting.
-Locality is the summed absolute change outside the edited cells over that inside (docs/metrics.md,
+Locality is the summed absolute change outside the edited cells over that inside, and the same on
+the edit's region (the cells plus the action regions of the components it changes; docs/metrics.md,
 "Edits"); agreement is the squared distance to the donor's pixels on the cells over the
 recipient's. The first ``--inversions`` edits of each kind are inverted to a code (warm start
 from the recipient's code plus random starts): the relative feature residual of each way.
@@ -65,8 +66,10 @@ def measure(n: int, args, gen) -> list[str]:
     for r, run in enumerate(runs):  # drops
         for j, mask in enumerate(run.table.top_k(args.drops)):
             res = apply(Edit(run).drop(masks=[mask]), gen)
-            add("drop", "primitives", "locality", res.metrics["locality"])
-            add("drop", "feature masking", "locality", res.baselines["feature masking"]["locality"])
+            for way, m in {"primitives": res.metrics, **res.baselines}.items():
+                add("drop", way, "locality", m["locality"])
+                add("drop", way, "region", m["locality_region"])
+            add("drop", "primitives", "cells", len(res.region))
             if r == 0 and j < args.inversions:
                 for way, feature in res.features.items():
                     add("drop", way, "residual", inverted(gen, run, feature))
@@ -76,7 +79,9 @@ def measure(n: int, args, gen) -> list[str]:
         res = apply(Edit(recipient).transplant(donor, [cell]), gen)
         for way, m in {"primitives": res.metrics, **res.baselines}.items():
             add("transplant", way, "locality", m["locality"])
+            add("transplant", way, "region", m["locality_region"])
             add("transplant", way, "agreement", m["agreement"])
+        add("transplant", "primitives", "cells", len(res.region))
         if j < args.inversions:
             for way, feature in res.features.items():
                 add("transplant", way, "residual", inverted(gen, recipient, feature))
@@ -85,7 +90,8 @@ def measure(n: int, args, gen) -> list[str]:
         kind, way = name.split(" | ")
         count = len(m["locality"])
         lines.append(
-            f"| {n} | {kind} | {way} | {count} | {fmt(m['locality'])} | "
+            f"| {n} | {kind} | {way} | {count} | {fmt(m.get('cells', []))} | "
+            f"{fmt(m['locality'])} | {fmt(m['region'])} | "
             f"{fmt(m.get('agreement', []))} | {fmt(m.get('residual', []))} |"
         )
     return lines, runs
@@ -102,8 +108,9 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     gen = load_model("dcgan-faces")
     table = [
-        "| n | edit | way | edits | locality, median [min, max] | agreement | inversion residual |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| n | edit | way | edits | region cells | locality, median [min, max] | locality on the "
+        "region | agreement | inversion residual |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     kept = {}
     for n in args.ns:

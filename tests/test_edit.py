@@ -62,6 +62,10 @@ def test_a_transplant_moves_exactly_the_planted_pattern(planted_run, planted_don
         result.image[:, ~inside], planted_run.image[:, ~inside], atol=1e-4, rtol=0
     )
     assert result.metrics["agreement"] < 1e-6
+    donor_moved = planted_donor.table.meeting(planted_donor.bitmask(cells))
+    both = sorted(region_set := {c for m in moved + donor_moved for c in planted_run.cells(m)})
+    assert result.region == both and set(cells) <= region_set
+    assert result.metrics["locality_region"] < 1e-5  # exclusive: nothing outside its region
     assert "pixel pasting" in result.baselines
 
 

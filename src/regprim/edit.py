@@ -162,6 +162,21 @@ class Edit:
                     out.update(self.run.cells(m))
         return sorted(out)
 
+    def region(self) -> list[int]:
+        """The grid cells in the action regions of every component the edit changes (the
+        recipient's with a weight other than 1, the donor's it brings): where exclusive
+        primitives would change the image, a superset of :meth:`cells`."""
+        out: set[int] = set(self.cells())
+        for m, w in self.weights().items():
+            if w != 1:
+                out.update(self.run.cells(m))
+        for op in self.operations:
+            if op.kind == "transplant":
+                donor = self.donors[op.donor]
+                for m in donor.table.meeting(donor.bitmask(list(op.cells))):
+                    out.update(donor.cells(m))
+        return sorted(out)
+
     def feature(self) -> Tensor:
         """``f_edit`` ``(*feature_shape)``."""
         table = self.run.table
@@ -244,6 +259,7 @@ class EditResult:
     image: Tensor
     before: Tensor
     cells: list[int]
+    region: list[int]
     metrics: dict[str, Any]
     baselines: dict[str, dict[str, Any]]
     images: dict[str, Tensor]
@@ -254,7 +270,7 @@ class EditResult:
 def apply(edit: Edit, gen: SplitGenerator) -> EditResult:
     """Render ``edit`` and the naive edits of the same cells, and measure each the same way."""
     run = edit.run
-    cells = edit.cells()
+    cells, region = edit.cells(), edit.region()
     code = run.code.to(gen.device)
     f_edit = edit.feature()
     donor = next((edit.donors[op.donor] for op in edit.operations if op.kind == "transplant"), None)
@@ -276,6 +292,7 @@ def apply(edit: Edit, gen: SplitGenerator) -> EditResult:
     for name, image in images.items():
         m = {
             "locality": locality(before, image, run.grid, cells),
+            "locality_region": locality(before, image, run.grid, region),
             "cell_change": cell_change(before, image, run.grid).tolist(),
         }
         if donor is not None:
@@ -286,6 +303,7 @@ def apply(edit: Edit, gen: SplitGenerator) -> EditResult:
         image=images["primitives"],
         before=before,
         cells=cells,
+        region=region,
         metrics=measured["primitives"],
         baselines={k: v for k, v in measured.items() if k != "primitives"},
         images=images,
