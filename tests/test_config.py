@@ -75,3 +75,28 @@ def test_bad_settings_name_the_value(kwargs, match):
 def test_round_trip_through_a_dict():
     cfg = ExplainConfig(model="planted", players=[7, 8], solver=SolverConfig(steps=3))
     assert ExplainConfig.from_dict(cfg.to_dict() | {"created": "now"}) == cfg
+
+
+def test_configs_and_solver_maths_load_no_model_code():
+    """Imports point down: importing the solvers loads no model code, and the settings, the
+    component table and the solver maths import neither a model nor the run folder."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, regprim.solvers.or_structured; "
+        "print(sorted(m for m in sys.modules if m.startswith(('regprim.models', "
+        "'pytorch_pretrained_biggan', 'gan_face_generate'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    src = Path(__file__).parents[1] / "src" / "regprim"
+    for path in [src / "config.py", src / "components.py", *sorted((src / "solvers").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith(("regprim.models", "regprim.run_folder")), (
+                    path.name,
+                    node.module,
+                )

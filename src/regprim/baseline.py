@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from regprim.files import atomic_write, safetensors_content
 from regprim.generator import SplitGenerator
-from regprim.run_folder import atomic_write, safetensors_content
 
 
 def cache_dir() -> Path:

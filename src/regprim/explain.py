@@ -29,7 +29,6 @@ from regprim.figures import components_figure, image_figure, paper_figures, png,
 from regprim.generator import SplitGenerator
 from regprim.interactions import universal_matching_residual
 from regprim.metrics import Evaluation, evaluate
-from regprim.models import load_model
 from regprim.report import report_html
 from regprim.run import Run, component_table
 from regprim.salient import removal_salient, select_salient
@@ -64,6 +63,8 @@ def load_generator(cfg: ExplainConfig, generator: SplitGenerator | None = None) 
         torch.cuda.reset_peak_memory_stats(device)
     if generator is not None:
         return generator.freeze().to(device)
+    from regprim.models import load_model  # model code only when a model is named
+
     return load_model(cfg.model, cfg.layer, device, cfg.weights)
 
 

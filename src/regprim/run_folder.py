@@ -21,14 +21,15 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
+from regprim.files import Content, atomic_write, safetensors_content
 from regprim.run import Run
 
 CONFIG = "config.json"
@@ -85,41 +86,14 @@ SUMMARY_FIELDS = {
     "universal_matching_max_rel_residual": float,
 }
 
-Content = bytes | str | Callable[[Path], Any]
-
 
 def reconstruction_png(cells: list[int]) -> str:
     """File name of ``regprim reconstruct --cells CELLS``."""
     return f"reconstruct-{'-'.join(map(str, cells))}.png"
 
 
-def atomic_write(path: Path, content: Content) -> Path:
-    """Write ``content`` (bytes, text, or a function that writes the file it is given) to a
-    temporary file beside ``path`` and rename it into place: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if isinstance(content, bytes):
-            tmp.write_bytes(content)
-        elif isinstance(content, str):
-            tmp.write_text(content)
-        else:
-            content(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _json(data: Any) -> str:
     return json.dumps(data, indent=2)
-
-
-def safetensors_content(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None):
-    """Content for :func:`atomic_write`: ``tensors`` (moved to the CPU) as safetensors."""
-    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    return lambda path: save_file(cpu, path, metadata)
 
 
 def fingerprint(config: dict[str, Any]) -> str:

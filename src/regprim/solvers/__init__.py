@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from torch import Tensor
 
@@ -30,7 +30,9 @@ from regprim.interactions import or_interactions
 from regprim.solvers.objective import MinimalFeatures, Objective
 from regprim.solvers.or_structured import ORSolver, ReachSolver
 from regprim.solvers.paper import PaperSolver
-from regprim.target import Target
+
+if TYPE_CHECKING:
+    from regprim.target import Target
 
 
 class Solver(Protocol):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -29,7 +30,9 @@ from regprim.config import SolverConfig
 from regprim.regions import subset_masks
 from regprim.solvers.reach import reach_bits, reach_sets
 from regprim.solvers.window import find_window
-from regprim.target import Target
+
+if TYPE_CHECKING:
+    from regprim.target import Target
 
 CHECK_PASS = 0.56  # a forward-only pass (the constraint check) in forward-and-gradient passes
 

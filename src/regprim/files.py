@@ -1,0 +1,39 @@
+"""The one atomic file write (a temporary file renamed into place) and the safetensors content
+it writes; the run folder, edit folders, checkpoints and the baseline cache all use it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+from torch import Tensor
+
+Content = bytes | str | Callable[[Path], Any]
+
+
+def atomic_write(path: Path, content: Content) -> Path:
+    """Write ``content`` (bytes, text, or a function that writes the file it is given) to a
+    temporary file beside ``path`` and rename it into place: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(content, bytes):
+            tmp.write_bytes(content)
+        elif isinstance(content, str):
+            tmp.write_text(content)
+        else:
+            content(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def safetensors_content(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None):
+    """Content for :func:`atomic_write`: ``tensors`` (moved to the CPU) as safetensors."""
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return lambda path: save_file(cpu, path, metadata)
