@@ -119,3 +119,28 @@ def test_inversion_recovers_the_feature_of_a_code(planted_run, gen):
     assert inv.residual <= 0.01 and inv.converged
     with torch.no_grad():
         torch.testing.assert_close(gen.d(inv.code)[0], planted_run.f, atol=0.02, rtol=0)
+
+
+def test_the_edit_command(planted_run, planted_donor, tmp_path, capsys):
+    from regprim.cli import main
+
+    run, donor = str(planted_run.path), str(planted_donor.path)
+    cell = str(planted_run.cells(planted_run.top(1)[0])[0])
+    assert main(["edit", run, "--drop-top", "1", "--out", str(tmp_path / "a")]) == 0
+    record = json.loads((tmp_path / "a" / "edit.json").read_text())
+    assert record["operations"][0]["masks"] == planted_run.top(1)
+    assert "locality" in capsys.readouterr().out
+    out = str(tmp_path / "b")
+    assert main(["edit", run, "--transplant", donor, "--cells", cell, "--out", out]) == 0
+    assert json.loads((tmp_path / "b" / "edit.json").read_text())["operations"][0]["donor"] == donor
+    for bad, message in (
+        (["--scale", "2"], "must be FACTOR@CELLS"),
+        (["--transplant", donor], "needs --cells"),
+        ([], "no edit given"),
+        (["--drop", "0"], "not players of this run"),
+    ):
+        assert main(["edit", run, *bad, "--out", str(tmp_path / "c")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+    assert main(["edit", run, "--drop-top", "1", "--out", str(tmp_path / "a")]) == 2
+    assert "earlier edit.json" in capsys.readouterr().err

@@ -267,6 +267,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
         edit.drop(cells=parse_cells(args.drop))
     if args.drop_masks:
         edit.drop(masks=[int(m) for m in args.drop_masks.split(",")])
+    if args.drop_top:
+        edit.drop(masks=run.top(args.drop_top))
     if args.keep:
         edit.keep(cells=parse_cells(args.keep))
     for spec in args.scale or []:
@@ -281,7 +283,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
             raise ValueError(msg)
         edit.transplant(rf.load_run(args.transplant), parse_cells(args.cells))
     if not edit.operations:
-        msg = "no edit given; use --drop, --drop-masks, --keep, --scale or --transplant"
+        msg = "no edit given; use --drop, --drop-masks, --drop-top, --keep, --scale or --transplant"
         raise ValueError(msg)
     rf.check_output(args.out, args.overwrite, rf.EDIT)  # before any rendering
     gen = run.generator(args.device)
@@ -317,6 +319,7 @@ def _edit_parsers(sub) -> None:
     e.add_argument("run", type=Path, help="run folder written by `regprim explain`")
     e.add_argument("--drop", help="drop the components meeting these player cells, e.g. 16")
     e.add_argument("--drop-masks", help="drop the components of these action sets (bitmasks)")
+    e.add_argument("--drop-top", type=int, help="drop the K largest components")
     e.add_argument("--keep", help="keep only the components meeting these player cells")
     e.add_argument("--scale", action="append", help="FACTOR@CELLS, e.g. 1.5@14,15 (repeatable)")
     e.add_argument("--transplant", type=Path, help="donor run folder (same model and baseline)")
