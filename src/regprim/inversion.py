@@ -17,7 +17,6 @@ lies on (or near) the generator's manifold at the cut layer.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from regprim.generator import SplitGenerator
+from regprim.solvers.adam import cosine
 
 
 @dataclass
@@ -80,53 +80,52 @@ def invert(
     if restarts < 1 or max_steps < 1:
         msg = f"restarts={restarts} and max_steps={max_steps} must both be at least 1"
         raise ValueError(msg)
-    target = feature.to(gen.device)
-    scale = (target - f0.to(gen.device)).norm().clamp_min(1e-30)
+    target, f0 = feature.to(gen.device), f0.to(gen.device)
+    scale = (target - f0).norm().clamp_min(1e-30)
     starts = gen.sample_codes(restarts - (code is not None), seed, class_index)
     if code is not None:
         starts = torch.cat([code.to(gen.device), starts])
-    held = gen.num_classes
-    free = starts[:, : starts.shape[1] - held].clone().requires_grad_(True)
-    fixed = starts[:, starts.shape[1] - held :]
+    held = starts.shape[1] - gen.num_classes  # the class part of the code stays
+    free, fixed = starts[:, :held].clone().requires_grad_(True), starts[:, held:]
     opt = torch.optim.Adam([free], lr=lr)
     history: list[float] = []
-    converged = False
     bar = tqdm(total=max_steps, desc="inverting", unit="step", disable=not progress)
-    steps = 0
-    for steps in range(1, max_steps + 1):
+    for step in range(1, max_steps + 1):
         for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (steps - 1) / max_steps))
+            group["lr"] = cosine(lr, step, max_steps)
         with torch.enable_grad():
             opt.zero_grad()
             errors = (gen.d(torch.cat([free, fixed], 1)) - target).flatten(1).pow(2).sum(1)
             errors.sum().backward()
         opt.step()
-        best = float(errors.detach().min().sqrt() / scale)
-        history.append(best)
+        history.append(float(errors.detach().min().sqrt() / scale))
         bar.update(1)
-        if on_progress and steps % 10 == 0:
-            on_progress(steps / max_steps)
-        stalled = steps > 100 and best > 0.99 * history[-101]
-        if best < tol or stalled:
-            converged = best < tol
-            break
+        if on_progress and step % 10 == 0:
+            on_progress(step / max_steps)
+        if history[-1] < tol or (step > 100 and history[-1] > 0.99 * history[-101]):
+            break  # converged, or stalled: less than 1% better in 100 steps
     bar.close()
-    with torch.no_grad():
-        codes = torch.cat([free, fixed], 1).detach()
-        feats = gen.d(codes)
-        residuals = ((feats - target).flatten(1).norm(dim=1) / scale).cpu()
-        best_row = int(residuals.argmin())
-        z = codes[best_row : best_row + 1]
-        image = gen.g(feats[best_row : best_row + 1], z)[0]
-        reference = gen.g(target[None], z)[0]
-        base = gen.g(f0.to(gen.device)[None], z)[0]
-        agree = float((image - reference).norm() / (reference - base).norm().clamp_min(1e-30))
+    return _best(gen, torch.cat([free, fixed], 1).detach(), target, f0, len(history), tol)
+
+
+@torch.no_grad()
+def _best(gen: SplitGenerator, codes: Tensor, target: Tensor, f0: Tensor, steps: int, tol: float):
+    """The :class:`Inversion` of the best of ``codes``."""
+    feats = gen.d(codes)
+    scale = (target - f0).norm().clamp_min(1e-30)
+    residuals = ((feats - target).flatten(1).norm(dim=1) / scale).cpu()
+    row = int(residuals.argmin())
+    z = codes[row : row + 1]
+    image = gen.g(feats[row : row + 1], z)[0]
+    reference = gen.g(target[None], z)[0]
+    base = gen.g(f0[None], z)[0]
+    agreement = (image - reference).norm() / (reference - base).norm().clamp_min(1e-30)
     return Inversion(
         code=z.cpu(),
-        residual=float(residuals[best_row]),
-        image_agreement=agree,
+        residual=float(residuals[row]),
+        image_agreement=float(agreement),
         image=image.cpu(),
         steps=steps,
-        converged=converged,
+        converged=float(residuals[row]) < tol,
         residuals=residuals.tolist(),
     )

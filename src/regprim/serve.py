@@ -138,23 +138,11 @@ class App:
             ],
         }
 
+    def runs(self) -> list[dict[str, Any]]:
+        return [self.describe(i, item) for i, item in enumerate(self.loaded)]
 
-def create_app(runs: list[Run], edits: str | Path = "edits", device: str = "cpu") -> FastAPI:
-    """The FastAPI app serving ``runs`` (see the module docstring)."""
-    state = App(runs, Path(edits), device)
-    api = FastAPI(title="regprim serve")
-
-    @api.get("/", response_class=HTMLResponse)
-    def page() -> str:
-        return resources.files("regprim").joinpath("templates/serve.html").read_text()
-
-    @api.get("/api/runs")
-    def list_runs() -> list[dict[str, Any]]:
-        return [state.describe(i, item) for i, item in enumerate(state.loaded)]
-
-    @api.post("/api/reconstruct")
-    def reconstruct(req: ReconstructRequest) -> dict[str, Any]:
-        item = state.get(req.run)
+    def reconstruct(self, req: ReconstructRequest) -> dict[str, Any]:
+        item = self.get(req.run)
         run = item.run
         try:
             run.bitmask(req.cells)
@@ -168,80 +156,94 @@ def create_app(runs: list[Run], edits: str | Path = "edits", device: str = "cpu"
             "cells": sorted(req.cells),
         }
 
-    @api.post("/api/edit")
-    def edit(req: EditRequest) -> dict[str, Any]:
-        item, e = state.edit_of(req)
+    def edit(self, req: EditRequest) -> dict[str, Any]:
+        item, e = self.edit_of(req)
         with item.lock:
             result = apply(e, item.gen)
-        run = item.run
+        shown = {"primitives": result.metrics, **result.baselines}
+        numbers = {k: {m: v for m, v in b.items() if m != "cell_change"} for k, b in shown.items()}
         return {
-            "image": png_data(result.image, run.value_range),
+            "image": png_data(result.image, item.run.value_range),
             "difference": heat_data(result.before, result.image),
             "cells": result.cells,
-            "metrics": {k: v for k, v in result.metrics.items() if k != "cell_change"},
-            "baselines": {
-                k: {m: v for m, v in b.items() if m != "cell_change"}
-                for k, b in result.baselines.items()
-            },
+            "metrics": numbers.pop("primitives"),
+            "baselines": numbers,
         }
 
-    @api.post("/api/invert")
-    def start_inversion(req: EditRequest) -> dict[str, str]:
-        item, e = state.edit_of(req)
+    def start_inversion(self, req: EditRequest) -> dict[str, str]:
+        item, e = self.edit_of(req)
         job = uuid.uuid4().hex[:12]
-        state.jobs[job] = {"progress": 0.0, "done": False}
-
-        def work() -> None:
-            try:
-                with item.lock:
-                    feature = e.feature()
-                    inv = invert(
-                        item.gen,
-                        feature,
-                        item.run.f0,
-                        item.run.code,
-                        progress=False,
-                        class_index=item.run.class_index,
-                        on_progress=lambda p: state.jobs[job].update(progress=p),
-                    )
-                state.jobs[job] |= {
-                    "done": True,
-                    "progress": 1.0,
-                    "residual": inv.residual,
-                    "image_agreement": inv.image_agreement,
-                    "steps": inv.steps,
-                    "image": png_data(inv.image, item.run.value_range),
-                }
-            except Exception as err:  # reported to the page, never lost in a thread
-                state.jobs[job] |= {"done": True, "error": str(err)}
-
-        threading.Thread(target=work, daemon=True).start()
+        self.jobs[job] = {"progress": 0.0, "done": False}
+        threading.Thread(target=self._invert, args=(job, item, e), daemon=True).start()
         return {"job": job}
 
-    @api.get("/api/jobs/{job}")
-    def job_status(job: str) -> dict[str, Any]:
-        if job not in state.jobs:
-            raise HTTPException(404, f"job: no job {job!r}")
-        return state.jobs[job]
+    def _invert(self, job: str, item: Loaded, edit: Edit) -> None:
+        state = self.jobs[job]
+        try:
+            with item.lock:
+                run = item.run
+                inv = invert(
+                    item.gen,
+                    edit.feature(),
+                    run.f0,
+                    run.code,
+                    class_index=run.class_index,
+                    progress=False,
+                    on_progress=lambda p: state.update(progress=p),
+                )
+            state |= {
+                "done": True,
+                "progress": 1.0,
+                "residual": inv.residual,
+                "image_agreement": inv.image_agreement,
+                "steps": inv.steps,
+                "image": png_data(inv.image, run.value_range),
+            }
+        except Exception as err:  # reported to the page, never lost in a thread
+            state |= {"done": True, "error": str(err)}
 
-    @api.post("/api/save")
-    def save(req: SaveRequest) -> dict[str, Any]:
+    def job(self, job: str) -> dict[str, Any]:
+        if job not in self.jobs:
+            raise HTTPException(404, f"job: no job {job!r}")
+        return self.jobs[job]
+
+    def save(self, req: SaveRequest) -> dict[str, Any]:
         if not NAME.match(req.name):
             raise HTTPException(
                 422, f"name: {req.name!r} must be a plain folder name (A-z 0-9 _.-)"
             )
-        item, e = state.edit_of(req)
+        item, e = self.edit_of(req)
+        run = item.run
         with item.lock:
             result = apply(e, item.gen)
             inv = None
             if req.invert:
-                inv = invert(item.gen, result.feature, item.run.f0, item.run.code, progress=False)
+                inv = invert(item.gen, result.feature, run.f0, run.code, progress=False)
             try:
-                out = save_edit(e, result, state.edits / req.name, inversion=inv)
+                out = save_edit(e, result, self.edits / req.name, inversion=inv)
             except FileExistsError as err:
                 raise HTTPException(409, f"name: {err}") from None
         return {"folder": str(out)}
 
+
+def create_app(runs: list[Run], edits: str | Path = "edits", device: str = "cpu") -> FastAPI:
+    """The FastAPI app serving ``runs`` (see the module docstring)."""
+    state = App(runs, Path(edits), device)
+    api = FastAPI(title="regprim serve")
+
+    @api.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return resources.files("regprim").joinpath("templates/serve.html").read_text()
+
+    for path, method in (
+        ("/api/reconstruct", state.reconstruct),
+        ("/api/edit", state.edit),
+        ("/api/invert", state.start_inversion),
+        ("/api/save", state.save),
+    ):
+        api.post(path)(method)  # the request schema comes from the method's annotation
+    api.get("/api/runs")(state.runs)
+    api.get("/api/jobs/{job}")(state.job)
     return api
 
 
