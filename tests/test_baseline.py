@@ -19,3 +19,23 @@ def test_baseline_is_the_mean_feature():
     gen = load_model("planted")
     codes = gen.sample_codes(64, 3)
     torch.testing.assert_close(compute_baseline(gen, 64, 3), gen.d(codes).mean(0))
+
+
+def test_a_model_with_other_weights_gets_its_own_baseline(tmp_path):
+    """A user's model retrained (or re-seeded) under the same name: a new f0, never the cached
+    one of the old weights."""
+    from torch import nn
+
+    from regprim import split_sequential
+
+    def build(seed):
+        torch.manual_seed(seed)
+        seq = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 3 * 8 * 8), nn.Tanh())
+        return split_sequential(seq, "1", code_dim=4, name="custom", code_to_input=lambda z: z)
+
+    old, new = build(0), build(1)
+    assert old.fingerprint() != new.fingerprint() and old.fingerprint() == build(0).fingerprint()
+    assert cache_path(old, 50, 1) != cache_path(new, 50, 1)
+    f_old, f_new = baseline(old, 50, 1), baseline(new, 50, 1)
+    torch.testing.assert_close(f_new, compute_baseline(new, 50, 1))
+    assert not torch.allclose(f_old, f_new)

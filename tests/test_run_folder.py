@@ -62,9 +62,30 @@ def test_refuses_to_overwrite_another_run(saved):
 
 def test_refuses_non_run_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not empty and holds no run"):
+    with pytest.raises(FileExistsError, match="holds files that regprim did not write"):
         explain(CFG, out=tmp_path, progress=False)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_never_deletes_what_regprim_did_not_write(tmp_path):
+    """A folder with a config.json of its own (a BigGAN weights folder, a project) and other
+    files is not a run: --overwrite refuses it and nothing is deleted. A real run with a file a
+    user added is refused too."""
+    project = tmp_path / "p"
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text("{}")
+    (project / "src" / "main.py").write_text("x")
+    with pytest.raises(FileExistsError, match="did not write \\(config.json, src\\)"):
+        explain(CFG, out=project, overwrite=True, progress=False)
+    assert (project / "src" / "main.py").read_text() == "x"
+    run = tmp_path / "run"
+    explain(CFG, out=run, progress=False, verify=False)
+    (run / "my-notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="my-notes.txt"):
+        explain(CFG, out=run, overwrite=True, progress=False)
+    assert (run / "my-notes.txt").read_text() == "keep"
+    (run / "my-notes.txt").unlink()
+    explain(CFG, out=run, overwrite=True, progress=False, verify=False)  # a run alone: replaced
 
 
 def test_overwrite_replaces(tmp_path):

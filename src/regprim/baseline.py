@@ -2,7 +2,9 @@
 
 For class-conditional models the codes cycle through all classes (class-balanced), as the paper
 averages over images of all 1000 ImageNet classes. The cache lives in ``$REGPRIM_CACHE`` (default
-``~/.cache/regprim``), one safetensors file per (model, layer, count, seed).
+``~/.cache/regprim``), one safetensors file per (model, layer, count, seed, and the model's
+content: :meth:`SplitGenerator.fingerprint`, a hash of its weights), so a retrained user model, or
+BigGAN with another weights folder, never reuses an old ``f0``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ def cache_dir() -> Path:
 
 
 def cache_path(gen: SplitGenerator, count: int, seed: int) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{gen.name}-{gen.layer}-{count}-{seed}")
+    key = f"{gen.name}-{gen.layer}-{count}-{seed}-{gen.fingerprint()}"
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
     return cache_dir() / "baselines" / f"{safe}.safetensors"
 
 

@@ -17,6 +17,7 @@ Two ways to build one from an ``nn.Module``:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -95,6 +96,19 @@ class SplitGenerator:
         for m in self.modules():
             m.to(self.device)
         return self
+
+    def fingerprint(self) -> str:
+        """A hash of what makes this split compute what it computes: its name, layer and code
+        size, and every parameter and buffer of its modules (so retrained or re-seeded weights,
+        or two different models of one name, never share a cached baseline)."""
+        h = hashlib.sha256(f"{self.name}|{self.layer}|{self.code_dim}|{self.num_classes}".encode())
+        for module in self.modules():
+            for key, t in sorted(module.state_dict().items()):
+                h.update(f"{key}|{tuple(t.shape)}|{t.dtype}".encode())
+                h.update(
+                    t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+                )
+        return h.hexdigest()[:16]
 
     def freeze(self) -> SplitGenerator:
         """Eval mode, no parameter gradients: only inputs are optimised."""

@@ -174,19 +174,42 @@ def check_output(out: Path, overwrite: bool, marker: str = CONFIG) -> None:
         raise FileExistsError(msg)
     if not any(out.iterdir()):
         return
-    if (out / marker).is_file():
-        if overwrite:
-            return
-        try:
-            old = json.loads((out / marker).read_text())
-            what = f"a run of {old.get('model')}/{old.get('layer')} from {old.get('created')}"
-        except (OSError, ValueError, AttributeError):
-            what = "a run"
-        what = what if marker == CONFIG else f"an earlier {marker}"
-        msg = f"output folder {out} already holds {what}; pass --overwrite or choose another --out"
+    foreign = not_written_by_regprim(out, marker)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        msg = (
+            f"output folder {out} holds files that regprim did not write ({shown}); it is not "
+            "replaced, with or without --overwrite: choose an empty or new --out"
+        )
         raise FileExistsError(msg)
-    msg = f"output folder {out} is not empty and holds no run; choose an empty or new --out"
+    if overwrite:
+        return
+    what = f"an earlier {marker}"
+    if marker == CONFIG:
+        old = json.loads((out / marker).read_text())
+        what = f"a run of {old.get('model')}/{old.get('layer')} from {old.get('created')}"
+    msg = f"output folder {out} already holds {what}; pass --overwrite or choose another --out"
     raise FileExistsError(msg)
+
+
+def not_written_by_regprim(folder: Path, marker: str = CONFIG) -> list[str]:
+    """What in ``folder`` is not one of regprim's own files: everything, unless it holds its
+    ``marker`` and a readable ``manifest.json``; else every entry the manifest does not list (a
+    subfolder, a file a user put there). ``--overwrite`` replaces only a folder with none."""
+    entries = sorted(p.name for p in folder.iterdir())
+    try:
+        listed = set(json.loads((folder / MANIFEST).read_text())["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return entries
+    if marker not in listed:
+        return entries
+    return [
+        name
+        for name in entries
+        if name != MANIFEST and not (name in listed and (folder / name).is_file())
+    ]
 
 
 def partial_dir(out: Path) -> Path:
