@@ -100,3 +100,8 @@ def test_configs_and_solver_maths_load_no_model_code():
                     path.name,
                     node.module,
                 )
+
+
+def test_a_memory_budget_of_zero_is_an_error_not_ignored():
+    with pytest.raises(ValueError, match="memory budget 0 GiB must be positive"):
+        ExplainConfig(memory_budget_gb=0)

@@ -33,6 +33,12 @@ def test_seeds_and_items():
     assert parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
     with pytest.raises(ValueError, match="integers and ranges"):
         parse_seeds("a-b")
+    with pytest.raises(ValueError, match="'5-2' runs backwards; write it low-high, e.g. 2-5"):
+        parse_seeds("5-2,7")  # once explained only seed 7
+    with pytest.raises(ValueError, match=r"seed\(s\) \[1\] more than once"):
+        parse_seeds("1,1")  # once counted one image twice
+    with pytest.raises(ValueError, match="more than 100000 images"):
+        parse_seeds("0-1000000")
     items = items_of([1, 2], ["green", "blue"])
     assert [i.name for i in items] == [
         "class-green-seed-0001",

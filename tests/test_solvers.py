@@ -72,7 +72,7 @@ def test_chunk_size_does_not_change_the_result():
     torch.testing.assert_close(a.minimal_features, b.minimal_features, atol=2e-3, rtol=0)
 
 
-def test_subsets_missing_the_constraint_are_flagged():
+def test_subsets_missing_the_constraint_are_flagged(tmp_path, capsys):
     cfg = ExplainConfig(
         model="planted",
         players=[7, 8, 13],
@@ -81,11 +81,19 @@ def test_subsets_missing_the_constraint_are_flagged():
             method="paper", optimizer="adam", steps=2, full_steps=2, constraint=1e-9
         ),
     )
-    run = explain(cfg, progress=False)
+    run = explain(cfg, out=tmp_path / "run", progress=False)
     s = run.summary
     assert s["subsets_meeting_constraint"] == 1 / 8  # only the empty set
     assert s["subsets_failing_constraint"] == list(range(1, 8))
     assert not run.tensors["meets_constraint"][1:].any()
+    assert s["warnings"][0].startswith("7 of 7 checked subsets (every subset) miss")
+    assert "7 of 7 checked subsets" in (tmp_path / "run" / "report.html").read_text()
+    from regprim.cli import main
+
+    args = "explain --model planted --players 7,8,13 --baseline-count 50 --solver paper"
+    args += " --optimizer adam --steps 2 --full-steps 2 --constraint 1e-9 --no-verify --quiet"
+    assert main([*args.split(), "--out", str(tmp_path / "cli")]) == 0
+    assert "regprim: warning: 7 of 7 checked subsets" in capsys.readouterr().err
 
 
 def test_level_order_helpers():

@@ -163,6 +163,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     note = convergence_note(cfg.solver, s)
     if note:
         print(f"note: {note}")
+    for warning in run.warnings:
+        print(f"regprim: warning: {warning}", file=sys.stderr)
     print(f"results in {args.out}/ (summary.json, tensors.safetensors, *.png)")
     if run.metrics:
         _print_metrics(run.metrics)

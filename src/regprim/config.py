@@ -287,6 +287,12 @@ class ExplainConfig:
         if self.top_figure < 0:
             msg = f"top_figure {self.top_figure} must be >= 0"
             raise ValueError(msg)
+        if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
+            msg = (
+                f"memory budget {self.memory_budget_gb} GiB must be positive; leave it out to "
+                "use what the machine has"
+            )
+            raise ValueError(msg)
 
     @property
     def players_count(self) -> int:

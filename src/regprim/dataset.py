@@ -31,6 +31,7 @@ import json
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -63,16 +64,31 @@ class Item:
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{label}seed-{self.seed:04d}")
 
 
+MAX_SEEDS = 100_000  # more images than a dataset folder is meant to hold
+
+
 def parse_seeds(text: str) -> list[int]:
-    """``"0-99"``, ``"3,5,8"`` or both (``"0-9,20"``) -> seeds."""
+    """``"0-99"``, ``"3,5,8"`` or both (``"0-9,20"``) -> seeds, each once, in the order given.
+    A backwards range (``5-2``), a repeated seed and more than ``MAX_SEEDS`` seeds are errors."""
     seeds: list[int] = []
-    try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            low, _, high = part.partition("-")
-            seeds += range(int(low), int(high) + 1) if high else [int(low)]
-    except ValueError:
-        msg = f"seeds {text!r} must be integers and ranges, e.g. 0-99 or 1,5,9"
-        raise ValueError(msg) from None
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, _, high = part.partition("-")
+        try:
+            lo, hi = int(low), int(high or low)
+        except ValueError:
+            msg = f"seeds {text!r} must be integers and ranges, e.g. 0-99 or 1,5,9"
+            raise ValueError(msg) from None
+        if hi < lo:
+            msg = f"seed range {part!r} runs backwards; write it low-high, e.g. {hi}-{lo}"
+            raise ValueError(msg)
+        if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+            msg = f"seeds {text!r} name more than {MAX_SEEDS} images; split the dataset"
+            raise ValueError(msg)
+        seeds += range(lo, hi + 1)
+    repeated = sorted(s for s, k in Counter(seeds).items() if k > 1)
+    if repeated:
+        msg = f"seeds {text!r} name seed(s) {repeated[:5]} more than once; list each once"
+        raise ValueError(msg)
     if not seeds:
         msg = f"seeds {text!r} name no seed; give e.g. 0-99"
         raise ValueError(msg)

@@ -206,6 +206,18 @@ def salient_sets(
     }
 
 
+def constraint_warnings(meets: Tensor, checked: str, constraint: float) -> list[str]:
+    """A warning whenever any checked subset misses the reconstruction constraint."""
+    missed = int((~meets).sum())
+    if not missed:
+        return []
+    return [
+        f"{missed} of {len(meets)} checked subsets ({checked}) miss the reconstruction "
+        f"constraint (relative masked error >= {constraint}); their components are not exact: "
+        "see summary.json subsets_failing_constraint, raise --or-steps or --max-steps"
+    ]
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
@@ -229,6 +241,7 @@ def summarise(
     per = slice(1, None) if dense else slice(None)  # dense: skip the empty set
     failing_rows = torch.nonzero(~mf.meets).flatten().cpu()
     failing = (failing_rows if dense else tensors["heldout_masks"][failing_rows]).tolist()
+    checked = "every subset" if dense else f"{len(mf.meets)} held-out subsets"
     return {
         "model": gen.name,
         "layer": gen.layer,
@@ -242,7 +255,8 @@ def summarise(
         "universal_matching_max_rel_residual": float(tensors["universal_matching_residual"].max()),
         "subsets_meeting_constraint": float(mf.meets.float().mean()),
         "subsets_failing_constraint": failing,
-        "subsets_checked": "every subset" if dense else f"{len(mf.meets)} held-out subsets",
+        "subsets_checked": checked,
+        "warnings": constraint_warnings(mf.meets[per], checked, solver.constraint),
         "rounded_numbers": mf.rounded_numbers,
         "rel_error_median": float(mf.rel_error[per].median()) if n else 0.0,
         "rel_error_max": float(mf.rel_error.max()),

@@ -173,7 +173,11 @@ def report_html(
         f"<td>{better[m.higher_is_better]}</td><td>{html.escape(m.description)}</td></tr>"
         for m in metrics
     )
-    settings = "".join(
+    warned = "".join(
+        f'<tr><td class="warning">warning</td><td class="warning">{html.escape(w)}</td></tr>'
+        for w in run.warnings
+    )
+    settings = warned + "".join(
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
         for k, v in settings_table(run).items()
     )

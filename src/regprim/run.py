@@ -86,6 +86,11 @@ class Run:
     baseline_image = _tensor("baseline_image", "Baseline image ``g(f0)`` ``(C, H, W)``.")
 
     @property
+    def warnings(self) -> list[str]:
+        """What a user must know about this run's result (subsets missing the constraint)."""
+        return list(self.summary.get("warnings", []))
+
+    @property
     def feature_change_norm(self) -> float:
         return float(self.summary["feature_change_norm"])
 

@@ -73,7 +73,7 @@ def available_memory_bytes() -> int:
 def check_memory(cfg: SolverConfig, n: int, numel: int, budget_gb: float | None) -> None:
     """Refuse a solve whose tensors would not fit in memory (with the estimate)."""
     need = SOLVERS[cfg.method].memory_bytes(n, numel)
-    have = int(budget_gb * 2**30) if budget_gb else available_memory_bytes()
+    have = int(budget_gb * 2**30) if budget_gb is not None else available_memory_bytes()
     if need > have:
         msg = (
             f"n={n} needs about {need / 2**30:.1f} GiB for its 2**{n} x {numel} tensors, "
