@@ -145,3 +145,13 @@ def test_explorer_images_are_algorithm_2_reconstructions(planted_run):
         dist = [np.abs(decoded.astype(float) - e).mean() for e in expected]
         # JPEG is lossy on this noise-like image; the right reconstruction is still the nearest
         assert dist[j] < 0.5 * min(d for i, d in enumerate(dist) if i != j), (mask, dist)
+
+
+def test_settings_name_the_solver_and_only_its_settings(planted_run):
+    from regprim.report import settings_table
+
+    table = settings_table(planted_run)
+    assert table["solver"] == "or" and table["solver or steps"] == 300
+    assert not any(k in table for k in ("solver max steps", "steps", "lambda"))
+    assert table["class"] == "-"  # no Python None in the page
+    assert "{" not in str(table["components kept by each salient rule"])

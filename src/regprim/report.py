@@ -27,6 +27,7 @@ from regprim.generator import SplitGenerator
 from regprim.metrics import Metric
 from regprim.reconstruction import reconstruct_features, selection
 from regprim.run import Run
+from regprim.solvers import SOLVERS
 
 EXPLORER_RATIOS = [0.25, 0.5, 0.75, 1.0]
 MAX_EXPLORER_IMAGES = 8192
@@ -130,13 +131,17 @@ def settings_table(run: Run) -> dict[str, Any]:
         "layer": s["layer"],
         "feature shape": s["feature_shape"],
         "seed": c["seed"],
-        "class": s.get("class_index"),
+        "class": "-" if s.get("class_index") is None else s["class_index"],
         "grid": s["grid"],
         "players (bit order)": s["players"],
+        "solver": c["solver"]["method"],
+        **{
+            f"solver {key.replace('_', ' ')}": c["solver"][key]
+            for key in SOLVERS[c["solver"]["method"]].settings
+            if key in c["solver"]
+        },
         "sparsity term": s["sparsity"],
         "reduction": s["reduction"],
-        "lambda": c["solver"]["lam"],
-        "steps": c["solver"]["steps"],
         "salient rule": s["salient_rule"],
         "salient components": len(s["salient"]),
         "universal matching residual": _fmt(s["universal_matching_max_rel_residual"]),
@@ -146,7 +151,9 @@ def settings_table(run: Run) -> dict[str, Any]:
         "created": c.get("created"),
     }
     if s.get("salient_counts"):
-        settings["components kept by each salient rule"] = s["salient_counts"]
+        settings["components kept by each salient rule"] = ", ".join(
+            f"{rule} {count}" for rule, count in s["salient_counts"].items()
+        )
     settings["components used"] = s.get("components_used", "raw")
     if s.get("denoise"):
         d = s["denoise"]

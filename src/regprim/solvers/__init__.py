@@ -40,6 +40,7 @@ class Solver(Protocol):
     solve itself."""
 
     name: str
+    settings: tuple[str, ...]  # the SolverConfig fields this solver reads (shown in reports)
 
     def memory_bytes(self, n: int, numel: int) -> int: ...
 

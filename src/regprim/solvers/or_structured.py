@@ -163,6 +163,7 @@ class ORSolver:
     """OR-structured minimal features (module docstring)."""
 
     name = "or"
+    settings = ("lam", "or_steps", "or_batch", "or_lr", "or_init", "or_snap", "or_gtol")
 
     @staticmethod
     def memory_bytes(n: int, numel: int) -> int:
@@ -378,6 +379,7 @@ class ReachSolver:
     """The receptive-field reference: ``beta_i = 1`` on each number's reach set."""
 
     name = "reach"
+    settings: tuple[str, ...] = ()
 
     @staticmethod
     def memory_bytes(n: int, numel: int) -> int:

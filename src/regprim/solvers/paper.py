@@ -163,6 +163,7 @@ class PaperSolver:
     """Every subset solved alone, level by level (module docstring)."""
 
     name = "paper"
+    settings = ("lam", "optimizer", "max_steps", "ftol", "gtol", "steps", "lr", "warm_start")
 
     @staticmethod
     def memory_bytes(n: int, numel: int) -> int:
