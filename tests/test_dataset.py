@@ -1,5 +1,6 @@
 """Many images: local and Ray execution, resume, Parquet tables, consistency, the report."""
 
+import dataclasses
 import importlib
 import json
 import os
@@ -99,13 +100,15 @@ def test_a_failing_image_is_recorded_and_the_others_go_on(tmp_path):
 
 
 def test_a_killed_image_restarts_cleanly(tmp_path):
-    """Kill the worker in the middle of an image; the next call finishes it and the tables."""
+    """Kill the worker in the middle of an image; the next call (same settings: a dataset
+    holds one configuration) finishes it and the tables."""
     out = tmp_path / "data"
+    slow = dataclasses.replace(CFG, solver=SolverConfig(or_steps=3000))  # about 5 s
     code = (
         "from regprim import ExplainConfig, SolverConfig\n"
         "from regprim.dataset import explain_many, items_of\n"
         "cfg = ExplainConfig(model='planted', players=[7, 8, 14, 20], baseline_count=50,\n"
-        "                    solver=SolverConfig(or_steps=20000))\n"
+        "                    solver=SolverConfig(or_steps=3000))\n"
         f"explain_many(cfg, items_of([5]), r'{out}', verify=False, progress=False)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
@@ -118,7 +121,7 @@ def test_a_killed_image_restarts_cleanly(tmp_path):
     proc.kill()
     proc.wait()
     assert not (out / IMAGES / "seed-0005").exists()
-    rows = explain_many(CFG, items_of([5]), out, verify=False, progress=False)
+    rows = explain_many(slow, items_of([5]), out, verify=False, progress=False)
     assert rows[0]["status"] == "ok"
     assert not list((out / IMAGES).glob(".seed-0005.writing-*"))
 
@@ -160,3 +163,27 @@ def test_cli_explain_many(tmp_path, capsys):
     )
     assert rc == 0
     assert "2 of 2 images explained" in capsys.readouterr().out
+
+
+def test_a_dataset_holds_one_configuration(tmp_path):
+    """Images explained with other settings are never reused: the second call is refused
+    before any work, naming what differs."""
+    explain_many(CFG, items_of([0]), tmp_path / "d", progress=False, verify=False)
+    other = dataclasses.replace(CFG, players=[7, 8, 14, 20, 21])
+    with pytest.raises(
+        ValueError, match="players: \\[7, 8, 14, 20\\] there, \\[7, 8, 14, 20, 21\\] now"
+    ):
+        explain_many(other, items_of([0, 1]), tmp_path / "d", progress=False, verify=False)
+    assert not (tmp_path / "d" / "images" / "seed-0001").exists()
+    rows = explain_many(CFG, items_of([0, 1]), tmp_path / "d", progress=False, verify=False)
+    assert [r["status"] for r in rows] == ["done before", "ok"]
+
+
+def test_an_unreachable_ray_address_fails_at_once(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    start = time.perf_counter()
+    with pytest.raises(ConnectionError, match="no Ray cluster answers there"):
+        explain_many(CFG, items_of([0]), tmp_path / "d", progress=False, verify=False)
+    assert time.perf_counter() - start < 30

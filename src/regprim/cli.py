@@ -434,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         ModuleNotFoundError,
         MemoryError,
         TypeError,
+        ConnectionError,
         rf.RunFolderBusy,
     ) as err:
         print(f"regprim: error: {err}", file=sys.stderr)

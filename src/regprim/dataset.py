@@ -30,6 +30,7 @@ import html
 import json
 import os
 import re
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -46,6 +47,8 @@ from regprim import run_folder as rf
 from regprim.config import ExplainConfig
 
 IMAGES, IMAGES_TABLE, COMPONENTS_TABLE = "images", "images.parquet", "components.parquet"
+SETTINGS = "dataset.json"  # the one configuration of a dataset folder; images differ by seed
+PER_IMAGE = ("seed", "class_index")  # settings that differ between the images of a dataset
 TRANSFER, DATASET_REPORT = "transfer.json", "report.html"
 TRANSFER_PAIRS = ((10, 10), (20, 100))
 _GENERATORS: dict[str, Any] = {}  # per worker process: the generator, loaded once
@@ -181,8 +184,8 @@ def run_items(
     if use_ray:
         import ray
 
-        if not ray.is_initialized():
-            ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+        if not ray.is_initialized():  # "local": a new instance, never a cluster found on disk
+            ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
         gpus = 1 if str(config.get("device", "cpu")).startswith("cuda") else 0
         task = ray.remote(num_cpus=1, num_gpus=gpus)(explain_one)
         pending = [task.remote(config, i, f, verify) for i, f in zip(items, folders, strict=True)]
@@ -207,6 +210,51 @@ def run_items(
     bar.close()
 
 
+def same_settings(out: Path, cfg: ExplainConfig) -> None:
+    """A dataset folder holds one configuration: record it the first time (``dataset.json``),
+    and refuse settings that differ later, naming them (images explained with other settings
+    were once reused, and transfer ratios computed across them)."""
+    as_json = json.loads(json.dumps(cfg.to_dict()))  # tuples as lists, as the file holds them
+    settings = {k: v for k, v in as_json.items() if k not in PER_IMAGE}
+    path = out / SETTINGS
+    if not path.is_file():
+        if (out / IMAGES).is_dir() and any((out / IMAGES).iterdir()):
+            msg = (
+                f"dataset folder {out} has images but no {SETTINGS} (made by an older regprim); "
+                "its settings cannot be checked: explain into a new --out"
+            )
+            raise ValueError(msg)
+        out.mkdir(parents=True, exist_ok=True)
+        rf.atomic_write(path, json.dumps(settings, indent=2, sort_keys=True))
+        return
+    old = json.loads(path.read_text())
+    differ = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+    if differ:
+        shown = "; ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in differ)
+        msg = (
+            f"dataset folder {out} was made with other settings ({shown}); a dataset holds one "
+            "configuration: use the same options or another --out"
+        )
+        raise ValueError(msg)
+
+
+def check_ray_address(address: str | None) -> None:
+    """Fail at once, not after minutes, when ``RAY_ADDRESS`` names a cluster nobody answers at."""
+    if not address or address in ("local", "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError):
+        msg = (
+            f"RAY_ADDRESS={address!r}: no Ray cluster answers there; start one with "
+            "`ray start --head --node-ip-address 127.0.0.1` (RAY_AUTH_MODE=disabled for a test "
+            "cluster) and set RAY_ADDRESS to the address it prints, or unset RAY_ADDRESS to "
+            "start a local one"
+        )
+        raise ConnectionError(msg) from None
+
+
 def explain_many(
     cfg: ExplainConfig,
     items: list[Item],
@@ -226,8 +274,12 @@ def explain_many(
     out = Path(out)
     if not (out / IMAGES).is_dir():  # a new dataset: its folder must be new or empty
         rf.check_output(out, overwrite=False)
+    same_settings(out, cfg)
     (out / IMAGES).mkdir(parents=True, exist_ok=True)
     use_ray = use_ray or bool(os.environ.get("RAY_ADDRESS"))
+    if use_ray:
+        check_ray_address(os.environ.get("RAY_ADDRESS"))
+    workers = min(workers, len(items))  # never more processes than images
     rows = list(run_items(cfg.to_dict(), items, out, verify, workers, use_ray, progress))
     order = {item.name: k for k, item in enumerate(items)}
     rows.sort(key=lambda r: order[r["image"]])
