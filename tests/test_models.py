@@ -4,7 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from regprim import ExplainConfig, HookSplit, SolverConfig, explain, load_model, split_sequential
+from regprim import (
+    ExplainConfig,
+    HookSplit,
+    SolverConfig,
+    explain,
+    load_model,
+    load_run,
+    split_sequential,
+)
 from regprim.models import MODELS
 
 FAST = SolverConfig(or_steps=8)
@@ -213,3 +221,30 @@ def test_the_layer_table_matches_the_small_models():
         for layer, shapes in table[name]["layers"].items():
             feature, image = gen.cut_at(layer).shapes()
             assert (list(feature), list(image)) == (shapes["feature"], shapes["image"])
+
+
+def test_a_changed_model_file_is_refused_by_commands_that_rebuild_it(tmp_path, capsys):
+    """verify, report and reconstruct rebuild the generator: a model file that changed since
+    the run (its SHA-256 is in config.json) is refused with what changed, not used silently."""
+    from regprim.cli import main
+
+    path = tmp_path / "mygen.py"
+    source = (
+        "import torch\nfrom torch import nn\nfrom regprim import split_sequential\n"
+        "def build(layer='1', weights=None):\n"
+        "    torch.manual_seed(SEED)\n"
+        "    seq = nn.Sequential(nn.ConvTranspose2d(6, 8, 4, 1, 0), nn.ReLU(),\n"
+        "                        nn.ConvTranspose2d(8, 3, 4, 2, 1), nn.Tanh())\n"
+        "    return split_sequential(seq, layer, name='mygen', code_dim=6)\n"
+    )
+    path.write_text(source.replace("SEED", "0"))
+    cfg = ExplainConfig(
+        model=f"{path}:build", grid=(4, 4), n=3, baseline_count=8, solver=SolverConfig(or_steps=3)
+    )
+    explain(cfg, out=tmp_path / "run", progress=False, verify=False)
+    run = load_run(tmp_path / "run")
+    run.generator()  # unchanged: fine
+    path.write_text(source.replace("SEED", "1"))  # retrained, say
+    for command in (["verify"], ["report"], ["reconstruct", "--cells", str(run.players[0])]):
+        assert main([command[0], str(tmp_path / "run"), *command[1:]]) == 2
+        assert "changed since this run was made" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from regprim import ExplainConfig, SolverConfig, explain, load_run
 from regprim import run_folder as rf
 from regprim.cli import main
+from regprim.files import content_hash
 
 FAST = ExplainConfig(
     model="planted", players=[7, 8, 14, 20], baseline_count=50, solver=SolverConfig(or_steps=20)
@@ -201,7 +202,7 @@ def test_stale_checkpoint_after_the_weights_change_is_not_resumed(tmp_path, monk
     monkeypatch.setattr(paper, "optimise", real)
     run = explain(cfg, out=out, progress=False, verify=False)
     assert resumed == [None]
-    assert run.config["weights_sha256"] == rf.content_hash(weights)
+    assert run.config["weights_sha256"] == content_hash(weights)
     assert os.path.isabs(run.config["weights"]) and os.path.isabs(run.config["model"][:-6])
 
 

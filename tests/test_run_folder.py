@@ -1,6 +1,7 @@
 """Run folder: atomic writes, round trip, refusal to clobber, corrupt folders, resume."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -168,3 +169,14 @@ def test_checkpoints_are_throttled(tmp_path, monkeypatch):
     assert calls == []
     explain(cfg, out=tmp_path / "b", progress=False, verify=False, checkpoint_every=0)
     assert len(calls) == 5  # u(N), then 4 + 6 + 4 subsets in chunks of 4
+
+
+def test_a_manifest_without_an_entry_is_not_trusted(planted_run, tmp_path):
+    """A manifest with the tensors entry removed once let a flipped byte load."""
+    out = tmp_path / "run"
+    shutil.copytree(planted_run.path, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["sha256"]["tensors.safetensors"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="does not list tensors.safetensors"):
+        load_run(out)

@@ -26,6 +26,7 @@ from regprim.components import ComponentTable
 from regprim.config import ExplainConfig
 from regprim.denoise import remove_noise
 from regprim.figures import components_figure, image_figure, paper_figures, png, target_figure
+from regprim.files import content_hash
 from regprim.generator import SplitGenerator
 from regprim.interactions import universal_matching_residual
 from regprim.metrics import Evaluation, evaluate
@@ -81,10 +82,10 @@ def resolved_config(cfg: ExplainConfig, target: Target) -> dict[str, Any]:
     spec, _, function = cfg.model.rpartition(":")
     if spec.endswith(".py") and Path(spec).is_file():
         resolved["model"] = f"{Path(spec).resolve()}:{function}"
-        resolved["model_sha256"] = rf.content_hash(spec)
+        resolved["model_sha256"] = content_hash(spec)
     if cfg.weights not in (None, "random") and Path(cfg.weights).exists():
         resolved["weights"] = str(Path(cfg.weights).resolve())
-        resolved["weights_sha256"] = rf.content_hash(cfg.weights)
+        resolved["weights_sha256"] = content_hash(cfg.weights)
     return resolved
 
 

@@ -3,6 +3,7 @@ it writes; the run folder, edit folders, checkpoints and the baseline cache all 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -37,3 +38,23 @@ def safetensors_content(tensors: dict[str, Tensor], metadata: dict[str, str] | N
     """Content for :func:`atomic_write`: ``tensors`` (moved to the CPU) as safetensors."""
     cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     return lambda path: save_file(cpu, path, metadata)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_hash(path: str | Path) -> str:
+    """SHA-256 of a file, or of every file in a folder (names and contents, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()

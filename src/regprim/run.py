@@ -167,11 +167,37 @@ class Run:
 
     # -- using it ---------------------------------------------------------------------------------
     def generator(self, device: str | torch.device = "cpu"):
-        """The split generator that made this run, rebuilt from its config."""
+        """The split generator that made this run, rebuilt from its config; refused when the
+        model file or the weights the run recorded (by SHA-256) have changed since."""
         from regprim.models import load_model
 
         c = self.config
+        self.check_sources()
         return load_model(c["model"], c["layer"], device, c.get("weights"))
+
+    def check_sources(self) -> None:
+        """The model file and weights named in the config still hash to what the run recorded
+        (``model_sha256``, ``weights_sha256``); else a ValueError that says what changed."""
+        from regprim.files import content_hash
+
+        c = self.config
+        sources = {
+            "model file": (c["model"].rpartition(":")[0], c.get("model_sha256")),
+            "weights": (c.get("weights"), c.get("weights_sha256")),
+        }
+        for what, (where, recorded) in sources.items():
+            if not recorded:
+                continue
+            if not where or not Path(where).exists():
+                msg = f"the {what} of this run, {where}, is gone; restore it to use the run"
+                raise ValueError(msg)
+            if content_hash(where) != recorded:
+                msg = (
+                    f"the {what} {where} changed since this run was made (SHA-256 "
+                    f"{recorded[:12]}... recorded); its numbers belong to the old one: restore "
+                    "it, or explain again"
+                )
+                raise ValueError(msg)
 
     def reconstruct(
         self, cells: list[int], generator=None, salient_only: bool = True

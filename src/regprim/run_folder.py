@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
-from regprim.files import Content, atomic_write, safetensors_content
+from regprim.files import Content, atomic_write, safetensors_content, sha256_file
 from regprim.run import Run
 
 CONFIG = "config.json"
@@ -99,26 +99,6 @@ def _json(data: Any) -> str:
 def fingerprint(config: dict[str, Any]) -> str:
     """Hash of the settings that determine the minimal features (to match a checkpoint)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def content_hash(path: str | Path) -> str:
-    """SHA-256 of a file, or of every file in a folder (names and contents, sorted)."""
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode())
-        digest.update(sha256_file(file).encode())
-    return digest.hexdigest()
 
 
 def tensor_hash(*tensors: Tensor) -> str:
@@ -422,6 +402,11 @@ def load_run(path: str | Path, derived: bool = True) -> Run:
         if not (path / name).is_file():
             raise _corrupt(path, f"{name} is missing")
     check_checksums(path, derived)
+    unlisted = [
+        n for n in (CONFIG, SUMMARY, TENSORS) if n not in _read_json(path, MANIFEST)["sha256"]
+    ]
+    if unlisted:  # a manifest with an entry removed would leave that file unchecked
+        raise _corrupt(path, f"{MANIFEST} does not list {', '.join(unlisted)}")
     config, summary = _read_json(path, CONFIG), _read_json(path, SUMMARY)
     try:
         tensors = load_file(path / TENSORS)
