@@ -58,6 +58,12 @@ def test_local_run_tables_round_trip_and_resume(tmp_path, monkeypatch):
     assert images == rows  # the Parquet round trip keeps every value
     assert {c["image"] for c in components} == {"seed-0000", "seed-0001", "seed-0002"}
     assert all(c["order"] == len(c["cells"]) and c["norm"] > 0 for c in components)
+    for image in ("seed-0000", "seed-0001", "seed-0002"):  # rows by rank = by decreasing norm
+        mine = [c for c in components if c["image"] == image]
+        assert [c["rank"] for c in mine] == list(range(len(mine)))
+        assert [c["norm"] for c in mine] == sorted((c["norm"] for c in mine), reverse=True)
+    leaks = [c["leakage"] for c in components]  # measured by verify for the salient components
+    assert all(v is not None and 0 <= v < 1e-3 for v in leaks), leaks
     for name in (COMPONENTS_TABLE, TRANSFER, DATASET_REPORT):
         assert (out / name).is_file()
     # planted primitives are the same sets in every image: every top set transfers
@@ -187,3 +193,17 @@ def test_an_unreachable_ray_address_fails_at_once(tmp_path, monkeypatch):
     with pytest.raises(ConnectionError, match="no Ray cluster answers there"):
         explain_many(CFG, items_of([0]), tmp_path / "d", progress=False, verify=False)
     assert time.perf_counter() - start < 30
+
+
+def test_transfer_ratio_takes_l_a_from_one_image_and_l_b_from_the_other():
+    """top20_in_top100: the share of A's 20 largest found among B's 100 largest. A's 20 sit at
+    ranks 50-69 of B (inside B's top 100); B's 20 largest are nowhere in A."""
+    vec = torch.ones(2)
+    a = [(frozenset({i}), vec) for i in range(25)]
+    b = [(frozenset({1000 + i}), vec) for i in range(50)]
+    b += [(frozenset({i}), vec) for i in range(20)] + [
+        (frozenset({2000 + i}), vec) for i in range(50)
+    ]
+    result = transfer_ratios({"a": a, "b": b}, n=12)
+    assert result["top20_in_top100"]["transfer_ratio"] == 0.5  # (20/20 + 0/20) / 2
+    assert result["top10_in_top10"]["transfer_ratio"] == 0.0

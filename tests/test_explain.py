@@ -31,3 +31,21 @@ def test_target_then_solve_then_interactions():
     tensors = interactions(target, mf)
     assert tensors["universal_matching_residual"].max() < 1e-5
     assert torch.all(tensors["components"][0] == 0)
+
+
+def test_the_checkpoint_key_follows_the_inputs_and_the_solve_settings_only():
+    import dataclasses
+
+    from regprim.explain import checkpoint_key, resolved_config
+    from regprim.target import build_target
+
+    cfg = ExplainConfig(model="planted", n=4, baseline_count=50)
+    gen = load_model("planted")
+    target = build_target(cfg, gen)
+    resolved = resolved_config(cfg, target)
+    key = checkpoint_key(resolved, target)
+    assert checkpoint_key(resolved | {"salient_tau": 0.5}, target) == key  # after the solve
+    assert checkpoint_key(resolved | {"seed": 9}, target) != key
+    for name in ("f", "f0", "x"):  # same settings, another input (other weights, say)
+        other = dataclasses.replace(target, **{name: getattr(target, name) + 1e-3})
+        assert checkpoint_key(resolved, other) != key, name

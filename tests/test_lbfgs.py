@@ -60,3 +60,18 @@ def test_numbers_that_are_not_live_keep_their_start_and_caps_are_reported():
     r = projected_lbfgs(value_grad, start, live, 2 * c, 0.0, 0.0, 1)
     assert (r.alpha[:, 1] == 0.9).all()
     assert not r.converged.any() and (r.steps == 1).all()
+
+
+def test_a_start_near_the_minimiser_stops_by_the_gradient_test_alone():
+    """With ftol = 0 only the KKT test (gtol) can stop a row that still makes progress: a start
+    just off the minimiser, whose residual is already below gtol, stops there at once."""
+    c = torch.ones(1, 3)
+    t = torch.full((1, 3), 0.5)
+    value_grad, best = box_quadratic(c, t, torch.zeros(1, 3))
+    live = torch.ones(1, 3, dtype=torch.bool)
+    start = best + 1e-3
+    _, grad = value_grad(start, torch.tensor([0]))
+    assert 0 < float(kkt_residual(start, grad, live, 2 * c)) < 0.1
+    r = projected_lbfgs(value_grad, start, live, 2 * c, 0.0, 0.1, 5)
+    assert r.converged.all() and int(r.steps[0]) == 0
+    torch.testing.assert_close(r.alpha, start)  # it did not move

@@ -120,3 +120,13 @@ def test_sampled_subsets_follow_the_size_weights():
     masks = to_bitmasks(bits)
     assert all(int(m).bit_count() == 2 for m in masks)
     assert to_bitmasks(all_subsets(3)).tolist() == list(range(1, 8))
+
+
+def test_held_out_subsets_are_never_ones_the_solver_sampled():
+    from regprim.solvers.or_structured import heldout_subsets
+
+    n = 8
+    seen = set(range(1, 2**n, 2))  # every odd bitmask was "trained on"
+    held = to_bitmasks(heldout_subsets(n, 50, seen)).tolist()
+    assert len(held) == len(set(held)) == 50
+    assert not set(held) & seen

@@ -180,3 +180,40 @@ def test_a_manifest_without_an_entry_is_not_trusted(planted_run, tmp_path):
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="does not list tensors.safetensors"):
         load_run(out)
+
+
+def test_a_failed_replace_keeps_the_old_run(planted_run, tmp_path, monkeypatch):
+    """Overwriting renames the old run aside, the new one in, then deletes the old: a failure
+    between the renames must leave the old run in place (deleting it first would lose both)."""
+    import regprim.run_folder as rf
+
+    out = tmp_path / "run"
+    shutil.copytree(planted_run.path, out)
+    real = rf.os.replace
+
+    def failing(src, dst):
+        if ".writing-" in str(src):
+            raise OSError("disk gone")
+        return real(src, dst)
+
+    monkeypatch.setattr(rf.os, "replace", failing)
+    with pytest.raises(OSError, match="disk gone"):
+        explain(CFG, out=out, overwrite=True, progress=False, verify=False)
+    monkeypatch.undo()
+    assert load_run(out).summary == planted_run.summary
+    assert not [p for p in tmp_path.glob(".run.*") if p.is_dir()]  # no staging or old folder
+
+
+def test_atomic_write_never_leaves_half_a_file(tmp_path):
+    from regprim.files import atomic_write
+
+    path = tmp_path / "f.json"
+    path.write_text("old")
+
+    def half(tmp):
+        tmp.write_text("ha")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, half)
+    assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]

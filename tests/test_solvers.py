@@ -365,3 +365,30 @@ def test_pass_models_never_count_subsets_a_solver_does_not_enumerate():
     assert cfg.or_steps * cfg.or_batch <= passes < cfg.or_steps * cfg.or_batch + 2000
     assert expected_passes(cfg, 9) == cfg.or_steps * 32 + 511 + 0.56 * 511
     assert expected_passes(SolverConfig(method="reach"), 9) == pytest.approx(0.56 * 511)
+
+
+def test_no_window_when_the_crop_is_not_exact():
+    """Local convolutions, then a term that depends on the absolute position in the image (a
+    ramp over its width, as coordinate channels do): the reach sets stay small and a crop of the
+    feature renders without error, but not the same pixels; only the exactness check sees it."""
+    from torch import nn
+
+    from regprim import split_sequential
+
+    class Ramp(nn.Module):
+        def forward(self, x):
+            return x + torch.linspace(0, 1, x.shape[-1], device=x.device)
+
+    torch.manual_seed(0)
+    convs = [
+        nn.ConvTranspose2d(8, 16, 4, 1, 0),
+        nn.ReLU(),  # 16 x 4 x 4 feature
+        nn.ConvTranspose2d(16, 8, 4, 2, 1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(8, 3, 4, 2, 1),  # 16 x 16 image
+    ]
+    f0 = torch.zeros(16, 4, 4)
+    local = split_sequential(nn.Sequential(*convs, nn.Tanh()), "1", code_dim=8).freeze()
+    assert Objective(make_target(local, f0, [0], grid=(4, 4)), SolverConfig()).window is not None
+    ramp = split_sequential(nn.Sequential(*convs, Ramp(), nn.Tanh()), "1", code_dim=8).freeze()
+    assert Objective(make_target(ramp, f0, [0], grid=(4, 4)), SolverConfig()).window is None

@@ -299,7 +299,7 @@ def read_images(out: Path, rows: list[dict[str, Any]]) -> tuple[list[dict[str, A
     for row in rows:
         if row["status"] == "failed":
             continue
-        run = rf.load_run(out / row["path"], derived=False)
+        run = rf.load_run(out / row["path"])  # with metrics.json: the leakage column
         leak = next((m for m in run.metrics or [] if m.name == "leakage"), None)
         ratios = (
             dict(zip(leak.details["components"], leak.details["ratios"], strict=True))

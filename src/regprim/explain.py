@@ -89,6 +89,13 @@ def resolved_config(cfg: ExplainConfig, target: Target) -> dict[str, Any]:
     return resolved
 
 
+def checkpoint_key(resolved: dict[str, Any], target: Target) -> str:
+    """What a checkpoint must match to be resumed: every setting that shapes the minimal
+    features (not those applied after the solve) and the target's f, f0 and x themselves."""
+    settings = {k: v for k, v in resolved.items() if not k.startswith(AFTER_SOLVE)}
+    return rf.fingerprint(settings | {"inputs": rf.tensor_hash(target.f, target.f0, target.x)})
+
+
 def solve_minimal_features(
     cfg: ExplainConfig,
     target: Target,
@@ -98,8 +105,7 @@ def solve_minimal_features(
     progress: bool,
 ) -> MinimalFeatures:
     """Stage 3: the minimal features, resumed from and checkpointed to ``out``'s checkpoint."""
-    settings = {k: v for k, v in resolved.items() if not k.startswith(AFTER_SOLVE)}
-    key = rf.fingerprint(settings | {"inputs": rf.tensor_hash(target.f, target.f0, target.x)})
+    key = checkpoint_key(resolved, target)
     resume = rf.load_checkpoint(out, key) if out is not None else None
     last_save = time.perf_counter()
     latest: dict[str, Tensor] = {}

@@ -254,7 +254,11 @@ def write_folder(
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
-            os.replace(staging, out)
+            try:
+                os.replace(staging, out)
+            except BaseException:
+                os.replace(old, out)  # the old folder goes back: nothing is lost
+                raise
             shutil.rmtree(old)
         else:
             os.replace(staging, out)
