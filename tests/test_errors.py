@@ -98,3 +98,31 @@ def test_bad_class():
         load_model("eyes-128").class_index("purple")
     with pytest.raises(ValueError, match="class index 8 out of range.*0..7"):
         load_model("eyes-128").class_index(8)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("def build(:\n", "failed to load \\(line 1\\): SyntaxError"),
+        (
+            "def build(layer=None, weights=None):\n    raise RuntimeError('no GPU')\n",
+            "the model factory .*:build raised RuntimeError: no GPU",
+        ),
+        ("def build():\n    return None\n", "does not take layer=; a model factory is"),
+        (
+            "import torch\ndef build(layer=None, weights=None):\n"
+            "    return torch.nn.Sequential()\n",
+            "returned Sequential, not a regprim.SplitGenerator; wrap it with",
+        ),
+    ],
+)
+def test_a_broken_model_file_gets_one_clear_error(tmp_path, capsys, source, message):
+    from regprim.cli import main
+
+    path = tmp_path / "mygen.py"
+    path.write_text(source)
+    args = ["explain", "--model", f"{path}:build", "--layer", "0", "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert __import__("re").search(message, err), err

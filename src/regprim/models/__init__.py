@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import sys
@@ -48,7 +49,12 @@ def _user_factory(spec: str) -> Callable[..., SplitGenerator]:
         assert mod_spec is not None and mod_spec.loader is not None
         module = importlib.util.module_from_spec(mod_spec)
         sys.modules[name] = module
-        mod_spec.loader.exec_module(module)
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as err:  # a user's file: say which and why, not a traceback
+            where = f" (line {err.lineno})" if isinstance(err, SyntaxError) else ""
+            msg = f"model file {path} failed to load{where}: {type(err).__name__}: {err}"
+            raise ValueError(msg) from err
     else:
         module = importlib.import_module(target)
     if not hasattr(module, func):
@@ -77,11 +83,35 @@ def load_model(
         )
         raise ValueError(msg)
     kwargs = {k: v for k, v in (("layer", layer), ("weights", weights)) if v is not None}
-    gen = factory(**kwargs)
+    user = spec not in MODELS
+    gen = _call_user_factory(spec, factory, kwargs) if user else factory(**kwargs)
     if not isinstance(gen, SplitGenerator):
-        msg = f"{spec} returned {type(gen).__name__}, not a regprim.SplitGenerator"
+        hint = (
+            "; wrap it with regprim.split_sequential(model, layer, code_dim=...) or split_at"
+            if isinstance(gen, torch.nn.Module)
+            else ""
+        )
+        msg = f"{spec} returned {type(gen).__name__}, not a regprim.SplitGenerator{hint}"
         raise TypeError(msg)
     return gen.freeze().to(device)
+
+
+def _call_user_factory(spec: str, factory: Callable[..., SplitGenerator], kwargs: dict):
+    """Call a user's factory; its failures become one clear error naming the factory."""
+    params = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    missing = [k for k in kwargs if k not in params and not takes_any]
+    if missing:
+        msg = (
+            f"{spec} does not take {', '.join(m + '=' for m in missing)}; a model factory is "
+            "def build(layer=None, weights=None) -> regprim.SplitGenerator (docs/models.md)"
+        )
+        raise TypeError(msg)
+    try:
+        return factory(**kwargs)
+    except Exception as err:
+        msg = f"the model factory {spec} raised {type(err).__name__}: {err}"
+        raise ValueError(msg) from err
 
 
 LAYER_TABLE = Path(__file__).with_name("layers.json")
