@@ -179,3 +179,23 @@ def test_cli_reference_is_in_sync():
     assert doc.read_text() == cli_reference(), (
         "docs/cli.md is stale; regenerate it (see regprim.cli.cli_reference)"
     )
+
+
+def test_no_command_prints_the_help(capsys):
+    from regprim.cli import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "usage: regprim" in out and "explain" in out and "serve" in out
+
+
+def test_a_damaged_stability_file_does_not_block_verify(planted_run, tmp_path, capsys):
+    import shutil
+
+    from regprim.cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(planted_run.path, out)
+    (out / "stability.json").write_text("{not json")
+    assert main(["report", str(out)]) == 0
+    assert "stability.json is damaged" in capsys.readouterr().err

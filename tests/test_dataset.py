@@ -98,11 +98,25 @@ def test_transfer_ratios_by_hand():
     assert result["top10_in_top10"]["chance"] == 1.0  # 10 of the 7 sets of 3 players
 
 
-def test_a_failing_image_is_recorded_and_the_others_go_on(tmp_path):
-    items = [Item(0), Item(1, class_index=3)]  # planted is unconditional: the class fails
-    rows = explain_many(CFG, items, tmp_path / "data", verify=False, progress=False)
+def test_a_failing_image_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
+    ex = importlib.import_module("regprim.explain")
+    real = ex.explain
+
+    def flaky(cfg, **kwargs):
+        if cfg.seed == 1:
+            raise RuntimeError("out of memory on this image")
+        return real(cfg, **kwargs)
+
+    monkeypatch.setattr(ex, "explain", flaky)
+    rows = explain_many(CFG, [Item(0), Item(1)], tmp_path / "data", verify=False, progress=False)
     assert rows[0]["status"] == "ok"
-    assert rows[1]["status"] == "failed" and "unconditional" in rows[1]["error"]
+    assert rows[1]["status"] == "failed" and "out of memory on this image" in rows[1]["error"]
+
+
+def test_a_class_the_model_lacks_fails_before_any_image(tmp_path):
+    with pytest.raises(ValueError, match="unconditional; drop the class"):
+        explain_many(CFG, [Item(0), Item(1, class_index=3)], tmp_path / "d", progress=False)
+    assert not (tmp_path / "d").exists()  # nothing written
 
 
 def test_a_killed_image_restarts_cleanly(tmp_path):

@@ -420,7 +420,11 @@ def cli_reference() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # no command: the help, not an error
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
     try:
         return HANDLERS[args.command](args)
     except KeyboardInterrupt:

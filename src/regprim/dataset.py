@@ -271,6 +271,11 @@ def explain_many(
     if workers < 1:
         msg = f"workers={workers} must be at least 1"
         raise ValueError(msg)
+    classes = {i.class_index for i in items if i.class_index is not None}
+    if classes:  # a class the model does not have fails here, not once per image
+        gen = _generator(cfg)
+        for c in sorted(map(str, classes)):
+            gen.class_index(c)
     out = Path(out)
     if not (out / IMAGES).is_dir():  # a new dataset: its folder must be new or empty
         rf.check_output(out, overwrite=False)

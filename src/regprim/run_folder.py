@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -308,9 +309,21 @@ def stability_file(result: dict[str, Any]) -> str:
 
 
 def read_stability(path: Path) -> dict[str, Any] | None:
-    """``stability.json`` of a run folder, when ``regprim stability`` has written one."""
+    """``stability.json`` of a run folder, when ``regprim stability`` has written one. A damaged
+    one is left out with a warning that names it (it must not block ``verify`` and ``report``,
+    the commands that repair a run)."""
     file = Path(path) / STABILITY
-    return json.loads(file.read_text()) if file.is_file() else None
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except ValueError as err:
+        print(
+            f"regprim: warning: {file} is damaged ({err}); left out of the report: run "
+            f"`regprim stability {path}` again to remake it",
+            file=sys.stderr,
+        )
+        return None
 
 
 def _corrupt(path: Path, why: str) -> ValueError:
