@@ -217,3 +217,35 @@ def test_atomic_write_never_leaves_half_a_file(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(path, half)
     assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
+
+
+def test_a_full_disk_or_a_mount_point_fails_before_the_work(tmp_path, monkeypatch, capsys):
+    import collections
+
+    import regprim.run_folder as rf
+    from regprim.cli import main
+
+    args = ["explain", "--model", "planted", "--n", "4", "--baseline-count", "50", "--quiet"]
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(rf.shutil, "disk_usage", lambda p: usage(2**21, 2**21 - 1024, 1024))
+    started = []
+    ex = __import__("importlib").import_module("regprim.explain")  # the module, not the function
+    monkeypatch.setattr(ex, "solve", lambda *a, **k: started.append(1))
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    assert "MiB free; this run needs about" in capsys.readouterr().err and not started
+    monkeypatch.undo()
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "mnt" / "x").write_text("x")
+    monkeypatch.setattr(rf.os.path, "ismount", lambda p: str(p).endswith("mnt"))
+    assert main([*args, "--out", str(tmp_path / "mnt")]) == 2
+    assert "is a mount point" in capsys.readouterr().err
+
+
+def test_out_dot_in_an_empty_folder(tmp_path, monkeypatch):
+    """`--out .` in an empty folder: the run goes there (it once failed after every stage, its
+    own lock file counted as a foreign file)."""
+    folder = tmp_path / "here"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    explain(CFG, out=".", progress=False, verify=False)
+    assert load_run(folder).n == 4

@@ -439,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         MemoryError,
         TypeError,
         ConnectionError,
+        OSError,  # a full disk, a mount point: said before the work, no traceback
         rf.RunFolderBusy,
     ) as err:
         print(f"regprim: error: {err}", file=sys.stderr)

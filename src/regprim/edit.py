@@ -353,7 +353,7 @@ def save_edit(
         rf.TENSORS: rf.safetensors_content(tensors),
         rf.EDIT_FIGURE: png(fig),
     }
-    out = Path(out)
+    out = Path(out).resolve()
     rf.check_output(out, overwrite, rf.EDIT)
     with rf.lock(out):
         return rf.write_folder(out, files, overwrite, rf.EDIT)

@@ -380,7 +380,7 @@ def explain(
     cfg = cfg or ExplainConfig()
     if out is None:
         return _explain(cfg, None, overwrite, progress, generator, verify, checkpoint_every)
-    out = Path(out)
+    out = Path(out).resolve()  # "." has no name to lock or stage beside
     rf.check_output(out, overwrite)
     with rf.lock(out):
         return _explain(cfg, out, overwrite, progress, generator, verify, checkpoint_every)
@@ -403,6 +403,8 @@ def _explain(
     with clock("target and baseline"):
         target = build_target(cfg, gen)
         check_memory(cfg.solver, target.n, target.f.numel(), cfg.memory_budget_gb)
+        if out is not None:  # a full disk fails here, not after the whole pipeline
+            rf.check_space(out, rf.run_bytes(target.n, target.f.numel(), cfg.denoise))
         resolved = resolved_config(cfg, target)
     with clock("minimal features"):
         mf = solve_minimal_features(cfg, target, resolved, out, checkpoint_every, progress)

@@ -153,6 +153,12 @@ def check_output(out: Path, overwrite: bool, marker: str = CONFIG) -> None:
     if not out.is_dir():
         msg = f"output {out} is a file, not a folder; choose another --out"
         raise FileExistsError(msg)
+    if os.path.ismount(out):
+        msg = (
+            f"output {out} is a mount point; regprim replaces its folder as a whole, which a "
+            "mount point does not allow: choose a folder inside it"
+        )
+        raise FileExistsError(msg)
     if not any(out.iterdir()):
         return
     foreign = not_written_by_regprim(out, marker)
@@ -191,6 +197,28 @@ def not_written_by_regprim(folder: Path, marker: str = CONFIG) -> list[str]:
         for name in entries
         if name != MANIFEST and not (name in listed and (folder / name).is_file())
     ]
+
+
+def run_bytes(n: int, numel: int, denoise: bool = False) -> int:
+    """About how many bytes a run's tensors take on disk (float32): minimal features and
+    components of every subset up to 12 players (twice with noise removal), else beta and
+    the component list (a few thousand rows at most); plus 1 MiB of figures and JSON."""
+    rows = 2 * 2**n * (2 if denoise else 1) if n <= 12 else n + 4096
+    return 4 * numel * rows + 2**20
+
+
+def check_space(out: Path, need: int) -> None:
+    """Refuse, before the work, a run that the disk under ``out`` cannot hold (twice: the new
+    run is staged beside the old one)."""
+    parent = next((p for p in Path(out).parents if p.exists()), Path("."))
+    free = shutil.disk_usage(parent).free
+    if free < 2 * need:
+        msg = (
+            f"{parent} has {free / 2**20:.0f} MiB free; this run needs about "
+            f"{2 * need / 2**20:.0f} MiB there (its tensors, staged beside any old run): free "
+            "some space or choose another --out"
+        )
+        raise OSError(msg)
 
 
 def partial_dir(out: Path) -> Path:
