@@ -221,3 +221,12 @@ def test_transfer_ratio_takes_l_a_from_one_image_and_l_b_from_the_other():
     result = transfer_ratios({"a": a, "b": b}, n=12)
     assert result["top20_in_top100"]["transfer_ratio"] == 0.5  # (20/20 + 0/20) / 2
     assert result["top10_in_top10"]["transfer_ratio"] == 0.0
+
+
+def test_a_second_explain_many_into_the_same_folder_is_refused(tmp_path):
+    """Two at once once marked each other's finished images as failed: the second is refused."""
+    from regprim import run_folder as rf
+
+    out = tmp_path / "d"
+    with rf.lock(out), pytest.raises(rf.RunFolderBusy, match="another regprim process"):
+        explain_many(CFG, items_of([0]), out, progress=False, verify=False)

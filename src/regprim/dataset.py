@@ -185,7 +185,16 @@ def run_items(
         import ray
 
         if not ray.is_initialized():  # "local": a new instance, never a cluster found on disk
-            ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
+            address = os.environ.get("RAY_ADDRESS") or "local"
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except ConnectionError as err:
+                msg = (
+                    f"Ray at {address} refused the connection ({err}); a cluster started by "
+                    "`ray start --head` asks for a token unless RAY_AUTH_MODE=disabled was set "
+                    "when it started (docs/performance.md, Ray)"
+                )
+                raise ConnectionError(msg) from err
         gpus = 1 if str(config.get("device", "cpu")).startswith("cuda") else 0
         task = ray.remote(num_cpus=1, num_gpus=gpus)(explain_one)
         pending = [task.remote(config, i, f, verify) for i, f in zip(items, folders, strict=True)]
@@ -285,10 +294,11 @@ def explain_many(
     if use_ray:
         check_ray_address(os.environ.get("RAY_ADDRESS"))
     workers = min(workers, len(items))  # never more processes than images
-    rows = list(run_items(cfg.to_dict(), items, out, verify, workers, use_ray, progress))
-    order = {item.name: k for k, item in enumerate(items)}
-    rows.sort(key=lambda r: order[r["image"]])
-    write_tables(out, rows)
+    with rf.lock(out):  # one explain-many per dataset folder at a time
+        rows = list(run_items(cfg.to_dict(), items, out, verify, workers, use_ray, progress))
+        order = {item.name: k for k, item in enumerate(items)}
+        rows.sort(key=lambda r: order[r["image"]])
+        write_tables(out, rows)
     return rows
 
 
