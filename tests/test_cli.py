@@ -199,3 +199,20 @@ def test_a_damaged_stability_file_does_not_block_verify(planted_run, tmp_path, c
     (out / "stability.json").write_text("{not json")
     assert main(["report", str(out)]) == 0
     assert "stability.json is damaged" in capsys.readouterr().err
+
+
+def test_explain_help_is_grouped_by_what_reads_each_option(capsys):
+    from regprim.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    out = capsys.readouterr().out
+    sections = [line for line in out.splitlines() if line.endswith(":") and not line[0].isspace()]
+    assert sections[1:] == [
+        "what to explain:",
+        "every solver:",
+        "the or solver:",
+        "the paper solver:",
+    ]
+    body = out[out.index("options:") :]  # past the usage line, which lists every option
+    assert body.index("\n  --or-steps") > body.index("the or solver:") > body.index("\n  --lam")

@@ -20,7 +20,7 @@ from regprim.config import ExplainConfig, SolverConfig, field_docs
 from regprim.explain import explain, verification_files
 from regprim.models import MODELS
 from regprim.regions import parse_cells, parse_grid
-from regprim.solvers import convergence_note
+from regprim.solvers import SOLVERS, convergence_note
 from regprim.version import __version__
 
 # fields whose command-line text is not a plain number or word
@@ -32,15 +32,29 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
 
 
+def option_group(cls: type, name: str) -> str:
+    """The ``--help`` section of a config field: the settings of what to explain, or, for a
+    solver setting, the solver that reads it (each solver lists its own, ``Solver.settings``)."""
+    if cls is not SolverConfig:
+        return "what to explain"
+    readers = [s for s in SOLVERS.values() if name in s.settings]
+    return f"the {readers[0].name} solver" if len(readers) == 1 else "every solver"
+
+
 def add_config_options(
     parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()
 ) -> None:
     """One option per field of the dataclass ``cls`` (``--field-name``; metadata ``cli`` renames
-    it), with its default, choices and docstring text."""
+    it), with its default, choices and docstring text, in ``--help`` sections
+    (:func:`option_group`)."""
     docs = field_docs(cls)
+    groups: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
+        title = option_group(cls, f.name)
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
         flag = "--" + f.metadata.get("cli", f.name).replace("_", "-")
         default = _default(f)
         shown = "x".join(map(str, default)) if isinstance(default, tuple) else default
@@ -52,7 +66,7 @@ def add_config_options(
         else:
             kwargs["type"] = PARSERS.get(f.name) or SCALARS[str(f.type).split(" |")[0]]
             kwargs["choices"] = f.metadata.get("choices")
-        parser.add_argument(flag, **kwargs)
+        groups[title].add_argument(flag, **kwargs)
 
 
 def config_from(args: argparse.Namespace) -> ExplainConfig:

@@ -163,7 +163,16 @@ class ORSolver:
     """OR-structured minimal features (module docstring)."""
 
     name = "or"
-    settings = ("lam", "or_steps", "or_batch", "or_lr", "or_init", "or_snap", "or_gtol")
+    settings = (
+        "lam",
+        "or_steps",
+        "or_batch",
+        "or_lr",
+        "or_init",
+        "or_snap",
+        "or_gtol",
+        "subset_weights",
+    )
 
     @staticmethod
     def memory_bytes(n: int, numel: int) -> int:

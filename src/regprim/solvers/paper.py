@@ -163,7 +163,17 @@ class PaperSolver:
     """Every subset solved alone, level by level (module docstring)."""
 
     name = "paper"
-    settings = ("lam", "optimizer", "max_steps", "ftol", "gtol", "steps", "lr", "warm_start")
+    settings = (
+        "lam",
+        "optimizer",
+        "max_steps",
+        "ftol",
+        "gtol",
+        "steps",
+        "lr",
+        "warm_start",
+        "full_steps",
+    )
 
     @staticmethod
     def memory_bytes(n: int, numel: int) -> int:
