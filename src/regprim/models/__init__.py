@@ -24,16 +24,28 @@ import torch
 from regprim.config import DEFAULT_MODEL as DEFAULT_MODEL
 from regprim.generator import SplitGenerator
 from regprim.models.biggan import biggan
-from regprim.models.dcgan import dcgan_faces, eyes_128
+from regprim.models.dcgan import EYE_CLASSES, dcgan_faces, eyes_128
 from regprim.models.planted import planted
 
 MODELS: dict[str, tuple[Callable[..., SplitGenerator], str]] = {
     "dcgan-faces": (dcgan_faces, "pretrained 64x64 faces DCGAN (gan-face-generate 1.1.1)"),
-    "eyes-128": (eyes_128, "pretrained class-conditional 128x128 eyes DCGAN, 8 colours"),
+    "eyes-128": (
+        eyes_128,
+        "pretrained class-conditional 128x128 eyes DCGAN; --class one of " + ", ".join(EYE_CLASSES),
+    ),
     "planted": (planted, "48x48 generator with 8 planted primitives (ground truth known)"),
-    "biggan-deep-128": (partial(biggan, resolution=128), "BigGAN-deep 128 (local weights)"),
-    "biggan-deep-256": (partial(biggan, resolution=256), "BigGAN-deep 256 (local weights)"),
-    "biggan-deep-512": (partial(biggan, resolution=512), "BigGAN-deep 512 (local weights)"),
+    "biggan-deep-128": (
+        partial(biggan, resolution=128),
+        "BigGAN-deep 128 (local weights); --class an ImageNet index 0..999 or name",
+    ),
+    "biggan-deep-256": (
+        partial(biggan, resolution=256),
+        "BigGAN-deep 256 (local weights); --class an ImageNet index 0..999 or name",
+    ),
+    "biggan-deep-512": (
+        partial(biggan, resolution=512),
+        "BigGAN-deep 512 (local weights); --class an ImageNet index 0..999 or name",
+    ),
 }
 
 
