@@ -414,6 +414,8 @@ def dataset_report(
             values = [r[key] for r in ok if r.get(key) is not None and r[key] == r[key]]
             ax.hist(values, bins=20, color="steelblue")
             ax.set_title(key.removeprefix("metric_"), fontsize=9)
+            ax.xaxis.set_major_locator(plt.MaxNLocator(4))  # ticks that do not overlap
+            ax.tick_params(labelsize=7)
         fig.tight_layout()
         figs.append(_png(fig))
     if components:
@@ -426,7 +428,7 @@ def dataset_report(
         fig, axes = plt.subplots(1, 2, figsize=(7, 3))
         axes[0].imshow(heat.reshape(grid.rows, grid.cols), cmap="inferno")
         axes[0].set_title(
-            "where salient components act\\n(norm / |S| per cell, all images)", fontsize=8
+            "where salient components act\n(norm / |S| per cell, all images)", fontsize=8
         )
         axes[0].axis("off")
         orders = [c["order"] for c in components]
