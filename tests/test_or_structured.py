@@ -10,14 +10,13 @@ from regprim.interactions import or_interactions, or_interactions_reference
 from regprim.solvers.or_structured import (
     all_subsets,
     alpha_of,
-    components_of,
     mean_alpha,
     sample_subsets,
-    settle,
     size_weights,
     snap,
     to_bitmasks,
 )
+from regprim.solvers.whole_grid import components_of, heldout_subsets, settle
 
 
 def random_beta(n=4, shape=(3, 2), seed=0):
@@ -123,8 +122,6 @@ def test_sampled_subsets_follow_the_size_weights():
 
 
 def test_held_out_subsets_are_never_ones_the_solver_sampled():
-    from regprim.solvers.or_structured import heldout_subsets
-
     n = 8
     seen = set(range(1, 2**n, 2))  # every odd bitmask was "trained on"
     held = to_bitmasks(heldout_subsets(n, 50, seen)).tolist()

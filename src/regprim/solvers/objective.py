@@ -60,7 +60,7 @@ class MinimalFeatures:
             ``rel_error``, ``meets`` and ``value`` are those of ``heldout_masks``;
             ``um_residual``: universal matching on the held-out subsets; the other per-subset
             tensors have one entry, the run's; ``rounded_numbers``: numbers whose betas were
-            rounded to list their components (:func:`regprim.solvers.or_structured.settle`).
+            rounded to list their components (:func:`regprim.solvers.whole_grid.settle`).
     """
 
     u: Tensor | None
