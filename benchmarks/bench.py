@@ -45,11 +45,11 @@ import torch
 
 from regprim import ExplainConfig, SolverConfig, explain, load_model
 from regprim.baseline import baseline
-from regprim.explain import cpu_model
 from regprim.interactions import or_interactions
 from regprim.models.planted import DEFAULT_PLAYERS, Planted
 from regprim.solvers import Objective
 from regprim.solvers.paper import optimise
+from regprim.summary import cpu_model
 from regprim.target import build_target
 
 

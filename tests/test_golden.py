@@ -40,7 +40,7 @@ INPUTS = ("f", "f0", "image", "baseline_image", "code")  # made before any solve
 
 
 def machine() -> str:
-    from regprim.explain import cpu_model
+    from regprim.summary import cpu_model
 
     return f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
 

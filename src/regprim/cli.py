@@ -142,7 +142,7 @@ def cmd_explain_many(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     if args.dry_run:
-        from regprim.explain import plan
+        from regprim.plan import plan
 
         p = plan(cfg)
         print(json.dumps(p["settings"], indent=1))

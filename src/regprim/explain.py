@@ -1,20 +1,18 @@
 """The pipeline, as a short sequence of named stages (docs/architecture.md)::
 
-    load -> target -> solve -> interactions -> noise removal -> salient -> metrics -> figures
-         -> report -> write
+    load -> target -> solve -> interactions -> [noise removal] -> salient -> summary
+         -> figures -> [metrics -> report] -> write
 
-Each stage is a function of what the earlier ones made; :func:`explain` runs them in order.
+Each stage is a function of what the earlier ones made; :func:`explain` runs them in order
+(``summary.json``'s numbers: :mod:`regprim.summary`; ``--dry-run``: :mod:`regprim.plan`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import platform
-import resource
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +31,9 @@ from regprim.metrics import Evaluation, evaluate
 from regprim.report import report_html
 from regprim.run import Run, component_table
 from regprim.salient import removal_salient, select_salient
-from regprim.solvers import MinimalFeatures, check_memory, expected_passes, solve
+from regprim.solvers import MinimalFeatures, check_memory, solve
+from regprim.summary import run_metadata, summarise
 from regprim.target import Target, build_target
-from regprim.version import __version__
 
 # settings applied after the solve: a checkpoint of minimal features stays valid across them
 AFTER_SOLVE = ("salient", "removal", "denoise", "top_figure")
@@ -213,110 +211,6 @@ def salient_sets(
     }
 
 
-def constraint_warnings(meets: Tensor, checked: str, constraint: float) -> list[str]:
-    """A warning whenever any checked subset misses the reconstruction constraint."""
-    missed = int((~meets).sum())
-    if not missed:
-        return []
-    return [
-        f"{missed} of {len(meets)} checked subsets ({checked}) miss the reconstruction "
-        f"constraint (relative masked error >= {constraint}); their components are not exact: "
-        "see summary.json subsets_failing_constraint, raise --or-steps or --max-steps"
-    ]
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-
-
-def summarise(
-    cfg: ExplainConfig,
-    target: Target,
-    mf: MinimalFeatures,
-    tensors: dict[str, Tensor],
-    table: ComponentTable,
-    rules: dict[str, Tensor],
-    denoised: dict[str, Any],
-    start: float,
-) -> dict[str, Any]:
-    """The headline numbers of ``summary.json`` (docs/run-folder.md)."""
-    gen, n, solver = target.gen, target.n, cfg.solver
-    salient = rules[cfg.salient_rule]
-    dense = mf.u is not None
-    per = slice(1, None) if dense else slice(None)  # dense: skip the empty set
-    failing_rows = torch.nonzero(~mf.meets).flatten().cpu()
-    failing = (failing_rows if dense else tensors["heldout_masks"][failing_rows]).tolist()
-    checked = "every subset" if dense else f"{len(mf.meets)} held-out subsets"
-    return {
-        "model": gen.name,
-        "layer": gen.layer,
-        "feature_shape": list(target.feature_shape),
-        "grid": list(cfg.grid),
-        "players": target.players,
-        "n": n,
-        "class_index": target.class_index,
-        "sparsity": solver.sparsity,
-        "reduction": solver.reduction,
-        "universal_matching_max_rel_residual": float(tensors["universal_matching_residual"].max()),
-        "subsets_meeting_constraint": float(mf.meets.float().mean()),
-        "subsets_failing_constraint": failing,
-        "subsets_checked": checked,
-        "warnings": constraint_warnings(mf.meets[per], checked, solver.constraint),
-        "rounded_numbers": mf.rounded_numbers,
-        "rel_error_median": float(mf.rel_error[per].median()) if n else 0.0,
-        "rel_error_max": float(mf.rel_error.max()),
-        "constraint": solver.constraint,
-        "components_used": "denoised" if cfg.denoise else "raw",
-        "denoise": denoised,
-        "salient_rule": cfg.salient_rule,
-        "salient_counts": {rule: len(ks) for rule, ks in rules.items()},
-        "salient": salient.tolist(),
-        "salient_norms": [table.norm(k) for k in salient.tolist()],
-        "feature_change_norm": float((target.f - target.f0).norm()),
-        "mean_passes_per_subset": float(mf.passes[per].float().mean()) if n else 0.0,
-        "mean_forward_passes_per_subset": float(mf.forward_passes[per].mean()),
-        "mean_steps_per_subset": float(mf.steps[per].float().mean()),
-        "subsets_converged": float(mf.converged[per].float().mean()),
-        "subsets_capped": torch.nonzero(~mf.converged).flatten().tolist() if dense else [],
-        "residual_max": float(mf.residual[per].max()),
-        "residual_median": float(mf.residual[per].median()),
-        "objective": float(mf.value.sum()),
-        "chunk": mf.chunk,
-        "device": str(gen.device),
-        "wall_seconds": time.perf_counter() - start,
-        "peak_memory_bytes": peak_memory_bytes(gen.device),
-    }
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else the machine type."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def run_metadata(target: Target) -> dict[str, Any]:
-    """What ``config.json`` records beside the settings (docs/reliability.md: results agree
-    to about 1e-4 across CPUs and thread counts, bit for bit only on the same machine and
-    thread count)."""
-    return {
-        "regprim_version": __version__,
-        "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu": cpu_model(),
-        "python": platform.python_version(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "feature_shape": list(target.feature_shape),
-        "value_range": list(target.gen.value_range),
-    }
-
-
 def run_figures(run: Run, gen: SplitGenerator, top: int) -> dict[str, bytes]:
     """The run's own figures as PNG: target, baseline and the most salient components."""
     title = f"{run.model} seed {run.config['seed']}"
@@ -434,46 +328,3 @@ def _explain(
         with clock("write"):
             rf.write_run(run, out, overwrite=overwrite, files=files)
     return run
-
-
-def players_map(target: Target) -> str:
-    """The grid as text: each player cell shows its bit index, other cells a dot."""
-    grid = target.grid
-    width = len(str(target.n - 1))
-    rows = []
-    for r in range(grid.rows):
-        cells = []
-        for c in range(grid.cols):
-            cell = r * grid.cols + c
-            bit = target.players.index(cell) if cell in target.players else None
-            cells.append(("." if bit is None else str(bit)).rjust(width))
-        rows.append(" ".join(cells))
-    return "\n".join(rows)
-
-
-def plan(cfg: ExplainConfig, generator: SplitGenerator | None = None) -> dict[str, Any]:
-    """What :func:`explain` would do, without solving (``regprim explain --dry-run``): the
-    resolved settings, the players on the grid, and memory and time estimates (the time from a
-    measured pass of a chunk of subsets through ``g`` and the expected number of passes)."""
-    from regprim.solvers import SOLVERS, Objective
-
-    gen = load_generator(cfg, generator)
-    target = build_target(cfg, gen)
-    numel = target.f.numel()
-    memory = SOLVERS[cfg.solver.method].memory_bytes(target.n, numel)
-    obj = Objective(target, cfg.solver)
-    batch = max(1, min(cfg.solver.chunk or 32, 2**target.n - 1, 32))
-    u = (obj.f0 + torch.rand(batch, *obj.df.shape) * obj.df).requires_grad_(True)
-    start = time.perf_counter()
-    for _ in range(2):
-        torch.autograd.grad(gen.g(u, target.code).sum(), u)
-    per_pass = (time.perf_counter() - start) / (2 * batch)
-    passes = expected_passes(cfg.solver, target.n)
-    return {
-        "settings": resolved_config(cfg, target),
-        "players": players_map(target),
-        "memory_bytes": memory,
-        "seconds_per_pass": per_pass,
-        "expected_passes": passes,
-        "estimated_solve_seconds": passes * per_pass,
-    }
