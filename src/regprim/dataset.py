@@ -25,8 +25,6 @@ ordered pairs; with the cosine of the matched components' feature directions.
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import os
 import re
@@ -36,9 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
-from string import Template
 from typing import Any
 
 import torch
@@ -356,6 +352,8 @@ def write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
     rf.atomic_write(out / IMAGES_TABLE, parquet(rows))
     rf.atomic_write(out / COMPONENTS_TABLE, parquet(components))
     rf.atomic_write(out / TRANSFER, json.dumps(transfer, indent=2))
+    from regprim.dataset_report import dataset_report
+
     rf.atomic_write(out / DATASET_REPORT, dataset_report(out, rows, components, transfer))
 
 
@@ -386,94 +384,6 @@ def transfer_ratios(top: Top, n: int) -> dict[str, Any]:
             "chance": min(lb / (2**n - 1), 1.0) if n else float("nan"),
         }
     return result
-
-
-def _png(fig) -> str:
-    from regprim.figures import png
-
-    return f'<img src="data:image/png;base64,{base64.b64encode(png(fig)).decode()}">'
-
-
-def dataset_report(
-    out: Path, rows: list[dict[str, Any]], components: list[dict[str, Any]], transfer: dict
-) -> str:
-    """One offline page over the images (module docstring)."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    ok = [r for r in rows if r["status"] != "failed"]
-    figs = []
-    keys = [
-        k
-        for k in ("metric_leakage", "salient", "metric_sparsity", "wall_seconds")
-        if any(r.get(k) is not None for r in ok)
-    ]
-    if ok and keys:
-        fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
-        for ax, key in zip(axes[0], keys, strict=True):
-            values = [r[key] for r in ok if r.get(key) is not None and r[key] == r[key]]
-            ax.hist(values, bins=20, color="steelblue")
-            ax.set_title(key.removeprefix("metric_"), fontsize=9)
-            ax.xaxis.set_major_locator(plt.MaxNLocator(4))  # ticks that do not overlap
-            ax.tick_params(labelsize=7)
-        fig.tight_layout()
-        figs.append(_png(fig))
-    if components:
-        first = rf.load_run(out / ok[0]["path"], derived=False)
-        grid = first.grid
-        heat = np.zeros(grid.rows * grid.cols)
-        for c in components:
-            for cell in c["cells"]:
-                heat[cell] += c["norm"] / len(c["cells"])
-        fig, axes = plt.subplots(1, 2, figsize=(7, 3))
-        axes[0].imshow(heat.reshape(grid.rows, grid.cols), cmap="inferno")
-        axes[0].set_title(
-            "where salient components act\n(norm / |S| per cell, all images)", fontsize=8
-        )
-        axes[0].axis("off")
-        orders = [c["order"] for c in components]
-        axes[1].hist(orders, bins=range(1, max(orders) + 2), color="darkorange", align="left")
-        axes[1].set_title("order |S| of the salient components", fontsize=8)
-        fig.tight_layout()
-        figs.append(_png(fig))
-    ranked = sorted(
-        (
-            r
-            for r in ok
-            if r.get("metric_leakage") == r.get("metric_leakage")
-            and r.get("metric_leakage") is not None
-        ),
-        key=lambda r: r["metric_leakage"],
-    )
-
-    def links(chosen):
-        return "".join(
-            f'<li><a href="{html.escape(r["path"])}/{rf.REPORT}">{html.escape(r["image"])}</a> '
-            f"leakage {r['metric_leakage']:.3g}, {r['salient']} salient</li>"
-            for r in chosen
-        )
-
-    failed = "".join(
-        f"<li>{html.escape(r['image'])}: {html.escape(r['error'] or '')}</li>"
-        for r in rows
-        if r["status"] == "failed"
-    )
-    transfer_rows = "".join(
-        f"<tr><td>{k}</td><td>{v['transfer_ratio']:.3f}</td><td>{v['chance']:.3f}</td>"
-        f"<td>{v['matched_cosine']:.3f}</td><td>{v['pairs']}</td></tr>"
-        for k, v in transfer.items()
-        if isinstance(v, dict)
-    )
-    template = Template((files("regprim") / "templates" / "dataset.html").read_text())
-    return template.substitute(
-        images=len(rows),
-        explained=len(ok),
-        figures="".join(figs),
-        transfer=transfer_rows,
-        best=links(ranked[:5]),
-        worst=links(ranked[-5:][::-1]),
-        failed=failed or "<li>none</li>",
-    )
 
 
 def load_tables(out: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

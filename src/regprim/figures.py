@@ -347,3 +347,29 @@ def edit_figure(before: Tensor, images: dict[str, Tensor], value_range, grid: Gr
         ax.axis("off")
     fig.tight_layout()
     return fig, axes
+
+
+# -- a dataset of many images (regprim explain-many) ------------------------------------------
+def distributions_figure(values: dict[str, list[float]]):
+    """One histogram per named list of numbers (a dataset's metrics over its images)."""
+    fig, axes = plt.subplots(1, len(values), figsize=(3.2 * len(values), 2.8), squeeze=False)
+    for ax, (name, numbers) in zip(axes[0], values.items(), strict=True):
+        ax.hist(numbers, bins=20, color="steelblue")
+        ax.set_title(name, fontsize=9)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(4))  # ticks that do not overlap
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig, axes
+
+
+def regions_figure(heat: np.ndarray, orders: list[int]):
+    """Where the salient components of many images act (``heat``: rows x cols, norm / |S| per
+    cell) and their orders ``|S|``."""
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3))
+    axes[0].imshow(heat, cmap="inferno")
+    axes[0].set_title("where salient components act\n(norm / |S| per cell, all images)", fontsize=8)
+    axes[0].axis("off")
+    axes[1].hist(orders, bins=range(1, max(orders) + 2), color="darkorange", align="left")
+    axes[1].set_title("order |S| of the salient components", fontsize=8)
+    fig.tight_layout()
+    return fig, axes
