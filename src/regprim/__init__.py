@@ -34,9 +34,9 @@ _EXPORTS = {
     "ComponentTable": "regprim.components",
     "Edit": "regprim.edit",
     "invert": "regprim.inversion",
-    "HookSplit": "regprim.generator",
+    "HookSplit": "regprim.hook_split",
     "SplitGenerator": "regprim.generator",
-    "split_at": "regprim.generator",
+    "split_at": "regprim.hook_split",
     "split_sequential": "regprim.generator",
     "or_interactions": "regprim.interactions",
     "universal_matching_residual": "regprim.interactions",
@@ -51,7 +51,8 @@ if TYPE_CHECKING:
     from regprim.components import ComponentTable
     from regprim.config import ExplainConfig, SolverConfig
     from regprim.edit import Edit
-    from regprim.generator import HookSplit, SplitGenerator, split_at, split_sequential
+    from regprim.generator import SplitGenerator, split_sequential
+    from regprim.hook_split import HookSplit, split_at
     from regprim.interactions import or_interactions, universal_matching_residual
     from regprim.inversion import invert
     from regprim.models import MODELS, load_model

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from regprim.generator import HookSplit, SplitGenerator, gaussian_sampler, split_sequential
+from regprim.generator import SplitGenerator, gaussian_sampler, split_sequential
+from regprim.hook_split import HookSplit
 
 SHAPES = ((48, 48, 6, 6), (36, 54, 6, 6), (40, 45, 5, 7), (32, 32, 4, 4))
 LAYOUTS = ("flat", "map")
