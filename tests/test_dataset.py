@@ -225,8 +225,8 @@ def test_transfer_ratio_takes_l_a_from_one_image_and_l_b_from_the_other():
 
 def test_a_second_explain_many_into_the_same_folder_is_refused(tmp_path):
     """Two at once once marked each other's finished images as failed: the second is refused."""
-    from regprim import run_folder as rf
+    from regprim import folders
 
     out = tmp_path / "d"
-    with rf.lock(out), pytest.raises(rf.RunFolderBusy, match="another regprim process"):
+    with folders.lock(out), pytest.raises(folders.RunFolderBusy, match="another regprim process"):
         explain_many(CFG, items_of([0]), out, progress=False, verify=False)

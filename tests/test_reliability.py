@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from regprim import ExplainConfig, SolverConfig, explain, load_run
+from regprim import ExplainConfig, SolverConfig, explain, folders, load_run
 from regprim import run_folder as rf
 from regprim.cli import main
 from regprim.files import content_hash
@@ -38,7 +38,7 @@ def copy(small_run, tmp_path):
 def rewrite(folder, name, content):
     """Change a file and its manifest entry: a consistent folder with wrong contents."""
     rf.atomic_write(folder / name, content)
-    rf.atomic_write(folder / rf.MANIFEST, rf.manifest_content(folder))
+    rf.atomic_write(folder / rf.MANIFEST, folders.manifest_content(folder))
 
 
 # -- concurrency -------------------------------------------------------------------------------

@@ -185,7 +185,7 @@ def test_a_manifest_without_an_entry_is_not_trusted(planted_run, tmp_path):
 def test_a_failed_replace_keeps_the_old_run(planted_run, tmp_path, monkeypatch):
     """Overwriting renames the old run aside, the new one in, then deletes the old: a failure
     between the renames must leave the old run in place (deleting it first would lose both)."""
-    import regprim.run_folder as rf
+    import regprim.folders as rf
 
     out = tmp_path / "run"
     shutil.copytree(planted_run.path, out)
@@ -222,7 +222,7 @@ def test_atomic_write_never_leaves_half_a_file(tmp_path):
 def test_a_full_disk_or_a_mount_point_fails_before_the_work(tmp_path, monkeypatch, capsys):
     import collections
 
-    import regprim.run_folder as rf
+    import regprim.folders as rf
     from regprim.cli import main
 
     args = ["explain", "--model", "planted", "--n", "4", "--baseline-count", "50", "--quiet"]

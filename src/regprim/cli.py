@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from regprim import folders
 from regprim import run_folder as rf
 from regprim.config import ExplainConfig, SolverConfig, field_docs
 from regprim.explain import explain, verification_files
@@ -301,7 +302,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if not edit.operations:
         msg = "no edit given; use --drop, --drop-masks, --drop-top, --keep, --scale or --transplant"
         raise ValueError(msg)
-    rf.check_output(args.out, args.overwrite, rf.EDIT)  # before any rendering
+    folders.check_output(args.out, args.overwrite, rf.EDIT)  # before any rendering
     gen = run.generator(args.device)
     result = apply(edit, gen)
     inv = None
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         TypeError,
         ConnectionError,
         OSError,  # a full disk, a mount point: said before the work, no traceback
-        rf.RunFolderBusy,
+        folders.RunFolderBusy,
     ) as err:
         print(f"regprim: error: {err}", file=sys.stderr)
         return 2

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from regprim import folders
 from regprim import run_folder as rf
 from regprim.config import ExplainConfig
 
@@ -283,14 +284,14 @@ def explain_many(
             gen.class_index(c)
     out = Path(out)
     if not (out / IMAGES).is_dir():  # a new dataset: its folder must be new or empty
-        rf.check_output(out, overwrite=False)
+        folders.check_output(out, False, rf.CONFIG)
     same_settings(out, cfg)
     (out / IMAGES).mkdir(parents=True, exist_ok=True)
     use_ray = use_ray or bool(os.environ.get("RAY_ADDRESS"))
     if use_ray:
         check_ray_address(os.environ.get("RAY_ADDRESS"))
     workers = min(workers, len(items))  # never more processes than images
-    with rf.lock(out):  # one explain-many per dataset folder at a time
+    with folders.lock(out):  # one explain-many per dataset folder at a time
         rows = list(run_items(cfg.to_dict(), items, out, verify, workers, use_ray, progress))
         order = {item.name: k for k, item in enumerate(items)}
         rows.sort(key=lambda r: order[r["image"]])

@@ -318,6 +318,7 @@ def save_edit(
     operations, cells, metrics, the naive baselines' metrics, the inversion's numbers),
     ``tensors.safetensors`` (``f_edit``, the images, ``z*``), ``edit.png`` and the manifest;
     atomically, under the folder's lock."""
+    from regprim import folders
     from regprim import run_folder as rf
     from regprim.figures import edit_figure, png
 
@@ -354,6 +355,6 @@ def save_edit(
         rf.EDIT_FIGURE: png(fig),
     }
     out = Path(out).resolve()
-    rf.check_output(out, overwrite, rf.EDIT)
-    with rf.lock(out):
-        return rf.write_folder(out, files, overwrite, rf.EDIT)
+    folders.check_output(out, overwrite, rf.EDIT)
+    with folders.lock(out):
+        return folders.write_folder(out, files, overwrite, rf.EDIT)

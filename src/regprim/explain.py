@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from regprim import folders
 from regprim import run_folder as rf
 from regprim.components import ComponentTable
 from regprim.config import ExplainConfig
@@ -275,8 +276,8 @@ def explain(
     if out is None:
         return _explain(cfg, None, overwrite, progress, generator, verify, checkpoint_every)
     out = Path(out).resolve()  # "." has no name to lock or stage beside
-    rf.check_output(out, overwrite)
-    with rf.lock(out):
+    folders.check_output(out, overwrite, rf.CONFIG)
+    with folders.lock(out):
         return _explain(cfg, out, overwrite, progress, generator, verify, checkpoint_every)
 
 
@@ -298,7 +299,7 @@ def _explain(
         target = build_target(cfg, gen)
         check_memory(cfg.solver, target.n, target.f.numel(), cfg.memory_budget_gb)
         if out is not None:  # a full disk fails here, not after the whole pipeline
-            rf.check_space(out, rf.run_bytes(target.n, target.f.numel(), cfg.denoise))
+            folders.check_space(out, rf.run_bytes(target.n, target.f.numel(), cfg.denoise))
         resolved = resolved_config(cfg, target)
     with clock("minimal features"):
         mf = solve_minimal_features(cfg, target, resolved, out, checkpoint_every, progress)
