@@ -3,11 +3,12 @@
 A run folder holds ``config.json`` (resolved settings and metadata), ``summary.json`` (headline
 numbers), ``tensors.safetensors`` (all tensors, subset axis in bitmask order), PNG figures,
 ``metrics.json``, ``report.html`` and ``manifest.json`` (the SHA-256 of every other file).
-Every file name is defined here, and every file is written by :func:`atomic_write` (a temporary
-file renamed into place). A new run is assembled in a hidden staging folder of its own process
-beside the target and renamed into place as a whole, under an exclusive lock (:func:`lock`)
-held for the whole run; while its minimal features are being solved, a checkpoint is kept in
-the hidden sibling ``.NAME.partial``, and running the same command again resumes from it.
+Every file name is defined here, and every file is written by
+:func:`regprim.files.atomic_write` (a temporary file renamed into place). A new run is assembled
+in a hidden staging folder of its own process beside the target and renamed into place as a
+whole (:func:`regprim.folders.write_folder`), under an exclusive lock held for the whole run;
+while its minimal features are being solved, a checkpoint is kept in the hidden sibling
+``.NAME.partial``, and running the same command again resumes from it.
 :func:`load_run` checks the checksums, the schema of both JSON files, the tensors' shapes and
 that they are finite, and names the file and the field of whatever is wrong
 (docs/reliability.md).
