@@ -21,6 +21,15 @@ def _png(fig) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(png(fig)).decode()}">'
 
 
+def _links(chosen: list[dict[str, Any]]) -> str:
+    """List items linking images to their own reports, with their leakage."""
+    return "".join(
+        f'<li><a href="{html.escape(r["path"])}/{rf.REPORT}">{html.escape(r["image"])}</a> '
+        f"leakage {r['metric_leakage']:.3g}, {r['salient']} salient</li>"
+        for r in chosen
+    )
+
+
 def dataset_report(
     out: Path, rows: list[dict[str, Any]], components: list[dict[str, Any]], transfer: dict
 ) -> str:
@@ -56,13 +65,6 @@ def dataset_report(
         key=lambda r: r["metric_leakage"],
     )
 
-    def links(chosen):
-        return "".join(
-            f'<li><a href="{html.escape(r["path"])}/{rf.REPORT}">{html.escape(r["image"])}</a> '
-            f"leakage {r['metric_leakage']:.3g}, {r['salient']} salient</li>"
-            for r in chosen
-        )
-
     failed = "".join(
         f"<li>{html.escape(r['image'])}: {html.escape(r['error'] or '')}</li>"
         for r in rows
@@ -80,7 +82,7 @@ def dataset_report(
         explained=len(ok),
         figures="".join(figs),
         transfer=transfer_rows,
-        best=links(ranked[:5]),
-        worst=links(ranked[-5:][::-1]),
+        best=_links(ranked[:5]),
+        worst=_links(ranked[-5:][::-1]),
         failed=failed or "<li>none</li>",
     )

@@ -160,6 +160,21 @@ def beta_residual(obj: Objective, beta: Tensor, weights: Tensor, chunk: int) -> 
     return float(torch.where(held, 0.0, grad).norm() / l1.norm().clamp_min(1e-30))
 
 
+def start_state(cfg: SolverConfig, reach: Tensor) -> dict[str, Tensor]:
+    """The solver's state before its first step: ``beta = or_init`` on the reach sets (times a
+    seeded jitter for stability studies), zero Adam moments, step 0."""
+    start = cfg.or_init * reach
+    if cfg.init_jitter:  # perturbed start, for stability studies
+        jitter = torch.Generator().manual_seed(cfg.perturb_seed)
+        start = start * (1 - cfg.init_jitter * torch.rand(start.shape, generator=jitter)).to(start)
+    return {
+        "beta": start,
+        "m": torch.zeros_like(reach),
+        "v": torch.zeros_like(reach),
+        "step": torch.zeros((), dtype=torch.int64),
+    }
+
+
 class ORSolver:
     """OR-structured minimal features (module docstring)."""
 
@@ -213,18 +228,7 @@ class ORSolver:
         cfg = obj.cfg
         n, reach = obj.n, obj.reach_sets.to(obj.f0.dtype)
         weights = size_weights(n, cfg.subset_weights)
-        start = cfg.or_init * reach
-        if cfg.init_jitter:  # perturbed start, for stability studies
-            jitter = torch.Generator().manual_seed(cfg.perturb_seed)
-            start = start * (1 - cfg.init_jitter * torch.rand(start.shape, generator=jitter)).to(
-                start
-            )
-        state = resume or {
-            "beta": start,
-            "m": torch.zeros_like(reach),
-            "v": torch.zeros_like(reach),
-            "step": torch.zeros((), dtype=torch.int64),
-        }
+        state = resume or start_state(cfg, reach)
         beta = state["beta"].clone()
         opt = Adam(beta, beta2=0.99)
         opt.m, opt.v = state["m"].clone(), state["v"].clone()
