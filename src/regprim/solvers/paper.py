@@ -254,33 +254,46 @@ class PaperSolver:
                 else:  # "parent": S warm-starts from S plus its lowest missing player
                     alpha0 = state["alpha"][subsets | lowest_missing_bit(subsets, n)]
                 alpha, result = optimise(obj, subsets, alpha0, level == n)
-                idx = subsets.to(f0.device)
-                u = obj.f0 + obj.crop(alpha) * obj.df
-                state["rel_error"][idx], state["value"][idx] = obj.check(u, subsets)
-                state["alpha"][idx] = alpha
-                for key in ("passes", "forward_passes", "steps", "residual", "converged"):
-                    state[key][idx] = getattr(result, key).to(state[key].dtype).to(f0.device)
-                state["solved"][idx] = True
+                record(obj, state, subsets, alpha, result)
                 bar.update(len(subsets))
                 if on_chunk:
                     on_chunk(state)
         bar.close()
-        u = f0 + state["alpha"] * obj.full_df
-        u[0] = f0
-        rel = state["rel_error"]
-        return MinimalFeatures(
-            u=u,
-            rel_error=rel,
-            meets=rel < cfg.constraint,
-            passes=state["passes"].cpu(),
-            chunk=chunk,
-            objective=obj,
-            value=state["value"],
-            forward_passes=state["forward_passes"].cpu(),
-            steps=state["steps"].cpu(),
-            residual=state["residual"].cpu(),
-            converged=state["converged"].cpu(),
-        )
+        return minimal_features(obj, state, chunk)
+
+
+def record(
+    obj: Objective, state: dict[str, Tensor], subsets: Tensor, alpha: Tensor, result
+) -> None:
+    """Put a solved chunk into ``state``: its alphas, the constraint check and diagnostics."""
+    idx = subsets.to(state["alpha"].device)
+    u = obj.f0 + obj.crop(alpha) * obj.df
+    state["rel_error"][idx], state["value"][idx] = obj.check(u, subsets)
+    state["alpha"][idx] = alpha
+    for key in ("passes", "forward_passes", "steps", "residual", "converged"):
+        state[key][idx] = getattr(result, key).to(state[key].dtype).to(idx.device)
+    state["solved"][idx] = True
+
+
+def minimal_features(obj: Objective, state: dict[str, Tensor], chunk: int) -> MinimalFeatures:
+    """The finished state as :class:`MinimalFeatures` (``u`` of every subset, ``u[0] = f0``)."""
+    f0 = obj.full_f0
+    u = f0 + state["alpha"] * obj.full_df
+    u[0] = f0
+    rel = state["rel_error"]
+    return MinimalFeatures(
+        u=u,
+        rel_error=rel,
+        meets=rel < obj.cfg.constraint,
+        passes=state["passes"].cpu(),
+        chunk=chunk,
+        objective=obj,
+        value=state["value"],
+        forward_passes=state["forward_passes"].cpu(),
+        steps=state["steps"].cpu(),
+        residual=state["residual"].cpu(),
+        converged=state["converged"].cpu(),
+    )
 
 
 def new_state(size: int, shape: torch.Size, device: torch.device) -> dict[str, Tensor]:
