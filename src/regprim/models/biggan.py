@@ -202,6 +202,33 @@ class BigGANSplit(SplitGenerator):
         return gen.tanh(gen.conv_to_rgb(h)[:, :3])
 
 
+def weight_files(name: str, weights: str | Path | None) -> tuple[Path, Path]:
+    """``(config.json, pytorch_model.bin)`` of ``name`` from the folder ``weights`` (or
+    ``$REGPRIM_BIGGAN_DIR``), else from the package's download cache; an error that says how to
+    get them when there are none."""
+    folder = weights or os.environ.get("REGPRIM_BIGGAN_DIR")
+    if folder:
+        config_file = Path(folder) / "config.json"
+        weights_file = Path(folder) / "pytorch_model.bin"
+        missing = [p for p in (config_file, weights_file) if not p.is_file()]
+        if missing:
+            msg = f"{folder} lacks {[p.name for p in missing]}; it must hold config.json and "
+            msg += f"pytorch_model.bin of {name}"
+            raise FileNotFoundError(msg)
+    else:
+        hit = cached_files(name)
+        if hit is None:
+            msg = (
+                f"no weights for {name}: download {URLS[name]}-config.json and "
+                f"{URLS[name]}-pytorch_model.bin on a machine with internet access, save them "
+                "as config.json and pytorch_model.bin in a folder, and pass it as "
+                "--weights FOLDER (or set REGPRIM_BIGGAN_DIR)"
+            )
+            raise FileNotFoundError(msg)
+        config_file, weights_file = hit
+    return config_file, weights_file
+
+
 def biggan(
     layer: str | None = None,
     weights: str | Path | None = None,
@@ -239,26 +266,7 @@ def biggan(
                 nn.init.zeros_(module.bias)
         name += "-random"
     else:
-        folder = weights or os.environ.get("REGPRIM_BIGGAN_DIR")
-        if folder:
-            config_file = Path(folder) / "config.json"
-            weights_file = Path(folder) / "pytorch_model.bin"
-            missing = [p for p in (config_file, weights_file) if not p.is_file()]
-            if missing:
-                msg = f"{folder} lacks {[p.name for p in missing]}; it must hold config.json and "
-                msg += f"pytorch_model.bin of {name}"
-                raise FileNotFoundError(msg)
-        else:
-            hit = cached_files(name)
-            if hit is None:
-                msg = (
-                    f"no weights for {name}: download {URLS[name]}-config.json and "
-                    f"{URLS[name]}-pytorch_model.bin on a machine with internet access, save them "
-                    "as config.json and pytorch_model.bin in a folder, and pass it as "
-                    "--weights FOLDER (or set REGPRIM_BIGGAN_DIR)"
-                )
-                raise FileNotFoundError(msg)
-            config_file, weights_file = hit
+        config_file, weights_file = weight_files(name, weights)
         model = pkg.BigGAN(pkg.BigGANConfig.from_dict(json.loads(config_file.read_text())))
         load_state_dict(model, weights_file, allow_missing=True)
     model.eval()

@@ -88,6 +88,68 @@ def _direction(g: Tensor, free: Tensor, inv_d: Tensor, history: list) -> Tensor:
     return z.mul_(free).neg_()
 
 
+def _descent(alpha: Tensor, grad: Tensor, live: Tensor, inv_d: Tensor, history: list) -> Tensor:
+    """The L-BFGS direction on the numbers free to move (live, not held at a bound by their
+    gradient), or the scaled projected gradient for a row where that is not a descent."""
+    held = ((alpha <= 0) & (grad > 0)) | ((alpha >= 1) & (grad < 0))
+    free = live & ~held
+    d = _direction(grad, free, inv_d, history)
+    fallback = -grad * inv_d * free
+    return torch.where(_rows(_dot(grad, d) >= 0, d), fallback, d)
+
+
+def _pair(
+    alpha: Tensor, new_alpha: Tensor, grad: Tensor, g_new: Tensor, moving: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The L-BFGS pair ``(s, y, rho)`` of the rows that moved (zero where a row did not move or
+    its curvature ``s . y`` is not clearly positive)."""
+    s = torch.zeros_like(alpha)
+    y = torch.zeros_like(alpha)
+    s[moving] = new_alpha[moving] - alpha[moving]
+    y[moving] = g_new[moving] - grad[moving]
+    sy = _dot(s, y)
+    good = sy > 1e-10 * _norm(s) * _norm(y)
+    rho = torch.where(good, 1 / sy.clamp_min(1e-30), torch.zeros_like(sy))
+    return s * _rows(good, s), y * _rows(good, y), rho
+
+
+def _backtrack(
+    value_grad: ValueGrad,
+    alpha: Tensor,
+    d: Tensor,
+    value_now: Tensor,
+    grad: Tensor,
+    t: Tensor,
+    done: Tensor,
+    passes: Tensor,
+    c1: float,
+    max_backtracks: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Armijo backtracking on the projected path, rows still running only (``t`` halves in place
+    per rejected row, ``passes`` counts the trials); every trial is evaluated with its gradient,
+    so an accepted one costs no extra pass. Returns the new alphas, values and gradients (the old
+    ones where no trial was accepted) and which rows accepted one."""
+    trial_ok = done.to(alpha.device).clone()
+    new_alpha, v_new, g_new = alpha.clone(), value_now.clone(), grad.clone()
+    for _ in range(max_backtracks):
+        idx = torch.nonzero(~trial_ok).flatten()
+        if not len(idx):
+            break
+        trial = (alpha[idx] + _rows(t[idx], d) * d[idx]).clamp(0, 1)
+        trial_value, trial_grad = value_grad(trial, idx)
+        passes[idx.cpu()] += 1
+        decrease = _dot(grad[idx], trial - alpha[idx])
+        ok = (decrease < 0) & (trial_value <= value_now[idx] + c1 * decrease)
+        new_alpha[idx[ok]], v_new[idx[ok]], g_new[idx[ok]] = (
+            trial[ok],
+            trial_value[ok],
+            trial_grad[ok],
+        )
+        trial_ok[idx[ok]] = True
+        t[idx[~ok]] *= 0.5
+    return new_alpha, v_new, g_new, trial_ok
+
+
 def projected_lbfgs(
     value_grad: ValueGrad,
     alpha0: Tensor,
@@ -109,14 +171,11 @@ def projected_lbfgs(
     """
     batch = alpha0.shape[0]
     alpha = alpha0.clone()
-    every = torch.arange(batch, device=alpha.device)
-    value_now, grad = value_grad(alpha, every)
-    inv_d = 1 / curvature
-    live = live.expand_as(alpha)
+    value_now, grad = value_grad(alpha, torch.arange(batch, device=alpha.device))
+    inv_d, live = 1 / curvature, live.expand_as(alpha)
     passes = torch.ones(batch)
     steps = torch.zeros(batch, dtype=torch.int32)
-    converged = torch.zeros(batch, dtype=torch.bool)
-    done = torch.zeros(batch, dtype=torch.bool)
+    converged, done = torch.zeros(batch, dtype=torch.bool), torch.zeros(batch, dtype=torch.bool)
     last_t = torch.ones(batch, dtype=alpha.dtype, device=alpha.device)
     history: list[tuple[Tensor, Tensor, Tensor]] = []
     residual = kkt_residual(alpha, grad, live, curvature)
@@ -127,32 +186,11 @@ def projected_lbfgs(
         done |= now
         if done.all():
             break
-        held = ((alpha <= 0) & (grad > 0)) | ((alpha >= 1) & (grad < 0))
-        free = live & ~held
-        d = _direction(grad, free, inv_d, history)
-        fallback = -grad * inv_d * free
-        d = torch.where(_rows(_dot(grad, d) >= 0, d), fallback, d)
-        # Armijo backtracking on the projected path, rows still running only; every trial
-        # is evaluated with its gradient, so an accepted one costs no extra pass
+        d = _descent(alpha, grad, live, inv_d, history)
         t = last_t.clone()
-        trial_ok = done.to(alpha.device).clone()
-        new_alpha, v_new, g_new = alpha.clone(), value_now.clone(), grad.clone()
-        for _ in range(max_backtracks):
-            idx = torch.nonzero(~trial_ok).flatten()
-            if not len(idx):
-                break
-            trial = (alpha[idx] + _rows(t[idx], d) * d[idx]).clamp(0, 1)
-            trial_value, trial_grad = value_grad(trial, idx)
-            passes[idx.cpu()] += 1
-            decrease = _dot(grad[idx], trial - alpha[idx])
-            ok = (decrease < 0) & (trial_value <= value_now[idx] + c1 * decrease)
-            new_alpha[idx[ok]], v_new[idx[ok]], g_new[idx[ok]] = (
-                trial[ok],
-                trial_value[ok],
-                trial_grad[ok],
-            )
-            trial_ok[idx[ok]] = True
-            t[idx[~ok]] *= 0.5
+        new_alpha, v_new, g_new, trial_ok = _backtrack(
+            value_grad, alpha, d, value_now, grad, t, done, passes, c1, max_backtracks
+        )
         stalled = (~trial_ok).cpu() & ~done
         converged |= stalled  # no decrease left at float precision
         done |= stalled
@@ -161,31 +199,14 @@ def projected_lbfgs(
             break
         last_t[moving] = t[moving]
         steps[moving.cpu()] += 1
-        s = torch.zeros_like(alpha)
-        y = torch.zeros_like(alpha)
-        s[moving] = new_alpha[moving] - alpha[moving]
-        y[moving] = g_new[moving] - grad[moving]
-        sy = _dot(s, y)
-        good = sy > 1e-10 * _norm(s) * _norm(y)
-        rho = torch.where(good, 1 / sy.clamp_min(1e-30), torch.zeros_like(sy))
-        history.append((s * _rows(good, s), y * _rows(good, y), rho))
-        history = history[-memory:]
+        history = [*history, _pair(alpha, new_alpha, grad, g_new, moving)][-memory:]
         change = torch.full_like(change, float("inf"))
         change[moving] = (value_now[moving] - v_new[moving]) / value_now[moving].abs().clamp_min(
             1e-30
         )
         alpha[moving], value_now[moving], grad[moving] = (
-            new_alpha[moving],
-            v_new[moving],
-            g_new[moving],
+            x[moving] for x in (new_alpha, v_new, g_new)
         )
         residual = kkt_residual(alpha, grad, live, curvature)
-    return Result(
-        alpha=alpha,
-        value=value_now,
-        residual=residual.cpu(),
-        steps=steps,
-        passes=passes,
-        forward_passes=torch.zeros(batch),
-        converged=converged,
-    )
+    no_forward_only = torch.zeros(batch)  # every trial is evaluated with its gradient
+    return Result(alpha, value_now, residual.cpu(), steps, passes, no_forward_only, converged)
