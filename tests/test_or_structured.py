@@ -127,3 +127,25 @@ def test_held_out_subsets_are_never_ones_the_solver_sampled():
     held = to_bitmasks(heldout_subsets(n, 50, seen)).tolist()
     assert len(held) == len(set(held)) == 50
     assert not set(held) & seen
+
+
+def test_the_sizes_mean_over_a_small_support_equals_enumeration():
+    """With beta zero outside each number's support (its reach set), the O(M^2) recursion over
+    the M players of the largest support gives the enumerated mean over all 2**n - 1 subsets."""
+    n = 9
+    g = torch.Generator().manual_seed(4)
+    beta = torch.rand(n, 5, generator=g, dtype=torch.float64)
+    support = torch.zeros(n, 5, dtype=torch.bool)
+    support[:3, 0] = True  # numbers reaching 3, 1, 0, 2 and 4 players
+    support[4, 1] = True
+    support[[2, 7], 3] = True
+    support[[0, 5, 6, 8], 4] = True
+    beta = beta * support
+    weights = size_weights(n, "sizes")
+    want = torch.zeros(5, dtype=torch.float64)
+    for k in range(1, n + 1):
+        subsets = list(itertools.combinations(range(n), k))
+        for subset in subsets:
+            want += weights[k - 1] / len(subsets) * brute_alpha(beta, subset)
+    torch.testing.assert_close(mean_alpha(beta, "sizes", support), want)
+    torch.testing.assert_close(mean_alpha(beta, "sizes"), want)  # all players: the same
