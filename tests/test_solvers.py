@@ -354,6 +354,9 @@ def test_every_registered_solver_recovers_a_planted_member(name):
     solver = SOLVERS[name]
     passes = solver.expected_passes(cfg.solver, run.n)
     assert 0 < passes < 1e6
+    from regprim.target import build_target
+
+    assert 0 < solver.seconds_per_pass(Objective(build_target(cfg, member.generator), cfg.solver))
     assert isinstance(solver.convergence_note(cfg.solver, s | {"subsets_converged": 0.5}), str)
 
 

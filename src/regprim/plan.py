@@ -4,10 +4,7 @@ pass model (:meth:`Solver.expected_passes`) and a measured pass through ``g``.""
 
 from __future__ import annotations
 
-import time
 from typing import Any
-
-import torch
 
 from regprim.config import ExplainConfig
 from regprim.explain import load_generator, resolved_config
@@ -33,19 +30,14 @@ def players_map(target: Target) -> str:
 
 def plan(cfg: ExplainConfig, generator: SplitGenerator | None = None) -> dict[str, Any]:
     """What :func:`explain` would do, without solving (``regprim explain --dry-run``): the
-    resolved settings, the players on the grid, and memory and time estimates (the time from a
-    measured pass of a chunk of subsets through ``g`` and the expected number of passes)."""
+    resolved settings, the players on the grid, and memory and time estimates (the solver's
+    expected passes times the seconds of one pass, as the solver measures it here)."""
     gen = load_generator(cfg, generator)
     target = build_target(cfg, gen)
     numel = target.f.numel()
     memory = SOLVERS[cfg.solver.method].memory_bytes(target.n, numel)
     obj = Objective(target, cfg.solver)
-    batch = max(1, min(cfg.solver.chunk or 32, 2**target.n - 1, 32))
-    u = (obj.f0 + torch.rand(batch, *obj.df.shape) * obj.df).requires_grad_(True)
-    start = time.perf_counter()
-    for _ in range(2):
-        torch.autograd.grad(gen.g(u, target.code).sum(), u)
-    per_pass = (time.perf_counter() - start) / (2 * batch)
+    per_pass = SOLVERS[cfg.solver.method].seconds_per_pass(obj)
     passes = expected_passes(cfg.solver, target.n)
     return {
         "settings": resolved_config(cfg, target),

@@ -9,7 +9,8 @@ by ``SolverConfig.method``:
 - ``paper`` (:mod:`regprim.solvers.paper`): every subset solved alone, as the paper does;
 - ``reach`` (:mod:`regprim.solvers.or_structured`): the receptive-field reference.
 
-To add one: a class with ``name``, ``memory_bytes(n, numel)``, ``expected_passes(cfg, n)``,
+To add one: a class with ``name``, ``settings``, ``memory_bytes(n, numel)``,
+``expected_passes(cfg, n)`` and ``seconds_per_pass(objective)`` (together, ``--dry-run``'s time),
 ``convergence_note(cfg, summary)`` and ``solve(objective, resume, on_chunk, progress) ->
 MinimalFeatures``, registered in ``SOLVERS`` and named in ``regprim.config.SOLVER_METHODS``
 (``tests/test_solvers.py`` checks every registered solver on the planted generator).
@@ -45,6 +46,8 @@ class Solver(Protocol):
     def memory_bytes(self, n: int, numel: int) -> int: ...
 
     def expected_passes(self, cfg: SolverConfig, n: int) -> float: ...
+
+    def seconds_per_pass(self, obj: Objective) -> float: ...
 
     def convergence_note(self, cfg: SolverConfig, summary: dict) -> str: ...
 

@@ -19,6 +19,7 @@ masked squared error over the baseline image's on the same pixels).
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -183,6 +184,16 @@ class Objective:
             idx = subsets.to(rel.device)
             rel[idx], value[idx] = self.check(self.crop(u[idx]), subsets)
         return rel, value
+
+    def seconds_per_pass(self, batch: int = 32) -> float:
+        """Seconds of one generator pass (forward and input gradient) per subset, measured on a
+        batch of random features in the box."""
+        batch = max(1, min(batch, 2**self.n - 1))
+        u = (self.f0 + torch.rand(batch, *self.df.shape) * self.df).requires_grad_(True)
+        start = time.perf_counter()
+        for _ in range(2):
+            torch.autograd.grad(self.gen.g(u, self.code).sum(), u)
+        return (time.perf_counter() - start) / (2 * batch)
 
     def auto_chunk(self) -> int:
         """Subsets per chunk: on CUDA from the free memory and a measured two-subset pass; on

@@ -31,6 +31,7 @@ pixels), with no optimisation; it is the structure the other solvers are compare
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -237,6 +238,23 @@ class ORSolver:
         return cfg.or_steps * batch + residual + CHECK_PASS * checked
 
     @staticmethod
+    def seconds_per_pass(obj: Objective) -> float:
+        """One step of the solve (a batch's passes, the sparsity term, both gradients), timed
+        here, per subset of the batch: the solve's other work counted in its passes."""
+        cfg, n = obj.cfg, obj.n
+        weights = size_weights(n, cfg.subset_weights)
+        full = 2**n - 1 <= cfg.or_batch
+        bits = (
+            all_subsets(n) if full else sample_subsets(n, cfg.or_batch, weights, torch.Generator())
+        )
+        beta = (cfg.or_init * obj.reach_sets.to(obj.f0.dtype)).requires_grad_(True)
+        start = time.perf_counter()
+        for _ in range(2):
+            loss = reconstruction(obj, beta, bits, weights, full) + sparsity(obj, beta)
+            torch.autograd.grad(loss, beta)
+        return (time.perf_counter() - start) / (2 * len(bits))
+
+    @staticmethod
     def convergence_note(cfg: SolverConfig, summary: dict) -> str:
         return (
             f"the OR-structured solve ended after or_steps={cfg.or_steps} with a KKT residual "
@@ -319,6 +337,10 @@ class ReachSolver:
     def expected_passes(cfg: SolverConfig, n: int) -> float:
         """No optimisation: the constraint check of every subset only."""
         return CHECK_PASS * (2**n - 1)
+
+    @staticmethod
+    def seconds_per_pass(obj: Objective) -> float:
+        return obj.seconds_per_pass()
 
     @staticmethod
     def convergence_note(cfg: SolverConfig, summary: dict) -> str:

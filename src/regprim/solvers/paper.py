@@ -192,6 +192,10 @@ class PaperSolver:
         return solve + CHECK_PASS * subsets
 
     @staticmethod
+    def seconds_per_pass(obj: Objective) -> float:
+        return obj.seconds_per_pass(obj.cfg.chunk or 32)
+
+    @staticmethod
     def convergence_note(cfg: SolverConfig, summary: dict) -> str:
         capped = len(summary["subsets_capped"])
         return (
