@@ -61,7 +61,10 @@ def test_bad_requests_get_a_4xx_naming_the_field(client):
     r = client.post("/api/edit", json={"run": 0, "weights": {"3": 0}})  # 3 is not a component
     assert r.status_code == 422 and "no non-zero component" in r.json()["detail"]
     r = client.post("/api/edit", json={"run": 0, "transplant": {"donor": 2, "cells": [14]}})
-    assert r.status_code == 422 and "players" in r.json()["detail"]
+    assert r.status_code == 422 and r.json()["detail"].startswith("transplant:")
+    assert "players" in r.json()["detail"]
+    r = client.post("/api/edit", json={"run": 0, "transplant": {"donor": 1, "cells": [0]}})
+    assert r.status_code == 422 and r.json()["detail"].startswith("transplant: cells [0]")
     r = client.post("/api/save", json={"run": 0, "name": "../outside"})
     assert r.status_code == 422 and r.json()["detail"].startswith("name:")
     assert client.get("/api/jobs/nope").status_code == 404

@@ -112,12 +112,14 @@ class App:
             for mask, weight in sorted(req.weights.items()):
                 if weight != 1:
                     edit.scale(weight, masks=[mask])
-            if req.transplant is not None:
-                donor = self.get(req.transplant.donor).run
-                edit.transplant(donor, req.transplant.cells)
         except ValueError as err:
-            which = "transplant" if req.transplant is not None and "donor" in str(err) else ""
-            raise HTTPException(422, f"{which or 'weights'}: {err}") from None
+            raise HTTPException(422, f"weights: {err}") from None
+        if req.transplant is not None:
+            donor = self.get(req.transplant.donor).run
+            try:
+                edit.transplant(donor, req.transplant.cells)
+            except ValueError as err:
+                raise HTTPException(422, f"transplant: {err}") from None
         return item, edit
 
     def describe(self, index: int, item: Loaded) -> dict[str, Any]:
