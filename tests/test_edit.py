@@ -144,3 +144,17 @@ def test_the_edit_command(planted_run, planted_donor, tmp_path, capsys):
     assert not (tmp_path / "c").exists()  # refused before anything was written
     assert main(["edit", run, "--drop-top", "1", "--out", str(tmp_path / "a")]) == 2
     assert "earlier edit.json" in capsys.readouterr().err
+
+
+def test_inversion_of_a_conditional_model_holds_the_class_of_the_code():
+    """Every start keeps the class part of the given code; only the noise part moves."""
+    gen = load_model("eyes-128")
+    code = gen.sample_codes(1, 0, class_index=5)
+    other = gen.sample_codes(1, 3, class_index=2)  # the feature to reach: another class
+    with torch.no_grad():
+        f = gen.d(other)[0]
+        f0 = gen.d(gen.sample_codes(16, 1)).mean(0)
+    inv = invert(gen, f, f0, code, restarts=4, max_steps=20, progress=False)
+    held = gen.num_classes
+    assert torch.equal(inv.code[0, -held:], code[0, -held:].cpu())
+    assert not torch.equal(inv.code[0, :-held], code[0, :-held])  # the noise part moved

@@ -83,9 +83,10 @@ def invert(
     target, f0 = feature.to(gen.device), f0.to(gen.device)
     scale = (target - f0).norm().clamp_min(1e-30)
     starts = gen.sample_codes(restarts - (code is not None), seed, class_index)
+    held = starts.shape[1] - gen.num_classes  # the class part of the code stays
     if code is not None:
         starts = torch.cat([code.to(gen.device), starts])
-    held = starts.shape[1] - gen.num_classes  # the class part of the code stays
+        starts[:, held:] = code[:, held:].to(gen.device)  # every start keeps the code's class
     free, fixed = starts[:, :held].clone().requires_grad_(True), starts[:, held:]
     opt = torch.optim.Adam([free], lr=lr)
     history: list[float] = []
