@@ -39,3 +39,25 @@ def test_a_model_with_other_weights_gets_its_own_baseline(tmp_path):
     f_old, f_new = baseline(old, 50, 1), baseline(new, 50, 1)
     torch.testing.assert_close(f_new, compute_baseline(new, 50, 1))
     assert not torch.allclose(f_old, f_new)
+
+
+def test_generators_without_modules_do_not_share_a_baseline():
+    """A split with no torch modules (fixed tensors in d and g) still gets a fingerprint of its
+    own from what d computes: two of one name never share an f0."""
+    from regprim import SplitGenerator
+    from regprim.generator import gaussian_sampler
+
+    class Fixed(SplitGenerator):
+        def __init__(self, scale: float) -> None:
+            super().__init__("custom", "f", ("f",), 3, gaussian_sampler(3))
+            self.scale = scale
+
+        def d(self, code):
+            return self.scale * code.abs()
+
+        def g(self, f, code):
+            return f[:, None, :, None].expand(-1, 3, 3, 3)
+
+    a, b = Fixed(1.0), Fixed(2.0)
+    assert a.fingerprint() != b.fingerprint() and a.fingerprint() == Fixed(1.0).fingerprint()
+    torch.testing.assert_close(baseline(b, 20, 1), 2 * baseline(a, 20, 1))

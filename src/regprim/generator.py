@@ -95,17 +95,19 @@ class SplitGenerator:
             m.to(self.device)
         return self
 
+    @torch.no_grad()
     def fingerprint(self) -> str:
         """A hash of what makes this split compute what it computes: its name, layer and code
-        size, and every parameter and buffer of its modules (so retrained or re-seeded weights,
-        or two different models of one name, never share a cached baseline)."""
+        size, every parameter and buffer of its modules, and its features of two fixed codes (so
+        retrained or re-seeded weights, a generator with no modules, or two different models of
+        one name never share a cached baseline; a forward that differs in the last bit between
+        thread counts only costs a recomputation)."""
         h = hashlib.sha256(f"{self.name}|{self.layer}|{self.code_dim}|{self.num_classes}".encode())
-        for module in self.modules():
-            for key, t in sorted(module.state_dict().items()):
-                h.update(f"{key}|{tuple(t.shape)}|{t.dtype}".encode())
-                h.update(
-                    t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
-                )
+        tensors = [t for m in self.modules() for _, t in sorted(m.state_dict().items())]
+        tensors.append(self.d(self.sample_codes(2, 20_240_214)))
+        for t in tensors:
+            h.update(f"{tuple(t.shape)}|{t.dtype}".encode())
+            h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:16]
 
     def freeze(self) -> SplitGenerator:

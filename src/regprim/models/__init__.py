@@ -110,9 +110,14 @@ def load_model(
 
 def _call_user_factory(spec: str, factory: Callable[..., SplitGenerator], kwargs: dict):
     """Call a user's factory; its failures become one clear error naming the factory."""
-    params = inspect.signature(factory).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    missing = [k for k in kwargs if k not in params and not takes_any]
+    try:
+        params = dict(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):  # no signature to read (a builtin): call it and see
+        params = None
+    takes_any = params is None or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    )
+    missing = [k for k in kwargs if not takes_any and k not in params]
     if missing:
         msg = (
             f"{spec} does not take {', '.join(m + '=' for m in missing)}; a model factory is "
