@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from regprim import ExplainConfig, explain
+from regprim.components import component_norms, ranked
 from regprim.models.planted import DEFAULT_PLAYERS
-from regprim.salient import component_norms, ranked, removal_salient, select_salient
+from regprim.salient import removal_salient, select_salient
 
 
 def listed(comps):

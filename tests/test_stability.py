@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from regprim import ExplainConfig, load_model
+from regprim import ComponentTable, ExplainConfig, load_model
 from regprim.models.planted import DEFAULT_PLAYERS
 from regprim.stability import compare, jaccard, stability
 
@@ -14,7 +14,7 @@ def test_compare_and_jaccard():
     a[1, 0], a[2, 1], a[5, 2] = 3.0, 2.0, 1.0
 
     def listed(c):
-        return torch.arange(1, len(c)), c[1:]
+        return ComponentTable.from_dense(c)
 
     same = compare(listed(a), listed(a.clone()), k=3)
     assert same == {"matched_cosine": 1.0, "matched_region_jaccard": 1.0, "topk_set_jaccard": 1.0}

@@ -22,6 +22,20 @@ from torch import Tensor
 DENSE_VIEW_MAX_N = 16  # a dense view of 2**16 rows is the largest one offered
 
 
+def component_norms(components: Tensor) -> Tensor:
+    """L2 norm of every component: ``(m,)`` for ``(m, *feature_shape)``."""
+    return components.flatten(1).norm(dim=1)
+
+
+def ranked(masks: Tensor, norms: Tensor) -> Tensor:
+    """The ``masks`` of the non-zero components, by decreasing norm (ties in the order given):
+    the one ranking every rule, metric and figure uses."""
+    norms = norms.detach().cpu()  # bitmask lists live on the CPU
+    order = torch.argsort(norms, descending=True, stable=True)
+    keep = (masks[order] != 0) & (norms[order] > 0)
+    return masks[order][keep]
+
+
 @dataclass(frozen=True)
 class ComponentTable:
     """Components ``values`` ``(m, *feature_shape)`` with action sets ``masks`` ``(m,)``
@@ -47,7 +61,7 @@ class ComponentTable:
             msg = f"action sets must be non-empty bitmasks of {self.n} players (1..2**n - 1)"
             raise ValueError(msg)
         object.__setattr__(self, "masks", masks)
-        object.__setattr__(self, "norms", self.values.flatten(1).norm(dim=1).cpu())
+        object.__setattr__(self, "norms", component_norms(self.values).cpu())
         bits = (masks[:, None] >> torch.arange(max(self.n, 1))) & 1
         object.__setattr__(self, "orders", bits.sum(1))
 
@@ -101,8 +115,7 @@ class ComponentTable:
         """Action sets of the non-zero components, by decreasing norm (ties in row order)."""
         cached = self.__dict__.get("_ranked")
         if cached is None:
-            order = torch.argsort(self.norms, descending=True, stable=True)
-            cached = self.masks[order][self.norms[order] > 0].tolist()
+            cached = ranked(self.masks, self.norms).tolist()
             object.__setattr__(self, "_ranked", cached)
         return cached
 

@@ -19,21 +19,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from regprim.components import component_norms, ranked
 from regprim.config import SALIENT_RULES
-
-
-def component_norms(components: Tensor) -> Tensor:
-    """L2 norm of every component: ``(m,)`` for ``(m, *feature_shape)``."""
-    return components.flatten(1).norm(dim=1)
-
-
-def ranked(masks: Tensor, norms: Tensor) -> Tensor:
-    """The ``masks`` of the non-zero components, by decreasing norm (ties in the order given):
-    the one ranking every rule, metric and figure uses."""
-    norms = norms.detach().cpu()  # bitmask lists live on the CPU
-    order = torch.argsort(norms, descending=True, stable=True)
-    keep = (masks[order] != 0) & (norms[order] > 0)
-    return masks[order][keep]
 
 
 def energy_fraction(norms: Tensor, count: int | None = None, share: float = 0.9) -> float:

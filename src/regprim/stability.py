@@ -17,13 +17,13 @@ import time
 from typing import Any
 
 import torch
-from torch import Tensor
 
+from regprim.components import ComponentTable
 from regprim.config import ExplainConfig
 from regprim.denoise import remove_noise
 from regprim.explain import explain
 from regprim.generator import SplitGenerator
-from regprim.salient import component_norms, energy_fraction, ranked
+from regprim.salient import energy_fraction
 
 
 def jaccard(a: int, b: int) -> float:
@@ -31,20 +31,10 @@ def jaccard(a: int, b: int) -> float:
     return (a & b).bit_count() / union if union else 1.0
 
 
-Components = tuple[Tensor, Tensor]  # action regions (m,) and values (m, *feature_shape)
-
-
-def top_of(components: Components, k: int) -> tuple[list[int], Tensor]:
-    """The ``k`` largest non-zero components: their bitmasks and values."""
-    masks, values = components
-    top = ranked(masks, component_norms(values))[:k].tolist()
-    row = {int(m): j for j, m in enumerate(masks)}
-    return top, values[[row[m] for m in top]]
-
-
-def compare(reference: Components, other: Components, k: int) -> dict[str, float]:
+def compare(reference: ComponentTable, other: ComponentTable, k: int) -> dict[str, float]:
     """Matched cosine, matched action-region Jaccard and top-k set Jaccard of two runs."""
-    (ref, ref_values), (oth, oth_values) = top_of(reference, k), top_of(other, k)
+    ref, oth = reference.top_k(k), other.top_k(k)
+    ref_values, oth_values = reference.value(ref), other.value(oth)
     a = torch.nn.functional.normalize(ref_values.flatten(1), dim=1)
     b = torch.nn.functional.normalize(oth_values.flatten(1), dim=1)
     cos = a @ b.T
@@ -67,11 +57,10 @@ def compare(reference: Components, other: Components, k: int) -> dict[str, float
     }
 
 
-def sparsity_figures(components: Components, n: int) -> dict[str, float]:
-    _, values = components
+def sparsity_figures(table: ComponentTable) -> dict[str, float]:
     return {
-        "l1_total": float(values.abs().sum()),
-        "fraction_carrying_90pct": energy_fraction(component_norms(values), 2**n - 1),
+        "l1_total": float(table.values.abs().sum()),
+        "fraction_carrying_90pct": energy_fraction(table.norms, 2**table.n - 1),
     }
 
 
@@ -97,18 +86,14 @@ def stability(
         perturbed = dataclasses.replace(base, solver=solver, f0_noise=f0_noise)
         runs.append(explain(perturbed, generator=generator, progress=progress, verify=False))
     solve_seconds = time.perf_counter() - start
-    kinds: dict[str, list[Components]] = {
-        "raw": [(run.table.masks, run.table.values) for run in runs]
-    }
+    kinds: dict[str, list[ComponentTable]] = {"raw": [run.table for run in runs]}
     start = time.perf_counter()
     if runs[0].minimal_features is not None:  # Appendix G needs every subset's u
         denoised = [
             remove_noise(run.minimal_features, run.f0, cfg.denoise_tau, cfg.denoise_steps)
             for run in runs
         ]
-        kinds["denoised"] = [
-            (torch.arange(1, len(d.components)), d.components[1:]) for d in denoised
-        ]
+        kinds["denoised"] = [ComponentTable.from_dense(d.components) for d in denoised]
     result: dict[str, Any] = {
         "repeats": repeats,
         "init_jitter": init_jitter,
@@ -124,5 +109,5 @@ def stability(
         per = [compare(comps[0], c, k) for c in comps[1:]]
         result[name] = {key: sum(p[key] for p in per) / len(per) for key in per[0]}
         result[name]["per_repeat"] = per
-        result[name]["sparsity"] = sparsity_figures(comps[0], runs[0].n)
+        result[name]["sparsity"] = sparsity_figures(comps[0])
     return result
