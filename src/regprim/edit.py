@@ -139,15 +139,10 @@ class Edit:
         for op in self.operations:
             picked = set(self.chosen(op, self.run))
             for m in w:
-                if (
-                    op.kind == "keep"
-                    and m not in picked
-                    or m in picked
-                    and op.kind in ("drop", "transplant")
-                ):
-                    w[m] = 0.0
-                elif m in picked and op.kind == "scale":
-                    w[m] *= op.factor
+                if op.kind == "keep":
+                    w[m] = w[m] if m in picked else 0.0
+                elif m in picked:  # drop and transplant remove it, scale multiplies it
+                    w[m] = w[m] * op.factor if op.kind == "scale" else 0.0
         return w
 
     def cells(self) -> list[int]:
@@ -170,12 +165,18 @@ class Edit:
         for m, w in self.weights().items():
             if w != 1:
                 out.update(self.run.cells(m))
-        for op in self.operations:
-            if op.kind == "transplant":
-                donor = self.donors[op.donor]
-                for m in donor.table.meeting(donor.bitmask(list(op.cells))):
-                    out.update(donor.cells(m))
+        for donor, given in self.given():
+            for m in given:
+                out.update(donor.cells(m))
         return sorted(out)
+
+    def given(self) -> list[tuple[Run, list[int]]]:
+        """Per transplant, the donor and the action sets of its components that it brings."""
+        return [
+            (self.donors[op.donor], self.chosen(op, self.donors[op.donor]))
+            for op in self.operations
+            if op.kind == "transplant"
+        ]
 
     def feature(self) -> Tensor:
         """``f_edit`` ``(*feature_shape)``."""
@@ -186,11 +187,8 @@ class Edit:
             masks = list(changed)
             coef = torch.tensor([changed[m] for m in masks], dtype=f.dtype)
             f += (coef @ table.value(masks).flatten(1)).view_as(f)
-        for op in self.operations:
-            if op.kind == "transplant":
-                donor = self.donors[op.donor]
-                given = donor.table.meeting(donor.bitmask(list(op.cells)))
-                f += donor.table.value(given).sum(0)
+        for donor, given in self.given():
+            f += donor.table.value(given).sum(0)
         return f
 
     def describe(self) -> list[dict[str, Any]]:
@@ -255,8 +253,6 @@ class EditResult:
     ``feature masking``, ``pixel pasting``: an image only), ``baselines`` the naive ways'
     metrics."""
 
-    feature: Tensor
-    image: Tensor
     before: Tensor
     cells: list[int]
     region: list[int]
@@ -265,6 +261,16 @@ class EditResult:
     images: dict[str, Tensor]
     features: dict[str, Tensor]
 
+    @property
+    def feature(self) -> Tensor:
+        """``f_edit``, the primitive edit's feature."""
+        return self.features["primitives"]
+
+    @property
+    def image(self) -> Tensor:
+        """``g(f_edit)``."""
+        return self.images["primitives"]
+
 
 @torch.no_grad()
 def apply(edit: Edit, gen: SplitGenerator) -> EditResult:
@@ -272,9 +278,9 @@ def apply(edit: Edit, gen: SplitGenerator) -> EditResult:
     run = edit.run
     cells, region = edit.cells(), edit.region()
     code = run.code.to(gen.device)
-    f_edit = edit.feature()
-    donor = next((edit.donors[op.donor] for op in edit.operations if op.kind == "transplant"), None)
-    candidates = {"primitives": f_edit}
+    # the naive ways and the agreement compare with the first transplant's donor
+    donor = next((d for d, _ in edit.given()), None)
+    candidates = {"primitives": edit.feature()}
     try:  # naive feature masking: f0 (or the donor's feature) under the cells
         under = positions_under(tuple(run.f.shape), run.grid, cells)
         source = donor.f if donor is not None else run.f0
@@ -299,8 +305,6 @@ def apply(edit: Edit, gen: SplitGenerator) -> EditResult:
             m["agreement"] = agreement(image, donor.image, before, run.grid, cells)
         measured[name] = m
     return EditResult(
-        feature=f_edit,
-        image=images["primitives"],
         before=before,
         cells=cells,
         region=region,
