@@ -106,14 +106,16 @@ def invert(
         if history[-1] < tol or (step > 100 and history[-1] > 0.99 * history[-101]):
             break  # converged, or stalled: less than 1% better in 100 steps
     bar.close()
-    return _best(gen, torch.cat([free, fixed], 1).detach(), target, f0, len(history), tol)
+    codes = torch.cat([free, fixed], 1).detach()
+    return _best(gen, codes, target, f0, scale, len(history), tol)
 
 
 @torch.no_grad()
-def _best(gen: SplitGenerator, codes: Tensor, target: Tensor, f0: Tensor, steps: int, tol: float):
-    """The :class:`Inversion` of the best of ``codes``."""
+def _best(
+    gen: SplitGenerator, codes: Tensor, target: Tensor, f0: Tensor, scale: Tensor, steps: int, tol
+) -> Inversion:
+    """The :class:`Inversion` of the best of ``codes`` (``scale``: ``||target - f0||``)."""
     feats = gen.d(codes)
-    scale = (target - f0).norm().clamp_min(1e-30)
     residuals = ((feats - target).flatten(1).norm(dim=1) / scale).cpu()
     row = int(residuals.argmin())
     z = codes[row : row + 1]
