@@ -10,8 +10,10 @@ from regprim.interactions import or_interactions, or_interactions_reference
 from regprim.solvers.or_structured import (
     all_subsets,
     alpha_of,
+    exclusivity,
     mean_alpha,
     sample_subsets,
+    singles,
     size_weights,
     snap,
     to_bitmasks,
@@ -149,3 +151,70 @@ def test_the_sizes_mean_over_a_small_support_equals_enumeration():
             want += weights[k - 1] / len(subsets) * brute_alpha(beta, subset)
     torch.testing.assert_close(mean_alpha(beta, "sizes", support), want)
     torch.testing.assert_close(mean_alpha(beta, "sizes"), want)  # all players: the same
+
+
+def _exclusivity_problem(players=(7, 9, 14, 21), weight=0.5):
+    """The planted generator with four players; its group (7, 21) reaches two of them."""
+    from regprim import ExplainConfig, SolverConfig, load_model
+    from regprim.solvers import Objective
+    from regprim.target import build_target
+
+    cfg = ExplainConfig(model="planted", players=list(players), baseline_count=50)
+    solver = SolverConfig(or_exclusive=weight, crop=False)
+    return Objective(build_target(cfg, load_model("planted")), solver)
+
+
+def test_exclusivity_equals_brute_force_over_the_components_that_do_not_cover_each_cell():
+    obj = _exclusivity_problem()
+    n = obj.n
+    g = torch.Generator().manual_seed(5)
+    beta = torch.rand(n, *obj.df.shape, generator=g) * obj.reach_sets
+    # brute force: every u(S), Eq. 10 by the slow reference, the components without player i
+    u = torch.stack(
+        [
+            obj.f0 + brute_alpha(beta, [i for i in range(n) if mask >> i & 1]) * obj.df
+            for mask in range(2**n)
+        ]
+    )
+    comps = or_interactions_reference(u.double()).float()
+    masks = obj.player_masks.float()
+    per_pixel = ((obj.baseline_image - obj.x) ** 2).sum(0)
+    base = (masks * per_pixel).flatten(1).sum(1) / masks.flatten(1).sum(1)
+    want = []
+    for i in range(n):
+        v = obj.f0 + sum(comps[t] for t in range(1, 2**n) if not t >> i & 1)
+        with torch.no_grad():
+            image = obj.gen.g(v[None], obj.code)[0]
+        change = (((image - obj.baseline_image) ** 2).sum(0) * masks[i]).sum()
+        want.append(obj.cfg.lam * change * base.mean() / base[i])  # reduction "sum": lam / |S|
+    expected = obj.cfg.or_exclusive * torch.stack(want).mean()
+    with torch.no_grad():
+        got = exclusivity(obj, beta, torch.arange(n))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    # a sample of the players is the mean over those players
+    with torch.no_grad():
+        two = exclusivity(obj, beta, torch.tensor([3, 1]))
+    torch.testing.assert_close(
+        two, obj.cfg.or_exclusive * (want[3] + want[1]) / 2, rtol=1e-4, atol=1e-6
+    )
+
+
+def test_the_reach_reference_is_exclusive_and_a_shared_number_left_out_is_not():
+    obj = _exclusivity_problem()
+    reach = obj.reach_sets.float()
+    with torch.no_grad():
+        assert float(exclusivity(obj, reach, torch.arange(obj.n))) < 1e-7  # float rounding
+        # a number that reaches cell i taken from u({i}) but left to the others: the components
+        # that do not cover i now rebuild part of it
+        shared = obj.reach_sets[0] & obj.reach_sets.sum(0).gt(1)
+        assert shared.any()
+        beta = reach.clone()
+        beta[0][shared] = 0.0
+        assert float(exclusivity(obj, beta, torch.tensor([0]))) > 1e-3
+
+
+def test_singles_are_every_player_or_a_sample_without_repeats():
+    rng = torch.Generator().manual_seed(0)
+    assert singles(9, 32, rng).tolist() == list(range(9))
+    drawn = singles(36, 32, rng)
+    assert len(drawn) == 16 and len(set(drawn.tolist())) == 16 and int(drawn.max()) < 36

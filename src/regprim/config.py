@@ -82,6 +82,9 @@ class SolverConfig:
         or_snap: at the end, every beta within this distance of 0 or 1 is set to it (``or``).
         or_gtol: the ``or`` solve counts as converged when the KKT residual of beta (its
             projected gradient over the sparsity term's gradient) is below this.
+        or_exclusive: weight of the exclusivity term of the ``or`` objective, relative to the
+            reconstruction term's (``lam``): what f keeps once u({i}) is removed should render
+            cell i as the baseline does (docs/method.md, "Exclusivity"); 0 = off.
         subset_weights: how the ``or`` objective averages over subsets: ``subsets`` = every
             subset alike (the paper's sum); ``sizes`` = every subset size alike (else, for
             large n, single cells are almost never drawn); ``auto`` = ``subsets`` up to 12
@@ -123,6 +126,7 @@ class SolverConfig:
     or_init: float = 0.9
     or_snap: float = 0.02
     or_gtol: float = 0.2
+    or_exclusive: float = 0.03
     subset_weights: str = choice("auto", SUBSET_WEIGHTS)
     optimizer: str = choice("lbfgs", OPTIMIZERS)
     ftol: float = 3e-4
@@ -151,6 +155,9 @@ class SolverConfig:
             if getattr(self, name) < 1:
                 msg = f"solver {name}={getattr(self, name)} must be at least 1"
                 raise ValueError(msg)
+        if self.or_exclusive < 0:
+            msg = f"solver or_exclusive={self.or_exclusive} must be >= 0 (0 = no exclusivity term)"
+            raise ValueError(msg)
         for name in ("or_init", "or_snap"):
             if not 0 <= getattr(self, name) <= 1:
                 msg = f"solver {name}={getattr(self, name)} must be in [0, 1]"

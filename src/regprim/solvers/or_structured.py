@@ -158,6 +158,37 @@ def reconstruction(
     return (rec * (weights[sizes - 1] / counts).to(rec.dtype).to(rec.device)).sum()
 
 
+def exclusivity(obj: Objective, beta: Tensor, players: Tensor) -> Tensor:
+    """The exclusivity part of the OR objective on the single cells ``players`` (long).
+
+    The components that do not cover player i sum to ``u(N) - u({i})``, so
+    ``v_i = f0 + (1 - beta_i) * alpha(N \\ {i}) * (f - f0)`` is what Fig. 6 renders at p = 1; it
+    should leave cell i as the baseline image has it. The term is ``or_exclusive`` times the
+    reconstruction weight times ``||g(v_i) - g(f0)||^2`` on cell i, scaled by the mean over the
+    players of the baseline's error per pixel over cell i's (a cell the baseline already nearly
+    matches counts as much as any other, as in Fig. 6's ratio), averaged over ``players`` (an
+    unbiased estimate of the mean over all of them when they are a sample). Zero exactly when
+    the components that do not cover a cell change none of it."""
+    others = torch.ones(len(players), obj.n, dtype=torch.bool)
+    others[torch.arange(len(players)), players.cpu()] = False
+    share = (1 - beta[players]) * alpha_of(beta, others.to(beta.device))
+    v = torch.addcmul(obj.f0[None], share, obj.df[None]).contiguous(memory_format=obj.memory_format)
+    masks, weight = obj.masks(1 << players.cpu())
+    with obj.autocast():
+        images = obj.gen.g(v, obj.code)
+    change = ((images.float() - obj.baseline_image) ** 2 * masks).flatten(1).sum(1)
+    base = obj.cell_baseline_errors()
+    return obj.cfg.or_exclusive * (weight * change * base.mean() / base[players]).mean()
+
+
+def singles(n: int, batch: int, rng: torch.Generator) -> Tensor:
+    """The players whose exclusivity one step scores: all of them up to ``batch // 2``, else
+    ``batch // 2`` drawn without replacement."""
+    if n <= batch // 2:
+        return torch.arange(n)
+    return torch.randperm(n, generator=rng)[: batch // 2]
+
+
 def sparsity(obj: Objective, beta: Tensor) -> Tensor:
     """The sparsity part of the OR objective, exact: the weighted mean of ``||u(S) - f0||_1``."""
     mean = mean_alpha(beta, obj.cfg.subset_weights, obj.reach_sets)
@@ -278,6 +309,7 @@ class ORSolver:
         opt.m, opt.v = state["m"].clone(), state["v"].clone()
         steps = cfg.or_steps
         rng = torch.Generator().manual_seed(cfg.perturb_seed)
+        single_rng = torch.Generator().manual_seed(cfg.perturb_seed + 1)
         everything = all_subsets(n) if 2**n - 1 <= cfg.or_batch else None
         full = everything is not None
         done = int(state["step"])
@@ -297,6 +329,8 @@ class ORSolver:
                 seen.update(to_bitmasks(bits).tolist())
             beta.requires_grad_(True)
             loss = reconstruction(obj, beta, bits, weights, full) + sparsity(obj, beta)
+            if cfg.or_exclusive:
+                loss = loss + exclusivity(obj, beta, singles(n, cfg.or_batch, single_rng))
             (grad,) = torch.autograd.grad(loss, beta)
             with torch.no_grad():
                 beta.requires_grad_(False)
