@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import regprim.target as target_module
-from regprim import ExplainConfig, load_model
+from regprim import ExplainConfig, explain, load_model
 from regprim.explain import interactions
 from regprim.solvers import solve
 from regprim.target import build_target
@@ -49,3 +49,15 @@ def test_the_checkpoint_key_follows_the_inputs_and_the_solve_settings_only():
     for name in ("f", "f0", "x"):  # same settings, another input (other weights, say)
         other = dataclasses.replace(target, **{name: getattr(target, name) + 1e-3})
         assert checkpoint_key(resolved, other) != key, name
+
+
+def test_a_run_does_not_depend_on_what_ran_before_it_in_the_process():
+    # a fresh generator: its first run once rendered x and f with the weights in one memory
+    # format and solved in the other, so a second identical run differed from the first
+    from regprim import SolverConfig
+
+    gen = load_model("dcgan-faces")
+    cfg = ExplainConfig(n=3, baseline_count=16, solver=SolverConfig(or_steps=15))
+    first, second = (explain(cfg, generator=gen, progress=False, verify=False) for _ in range(2))
+    assert torch.equal(first.image, second.image) and torch.equal(first.f, second.f)
+    assert torch.equal(first.table.values, second.table.values)

@@ -5,7 +5,7 @@ import dataclasses
 import torch
 
 from regprim import load_model
-from regprim.metrics import Scorer, action_regions, sparsity
+from regprim.metrics import Scorer, action_regions, energy_components, sparsity
 
 
 def by_name(run):
@@ -23,6 +23,7 @@ def test_planted_metrics_have_their_exact_values(planted_run):
     # 8 planted of 511 components; 90% of the energy needs at most all 8 of them
     assert m["sparsity"].value <= 8 / 511
     assert m["sparsity"].details["fraction_salient"] == 8 / 511
+    assert 1 <= m["energy_90"].value <= 8
     for metric in planted_run.metrics:
         assert metric.description and metric.higher_is_better in (True, False, None)
 
@@ -37,5 +38,10 @@ def test_sparsity_and_action_regions_on_hand_made_components(planted_run):
     m = sparsity(s, [0b1, 0b110])
     assert m.value == 1 / 511  # 9 of 10 units of squared norm sit in one component
     assert m.details["fraction_salient"] == 2 / 511
+    assert energy_components(s).value == 1  # the same fact as a count, for any n
+    comps = comps.clone()
+    comps[0b110, 1, :] = torch.tensor([3.0, 0, 0, 0])  # now 9 + 9 units: both are needed
+    even = Scorer(dataclasses.replace(run, tensors=run.tensors | {"components": comps}), s.gen)
+    assert energy_components(even).value == 2
     a = action_regions(s, [0b1, 0b110])
     assert a.details["per_cell"][:3] == [3.0, 0.5, 0.5] and a.value == 3 / 4

@@ -26,6 +26,25 @@ def test_compare_and_jaccard():
     assert r["topk_set_jaccard"] == pytest.approx(1 / 5)
 
 
+def test_a_component_that_trades_rank_k_for_k_plus_1_is_still_matched():
+    a = torch.zeros(8, 6)
+    a[1, 0], a[2, 1], a[4, 2], a[7, 3] = 4.0, 3.0, 2.0, 1.9
+    b = a.clone()
+    b[4, 2], b[7, 3] = 1.9, 2.0  # the 3rd and 4th largest swap ranks, values near unchanged
+    r = compare(ComponentTable.from_dense(a), ComponentTable.from_dense(b), k=3)
+    assert r["matched_cosine"] == pytest.approx(1.0)  # the 3rd is found at rank 4
+    assert r["matched_region_jaccard"] == 1.0
+    assert r["topk_set_jaccard"] == pytest.approx(2 / 4)  # the rank swap itself is counted
+    unrelated = torch.zeros(8, 6)  # the same action sets, other numbers
+    unrelated[1, 4], unrelated[2, 5], unrelated[4, 4:] = 4.0, 3.0, 2.0
+    assert (
+        compare(ComponentTable.from_dense(a), ComponentTable.from_dense(unrelated), k=3)[
+            "matched_cosine"
+        ]
+        < 0.5
+    )
+
+
 def test_stability_on_planted_is_perfect():
     cfg = ExplainConfig(
         model="planted", players=list(DEFAULT_PLAYERS), baseline_count=100, denoise_steps=50

@@ -18,7 +18,7 @@ from torch import Tensor
 from regprim.generator import SplitGenerator
 from regprim.reconstruction import reconstruct_features, selection
 from regprim.run import Run
-from regprim.salient import energy_fraction
+from regprim.salient import energy_count, energy_fraction
 
 RATIOS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 FIG3_RATIOS = [0.0, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0]
@@ -268,6 +268,19 @@ def sparsity(s: Scorer, salient: list[int]) -> Metric:
     )
 
 
+def energy_components(s: Scorer) -> Metric:
+    """Fig. 5 as a count, which means the same at any n (the fraction of ``2**n - 1`` is 1e-9
+    at the whole grid whatever the components do)."""
+    table = s.run.table
+    return Metric(
+        "energy_90",
+        "Fig. 5 as a count: how many components carry 90% of the total squared norm",
+        False,
+        float(energy_count(table.norms)),
+        {"nonzero_components": len(table), "players": s.n},
+    )
+
+
 def code_influence(s: Scorer, codes: int = 8, seed: int = 1) -> tuple[Metric, Tensor]:
     others = s.gen.sample_codes(codes, 10_000 + seed, s.run.class_index)
     with torch.no_grad():
@@ -369,6 +382,7 @@ def evaluate(run: Run, gen: SplitGenerator) -> Evaluation:
         worst_point(irrelevant, "irrelevant_components_worst", "Fig. 6: |1 - error / baseline|"),
         leakage(s, salient),
         sparsity(s, salient),
+        energy_components(s),
         influence,
         action_regions(s, salient),
         minimal_feature_quality(run),

@@ -2,12 +2,15 @@
 
 The same image is explained several times with perturbed minimal features: another solver
 start (``init_jitter`` on u(N)'s initial alpha, seeded) and small Gaussian noise on ``f0``
-(``f0_noise`` times the standard deviation of ``f0``). The top-k components of each repeat are
-matched one-to-one to those of the unperturbed reference by cosine similarity (greedily, best
-pair first); reported are the mean matched cosine, the mean Jaccard overlap of the matched
-action regions (as sets of cells), and the Jaccard overlap of the top-k action regions as sets
-of bitmasks. The same is measured on the denoised components of the same runs, with the sparsity
-figures before and after.
+(``f0_noise`` times the standard deviation of ``f0``). The top-k components of the unperturbed
+reference are matched one-to-one by cosine similarity (greedily, best pair first) to the
+``POOL * k`` largest components of each repeat: a primitive that keeps its values but trades
+rank k with rank k + 1 (two norms within a few percent) is the same primitive, and matching
+only the two top-k lists scored it against an unrelated component (dcgan-faces seed 1: 0.87
+against 0.96 on the same runs). Reported are the mean matched cosine, the mean Jaccard overlap
+of the matched action regions (as sets of cells), and the Jaccard overlap of the two top-k
+action-region sets (which does count rank swaps). The same is measured on the denoised
+components of the same runs, with the sparsity figures before and after.
 """
 
 from __future__ import annotations
@@ -31,9 +34,12 @@ def jaccard(a: int, b: int) -> float:
     return (a & b).bit_count() / union if union else 1.0
 
 
+POOL = 3  # the reference's top k are matched among the other run's top POOL * k
+
+
 def compare(reference: ComponentTable, other: ComponentTable, k: int) -> dict[str, float]:
     """Matched cosine, matched action-region Jaccard and top-k set Jaccard of two runs."""
-    ref, oth = reference.top_k(k), other.top_k(k)
+    ref, oth = reference.top_k(k), other.top_k(POOL * k)
     ref_values, oth_values = reference.value(ref), other.value(oth)
     a = torch.nn.functional.normalize(ref_values.flatten(1), dim=1)
     b = torch.nn.functional.normalize(oth_values.flatten(1), dim=1)
@@ -49,7 +55,8 @@ def compare(reference: ComponentTable, other: ComponentTable, k: int) -> dict[st
         pairs.append((i, j))
     matched_cos = sum(float(cos[i, j]) for i, j in pairs) / max(len(pairs), 1)
     matched_jac = sum(jaccard(ref[i], oth[j]) for i, j in pairs) / max(len(pairs), 1)
-    sets = len(set(ref) & set(oth)) / max(len(set(ref) | set(oth)), 1)
+    top = set(oth[:k])
+    sets = len(set(ref) & top) / max(len(set(ref) | top), 1)
     return {
         "matched_cosine": matched_cos,
         "matched_region_jaccard": matched_jac,

@@ -90,6 +90,7 @@ def build_target(cfg: ExplainConfig, gen: SplitGenerator) -> Target:
     class_index = gen.class_index(cfg.class_index)
     code = gen.sample_codes(1, cfg.seed, class_index)
     with torch.no_grad():
+        gen.set_memory_format(gen.d(code).dim() - 1)  # before the passes that count
         f = gen.d(code)[0]
         x = gen.g(f[None], code)[0]
     check_finite("feature f", f, gen)

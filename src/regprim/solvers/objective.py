@@ -102,10 +102,7 @@ class Objective:
         self.n = target.n
         self.channels = target.x.shape[0]
         self.baseline_image = target.baseline_image
-        # (C, h, w) features: channels-last convolutions are faster on CPU (benchmarks/)
-        self.memory_format = torch.channels_last if self.df.dim() == 3 else torch.contiguous_format
-        for module in self.gen.modules():
-            module.to(memory_format=self.memory_format)
+        self.memory_format = self.gen.set_memory_format(self.df.dim())  # as build_target set it
         self.numel = self.df.numel()
         self.full_minimiser = sparsity_minimiser(self.f0, self.df, cfg.sparsity)
         sets = reach_sets(self)
