@@ -20,7 +20,9 @@ Sections:
   demo       `make demo`'s run (dcgan-faces n = 9, no verification) with regprim 0.1's solver
              (paper, Adam 50 steps), the paper's solver now (L-BFGS) and the default (OR), side
              by side
-  grid       dcgan-faces with every cell a player (n = 36): time, held-out subsets, components
+  grid       dcgan-faces with every cell a player (n = 36), image seeds 0 and 1: time, held-out
+             subsets, components, leakage, Fig. 6/7a worst points, energy, L1 against the reach
+             reference, stability (seed 0), and docs/images/whole-grid.png
   many       `regprim explain-many`: images per hour on this machine against the worker count
   faithfulness  every solver (paper, paper + noise removal, reach reference, OR-structured) on
              dcgan-faces block3 and block2, eyes-128 and planted-family members: total L1,
@@ -522,7 +524,7 @@ def section_grid(args) -> None:
             f"{[[run.players[i] for i in range(run.n) if k >> i & 1] for k in top]}"
         )
         if seed == 0:
-            where_figure(run, obj, Path(args.figure or "docs/images/whole-grid.png"))
+            where_figure(run, obj, Path("docs/images/whole-grid.png"))
             from regprim.stability import stability
 
             st = stability(cfg, repeats=2, generator=gen)["raw"]

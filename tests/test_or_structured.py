@@ -219,3 +219,4 @@ def test_singles_are_every_player_or_a_sample_without_repeats():
     for n in (9, 36):
         drawn = singles(n, 32, rng)
         assert len(drawn) == 8 and len(set(drawn.tolist())) == 8 and int(drawn.max()) < n
+    assert len(singles(5, 2, rng)) == 1  # a batch under 4 still scores one player

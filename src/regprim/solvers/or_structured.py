@@ -181,13 +181,18 @@ def exclusivity(obj: Objective, beta: Tensor, players: Tensor) -> Tensor:
     return obj.cfg.or_exclusive * (weight * change * base.mean() / base[players]).mean()
 
 
+def singles_per_step(n: int, batch: int) -> int:
+    """How many players' exclusivity one step scores: ``batch // 4`` (at least 1), at most n
+    (8 of the 36 at the whole grid: 18 s against 25 s with 16, the same Fig. 6;
+    docs/performance.md)."""
+    return min(n, max(1, batch // 4))
+
+
 def singles(n: int, batch: int, rng: torch.Generator) -> Tensor:
-    """The players whose exclusivity one step scores: all of them up to ``batch // 4``, else
-    ``batch // 4`` drawn without replacement (8 of the 36 at the whole grid: 18 s against 25 s
-    with 16, the same Fig. 6; docs/performance.md)."""
-    if n <= batch // 4:
-        return torch.arange(n)
-    return torch.randperm(n, generator=rng)[: batch // 4]
+    """The players whose exclusivity one step scores (:func:`singles_per_step`): all of them,
+    or that many drawn without replacement."""
+    k = singles_per_step(n, batch)
+    return torch.arange(n) if k == n else torch.randperm(n, generator=rng)[:k]
 
 
 def sparsity(obj: Objective, beta: Tensor) -> Tensor:
@@ -259,12 +264,15 @@ class ORSolver:
 
     @staticmethod
     def expected_passes(cfg: SolverConfig, n: int) -> float:
-        """Forward-and-gradient passes: ``or_steps`` batches, the KKT residual (every subset
+        """Forward-and-gradient passes: ``or_steps`` batches (and the exclusivity term's
+        players, :func:`singles`), the KKT residual (every subset
         up to 12 players, else 16 batches) and the constraint check (every subset, or the
         held-out ones), forward-only passes counted as 0.56. The whole grid is sampled, never
         enumerated, and so is this estimate."""
         subsets = 2**n - 1
         batch = min(cfg.or_batch, subsets)
+        if cfg.or_exclusive:  # the players whose exclusivity each step scores
+            batch += singles_per_step(n, cfg.or_batch)
         residual = subsets if n <= DENSE_MAX_N else 16 * cfg.or_batch
         checked = subsets if n <= DENSE_MAX_N else HELDOUT
         return cfg.or_steps * batch + residual + CHECK_PASS * checked
