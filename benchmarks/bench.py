@@ -484,7 +484,7 @@ def section_grid(args) -> None:
     """The whole grid: time, held-out subsets, and the faithfulness table of
     docs/faithfulness.md ("The whole grid") for image seeds 0 and 1, with its figure."""
     from regprim.metrics import evaluate
-    from regprim.solvers.or_structured import mean_alpha
+    from regprim.solvers.or_objective import mean_alpha
 
     print("\n## The whole grid: dcgan-faces, every cell a player (n = 36)")
     gen = load_model("dcgan-faces")

@@ -1,4 +1,4 @@
-"""The OR-structured solver's closed forms against brute force on small n."""
+"""The OR-structured objective's closed forms and terms against brute force on small n."""
 
 import itertools
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from regprim.interactions import or_interactions, or_interactions_reference
-from regprim.solvers.or_structured import (
+from regprim.solvers.or_objective import (
     all_subsets,
     alpha_of,
     exclusivity,
@@ -15,9 +15,9 @@ from regprim.solvers.or_structured import (
     sample_subsets,
     singles,
     size_weights,
-    snap,
     to_bitmasks,
 )
+from regprim.solvers.or_structured import snap
 from regprim.solvers.whole_grid import components_of, heldout_subsets, settle
 
 

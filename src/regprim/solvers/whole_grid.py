@@ -14,7 +14,8 @@ from torch import Tensor
 
 from regprim.components import ComponentTable
 from regprim.solvers.objective import MinimalFeatures, Objective
-from regprim.solvers.or_structured import HELDOUT, alpha_of, sample_subsets, to_bitmasks
+from regprim.solvers.or_objective import alpha_of, sample_subsets, to_bitmasks
+from regprim.solvers.or_structured import HELDOUT
 
 MAX_SUPPORT = 12  # players one fractional number may spread over in a compact run
 
