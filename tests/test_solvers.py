@@ -364,11 +364,11 @@ def test_pass_models_never_count_subsets_a_solver_does_not_enumerate():
     """The whole grid is sampled: the OR solver's estimate for n = 36 is its steps times its
     batch plus a fixed check, not 2**36 subsets (--dry-run once said 229223891 s)."""
     cfg = SolverConfig()
-    # each step: the batch and 8 players' exclusivity passes; the residual's 16 batches (every
+    # each step: the batch and 4 players' exclusivity passes; the residual's 16 batches (every
     # subset at n = 9) and every player's exclusivity; the 1000 held-out subsets (forward only)
     # at n = 36, every subset at n = 9
-    assert expected_passes(cfg, 36) == pytest.approx(cfg.or_steps * 40 + 16 * 32 + 36 + 560)
-    assert expected_passes(cfg, 9) == pytest.approx(cfg.or_steps * 40 + 511 + 9 + 0.56 * 511)
+    assert expected_passes(cfg, 36) == pytest.approx(cfg.or_steps * 36 + 16 * 32 + 36 + 560)
+    assert expected_passes(cfg, 9) == pytest.approx(cfg.or_steps * 36 + 511 + 9 + 0.56 * 511)
     alone = SolverConfig(or_exclusive=0)  # Eq. 8 alone: the batch only
     assert expected_passes(alone, 9) == pytest.approx(cfg.or_steps * 32 + 511 + 0.56 * 511)
     assert expected_passes(SolverConfig(method="reach"), 9) == pytest.approx(0.56 * 511)
