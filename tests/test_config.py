@@ -65,6 +65,8 @@ def test_every_solver_method_is_registered():
         ({"n": 0}, "n=0 must be at least 1 player"),
         ({"solver": {"method": "magic"}}, "solver method 'magic' is not one of"),
         ({"solver": {"lam": -1.0}}, "solver lam=-1.0 must be a positive finite number"),
+        ({"solver": {"or_exclusive": -0.1}}, "or_exclusive=-0.1 must be a finite number >= 0"),
+        ({"solver": {"or_exclusive": float("nan")}}, "or_exclusive=nan must be a finite number"),
     ],
 )
 def test_bad_settings_name_the_value(kwargs, match):

@@ -155,8 +155,11 @@ class SolverConfig:
             if getattr(self, name) < 1:
                 msg = f"solver {name}={getattr(self, name)} must be at least 1"
                 raise ValueError(msg)
-        if self.or_exclusive < 0:
-            msg = f"solver or_exclusive={self.or_exclusive} must be >= 0 (0 = no exclusivity term)"
+        if not (math.isfinite(self.or_exclusive) and self.or_exclusive >= 0):
+            msg = (
+                f"solver or_exclusive={self.or_exclusive} must be a finite number >= 0 "
+                "(0 = no exclusivity term)"
+            )
             raise ValueError(msg)
         for name in ("or_init", "or_snap"):
             if not 0 <= getattr(self, name) <= 1:
