@@ -321,7 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--repeats", type=int, default=3, help="perturbed re-runs")
     st.add_argument("--init-jitter", type=float, default=0.05, help="jitter of u(N)'s start")
     st.add_argument("--f0-noise", type=float, default=0.01, help="noise on f0 (x std of f0)")
-    st.add_argument("--k", type=int, default=10, help="top-k components compared")
+    st.add_argument(
+        "--k",
+        type=int,
+        default=10,
+        help="top-k components compared (each matched among the other run's top 3k)",
+    )
     st.add_argument("--device", default="cpu")
     st.add_argument("--quiet", action="store_true")
     return parser
