@@ -223,3 +223,48 @@ def test_singles_are_every_player_or_a_sample_without_repeats():
         seen |= set(drawn.tolist())
     assert len(seen) > 4  # drawn anew each call
     assert len(singles(5, 2, rng)) == 1  # a batch under 8 still scores one player
+
+
+def test_an_interrupted_solve_resumes_to_the_uninterrupted_result():
+    # the subsets and the exclusivity players are both sampled (n = 9 > 4 scored a step), so
+    # a resume must replay both samplers to where the interrupted solve stopped
+    from regprim import ExplainConfig, SolverConfig, load_model
+    from regprim.models.planted import DEFAULT_PLAYERS
+    from regprim.solvers import Objective
+    from regprim.solvers.or_structured import ORSolver
+    from regprim.target import build_target
+
+    cfg = ExplainConfig(model="planted", players=list(DEFAULT_PLAYERS), baseline_count=50)
+    solver = SolverConfig(or_steps=8)
+    obj = Objective(build_target(cfg, load_model("planted")), solver)
+    states = {}
+
+    def keep(state):
+        states[int(state["step"])] = {k: v.clone() for k, v in state.items()}
+
+    whole = ORSolver.solve(obj, on_chunk=keep, progress=False)
+    resumed = ORSolver.solve(obj, resume=states[3], progress=False)
+    assert torch.equal(whole.beta, resumed.beta)
+
+
+def test_the_solve_lowers_what_the_exclusivity_term_measures():
+    # on a real generator Eq. 8 alone leaves numbers that change a cell to a neighbour; the
+    # default objective, with the term, ends with less of it (a sign flipped in the loss, or
+    # the term left out of it, would not)
+    import dataclasses
+
+    from regprim import ExplainConfig, SolverConfig, load_model
+    from regprim.solvers import Objective
+    from regprim.solvers.or_structured import ORSolver
+    from regprim.target import build_target
+
+    cfg = ExplainConfig(n=4, seed=1, baseline_count=16, solver=SolverConfig(or_steps=60))
+    target = build_target(cfg, load_model("dcgan-faces"))
+    scored = {}
+    for weight in (0.0, cfg.solver.or_exclusive):
+        solver = dataclasses.replace(cfg.solver, or_exclusive=weight)
+        beta = ORSolver.solve(Objective(target, solver), progress=False).beta
+        judge = Objective(target, dataclasses.replace(cfg.solver, or_exclusive=1.0, crop=False))
+        with torch.no_grad():
+            scored[weight] = float(exclusivity(judge, beta, torch.arange(4)))
+    assert scored[cfg.solver.or_exclusive] < 0.5 * scored[0.0]  # 7.7 against 36 here

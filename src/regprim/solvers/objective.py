@@ -112,7 +112,11 @@ class Objective:
             self.f0, self.df, sets = w.crop(self.f0), w.crop(self.df), w.crop(sets)
             self.x, self.baseline_image = w.crop_image(self.x), w.crop_image(self.baseline_image)
             self.player_masks = w.crop_image(self.player_masks)
-        self._cell_base: Tensor | None = None
+        # the baseline's squared error per pixel on each player's cell (the exclusivity term's
+        # scale), kept off zero for a cell the baseline matches exactly
+        masks = self.player_masks[:, None].to(self.x.dtype)
+        per = self.errors(self.baseline_image[None], masks) / masks.flatten(1).sum(1).clamp_min(1)
+        self.cell_base = per.clamp_min(1e-12 * float(per.max()) + 1e-30)  # (n,)
         self.reach_sets = sets  # (n, *shape): numbers with a path to each player's pixels
         self.reach_bits = reach_bits(sets)  # per number, the players it reaches (bitmask)
 
@@ -144,16 +148,6 @@ class Objective:
         else:
             weight = self.cfg.lam / (masks.flatten(1).sum(1) * self.channels)
         return masks[:, None].to(self.x.dtype), weight.to(self.x.dtype)
-
-    def cell_baseline_errors(self) -> Tensor:
-        """Squared error of the baseline image against the target on each player's cell, per
-        pixel: ``(n,)`` (computed once)."""
-        if self._cell_base is None:
-            masks = self.player_masks.to(self.x.dtype)
-            sq = ((self.baseline_image - self.x) ** 2).sum(0)
-            per = (masks * sq).flatten(1).sum(1) / masks.flatten(1).sum(1).clamp_min(1)
-            self._cell_base = per.clamp_min(1e-12 * float(per.max()) + 1e-30)
-        return self._cell_base
 
     def errors(self, images: Tensor, masks: Tensor) -> Tensor:
         """Masked squared error ``(B,)`` of images ``(B, C, H, W)`` against the target."""

@@ -161,7 +161,7 @@ def exclusivity(obj: Objective, beta: Tensor, players: Tensor) -> Tensor:
     with obj.autocast():
         images = obj.gen.g(v, obj.code)
     change = ((images.float() - obj.baseline_image) ** 2 * masks).flatten(1).sum(1)
-    base = obj.cell_baseline_errors()
+    base = obj.cell_base
     return obj.cfg.or_exclusive * (weight * change * base.mean() / base[players]).mean()
 
 

@@ -25,7 +25,7 @@ pixels), with no optimisation; it is the structure the other solvers are compare
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -49,6 +49,22 @@ from regprim.solvers.or_objective import (
 )
 
 HELDOUT = 1000  # held-out subsets checked in a whole-grid run (regprim.solvers.whole_grid)
+
+
+def step_draws(
+    cfg: SolverConfig, n: int, weights: Tensor, everything: Tensor | None
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """Every step's subsets (``everything`` when given, else a batch drawn from ``weights``) and
+    the players whose exclusivity it scores (None without the term), from two seeded samplers:
+    the one sequence a solve and its resume both follow."""
+    rng = torch.Generator().manual_seed(cfg.perturb_seed)
+    single_rng = torch.Generator().manual_seed(cfg.perturb_seed + 1)
+    while True:
+        bits = (
+            everything if everything is not None else sample_subsets(n, cfg.or_batch, weights, rng)
+        )
+        players = singles(n, cfg.or_batch, single_rng) if cfg.or_exclusive else None
+        yield bits, players
 
 
 def start_state(cfg: SolverConfig, reach: Tensor) -> dict[str, Tensor]:
@@ -145,29 +161,27 @@ class ORSolver:
         opt = Adam(beta, beta2=0.99)
         opt.m, opt.v = state["m"].clone(), state["v"].clone()
         steps = cfg.or_steps
-        rng = torch.Generator().manual_seed(cfg.perturb_seed)
-        single_rng = torch.Generator().manual_seed(cfg.perturb_seed + 1)
         everything = all_subsets(n) if 2**n - 1 <= cfg.or_batch else None
         full = everything is not None
         done = int(state["step"])
         compact = n > DENSE_MAX_N
         seen: set[int] = set()  # subsets sampled in a compact run (its held-out checks avoid them)
-        for _ in range(done):  # replay the sampler to where an interrupted run stopped
-            if not full:
-                drawn = sample_subsets(n, cfg.or_batch, weights, rng)
-                if compact:
-                    seen.update(to_bitmasks(drawn).tolist())
+        draws = step_draws(cfg, n, weights, everything)
+        for _ in range(done):  # replay the samplers to where an interrupted run stopped
+            bits, _ = next(draws)
+            if compact:
+                seen.update(to_bitmasks(bits).tolist())
         bar = tqdm(
             total=steps, initial=done, desc="OR-structured beta", unit="step", disable=not progress
         )
         for t in range(done + 1, steps + 1):
-            bits = everything if full else sample_subsets(n, cfg.or_batch, weights, rng)
+            bits, players = next(draws)
             if compact:
                 seen.update(to_bitmasks(bits).tolist())
             beta.requires_grad_(True)
             loss = reconstruction(obj, beta, bits, weights, full) + sparsity(obj, beta)
-            if cfg.or_exclusive:
-                loss = loss + exclusivity(obj, beta, singles(n, cfg.or_batch, single_rng))
+            if players is not None:
+                loss = loss + exclusivity(obj, beta, players)
             (grad,) = torch.autograd.grad(loss, beta)
             with torch.no_grad():
                 beta.requires_grad_(False)
