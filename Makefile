@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.regprim-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-rounding lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The numeric comparisons once more as CPUs without AVX-512 and without any vector unit would
+# round them (docs/reliability.md, "Every CPU"); .ci/run runs this after `make test`.
+ROUNDING_TESTS := tests/test_golden.py tests/test_interactions.py tests/test_or_structured.py \
+	tests/test_solvers.py tests/test_planted_family.py
+test-rounding: $(STAMP)
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+		$(BIN)/python -m pytest -q -p no:cacheprovider $(ROUNDING_TESTS)
+	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q -p no:cacheprovider $(ROUNDING_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

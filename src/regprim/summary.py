@@ -3,6 +3,7 @@ machine facts of ``config.json`` (docs/run-folder.md)."""
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import time
@@ -108,15 +109,29 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def rounding_path() -> dict[str, Any]:
+    """What decides how this process rounds a float sum: the CPU, the SIMD kernels torch
+    dispatches to (``torch.backends.cpu.get_cpu_capability()``, which ``ATEN_CPU_CAPABILITY``
+    overrides), the instruction sets oneDNN and MKL are capped at (``ONEDNN_MAX_CPU_ISA``,
+    ``MKL_ENABLE_INSTRUCTIONS``; "native" when unset), the thread count and the torch version.
+    Two processes agree bit for bit only when all of these agree (docs/reliability.md)."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native"),
+        "mkl_enable_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "native"),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+    }
+
+
 def run_metadata(target: Target) -> dict[str, Any]:
     """What ``config.json`` records beside the settings (docs/reliability.md: results agree
     to about 1e-4 across CPUs and thread counts, bit for bit only on the same machine and
     thread count)."""
     return {
         "regprim_version": __version__,
-        "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu": cpu_model(),
+        **rounding_path(),
         "python": platform.python_version(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "feature_shape": list(target.feature_shape),
