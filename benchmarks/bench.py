@@ -46,13 +46,13 @@ from pathlib import Path
 import torch
 
 from regprim import ExplainConfig, SolverConfig, explain, load_model
-from regprim.baseline import baseline
-from regprim.interactions import or_interactions
-from regprim.models.planted import DEFAULT_PLAYERS, Planted
+from regprim.core.interactions import or_interactions
+from regprim.explanation.baseline import baseline
+from regprim.explanation.summary import cpu_model
+from regprim.explanation.target import build_target
+from regprim.generators.planted import DEFAULT_PLAYERS, Planted
 from regprim.solvers import Objective
 from regprim.solvers.paper import optimise
-from regprim.summary import cpu_model
-from regprim.target import build_target
 
 
 def machine() -> str:
@@ -155,7 +155,7 @@ def section_scaling(args) -> None:
             cmd = [
                 sys.executable,
                 "-m",
-                "regprim.cli",
+                "regprim.app.cli",
                 "explain",
                 "--n",
                 str(n),
@@ -240,7 +240,7 @@ def section_planted(args) -> None:
 
 
 def family_run(seed: int, solver: SolverConfig):
-    from regprim.models.planted_family import planted_family, recovery
+    from regprim.generators.planted_family import planted_family, recovery
 
     member = planted_family(seed)
     cfg = ExplainConfig(
@@ -320,8 +320,8 @@ FAITHFUL_SOLVERS = {
 
 
 def faithfulness_row(cfg: ExplainConfig, gen, stable: bool) -> dict:
-    from regprim.metrics import evaluate
-    from regprim.stability import stability
+    from regprim.analysis.metrics import evaluate
+    from regprim.pipeline.stability import stability
 
     start = time.perf_counter()
     run = explain(cfg, generator=gen, progress=False, verify=False)
@@ -349,7 +349,7 @@ def faithfulness_row(cfg: ExplainConfig, gen, stable: bool) -> dict:
 
 
 def section_faithfulness(args) -> None:
-    from regprim.models.planted_family import planted_family
+    from regprim.generators.planted_family import planted_family
 
     print("\n## Faithfulness of every solver (image seed 1 unless stated; docs/faithfulness.md)")
     cases = [
@@ -452,7 +452,7 @@ def section_demo(args) -> None:
             cmd = [
                 sys.executable,
                 "-m",
-                "regprim.cli",
+                "regprim.app.cli",
                 "explain",
                 "--n",
                 "9",
@@ -483,7 +483,7 @@ def section_demo(args) -> None:
 def section_grid(args) -> None:
     """The whole grid: time, held-out subsets, and the faithfulness table of
     docs/faithfulness.md ("The whole grid") for image seeds 0 and 1, with its figure."""
-    from regprim.metrics import evaluate
+    from regprim.analysis.metrics import evaluate
     from regprim.solvers.or_objective import mean_alpha
 
     print("\n## The whole grid: dcgan-faces, every cell a player (n = 36)")
@@ -525,7 +525,7 @@ def section_grid(args) -> None:
         )
         if seed == 0:
             where_figure(run, obj, Path("docs/images/whole-grid.png"))
-            from regprim.stability import stability
+            from regprim.pipeline.stability import stability
 
             st = stability(cfg, repeats=2, generator=gen)["raw"]
             print(
@@ -547,7 +547,7 @@ def where_figure(run, obj, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from regprim.figures import cell_map, draw_grid, to_rgb
+    from regprim.present.figures import cell_map, draw_grid, to_rgb
 
     table, n = run.table, run.n
     base = obj.cell_base.tolist()
@@ -591,7 +591,7 @@ def where_figure(run, obj, path: Path) -> None:
 
 
 def section_many(args) -> None:
-    from regprim.dataset import explain_many, items_of
+    from regprim.pipeline.dataset import explain_many, items_of
 
     print("\n## Many images: dcgan-faces (default settings, no verification) per worker count")
     seeds = list(range(100, 100 + args.images))
@@ -610,7 +610,7 @@ def section_many(args) -> None:
 
 
 def section_choices(args) -> None:
-    from regprim import metrics
+    from regprim.analysis import metrics
 
     print("\n## Sparsity term x scale (dcgan-faces block3), by the faithfulness metrics")
     print(
@@ -647,7 +647,7 @@ def section_denoise(args) -> None:
     from scipy.optimize import linprog
     from scipy.sparse import csr_matrix, hstack, identity, vstack
 
-    from regprim.denoise import remove_noise
+    from regprim.solvers.denoise import remove_noise
 
     print("\n## Noise removal: projected Adam (100 steps) against the exact linear program")
     n, dims = 9, args.lp_dims

@@ -28,10 +28,10 @@ import torch
 from fastapi.testclient import TestClient
 
 from regprim import ExplainConfig, explain, load_model
-from regprim.edit import Edit, apply
-from regprim.inversion import invert
-from regprim.serve import create_app
-from regprim.summary import cpu_model
+from regprim.app.serve import create_app
+from regprim.control.edit import Edit, apply
+from regprim.control.inversion import invert
+from regprim.explanation.summary import cpu_model
 
 CENTRE = [14, 15, 20, 21, 8, 9, 26, 27, 13, 16]  # face cells of the 6x6 grid, for n = 36
 

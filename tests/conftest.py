@@ -3,7 +3,7 @@
 import pytest
 
 from regprim import ExplainConfig, explain, load_run
-from regprim.models.planted import DEFAULT_PLAYERS
+from regprim.generators.planted import DEFAULT_PLAYERS
 
 
 @pytest.fixture(scope="session", autouse=True)

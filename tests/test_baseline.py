@@ -3,7 +3,7 @@
 import torch
 
 from regprim import load_model
-from regprim.baseline import baseline, cache_path, compute_baseline
+from regprim.explanation.baseline import baseline, cache_path, compute_baseline
 
 
 def test_cache_key_holds_every_setting():
@@ -45,7 +45,7 @@ def test_generators_without_modules_do_not_share_a_baseline():
     """A split with no torch modules (fixed tensors in d and g) still gets a fingerprint of its
     own from what d computes: two of one name never share an f0."""
     from regprim import SplitGenerator
-    from regprim.generator import gaussian_sampler
+    from regprim.generators.base import gaussian_sampler
 
     class Fixed(SplitGenerator):
         def __init__(self, scale: float) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from regprim import ExplainConfig, SolverConfig, explain
-from regprim.models.biggan import biggan, cached_files, truncated_sampler
+from regprim.generators.biggan import biggan, cached_files, truncated_sampler
 
 pytest.importorskip("pytorch_pretrained_biggan")
 TINY = {"channel_width": 4}

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from regprim.cli import main
-from regprim.run_folder import load_run
+from regprim.app.cli import main
+from regprim.storage.run_folder import load_run
 
 
 def test_cli_explain_and_reconstruct(tmp_path, capsys):
@@ -173,16 +173,16 @@ def test_stages_are_timed_and_announced(tmp_path, capsys):
 def test_cli_reference_is_in_sync():
     from pathlib import Path
 
-    from regprim.cli import cli_reference
+    from regprim.app.cli import cli_reference
 
     doc = Path(__file__).parents[1] / "docs" / "cli.md"
     assert doc.read_text() == cli_reference(), (
-        "docs/cli.md is stale; regenerate it (see regprim.cli.cli_reference)"
+        "docs/cli.md is stale; regenerate it (see regprim.app.cli.cli_reference)"
     )
 
 
 def test_no_command_prints_the_help(capsys):
-    from regprim.cli import main
+    from regprim.app.cli import main
 
     assert main([]) == 0
     out = capsys.readouterr().out
@@ -192,7 +192,7 @@ def test_no_command_prints_the_help(capsys):
 def test_a_damaged_stability_file_does_not_block_verify(planted_run, tmp_path, capsys):
     import shutil
 
-    from regprim.cli import main
+    from regprim.app.cli import main
 
     out = tmp_path / "run"
     shutil.copytree(planted_run.path, out)
@@ -202,7 +202,7 @@ def test_a_damaged_stability_file_does_not_block_verify(planted_run, tmp_path, c
 
 
 def test_explain_help_is_grouped_by_what_reads_each_option(capsys):
-    from regprim.cli import main
+    from regprim.app.cli import main
 
     with pytest.raises(SystemExit):
         main(["explain", "--help"])
@@ -216,3 +216,6 @@ def test_explain_help_is_grouped_by_what_reads_each_option(capsys):
     ]
     body = out[out.index("options:") :]  # past the usage line, which lists every option
     assert body.index("\n  --or-steps") > body.index("the or solver:") > body.index("\n  --lam")
+    # the default exclusivity term is the or solver's (it was filed under every solver)
+    paper = body.index("the paper solver:")
+    assert body.index("the or solver:") < body.index("\n  --or-exclusive") < paper

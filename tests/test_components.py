@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from regprim.components import ComponentTable
-from regprim.reconstruction import selection
+from regprim.core.components import ComponentTable
+from regprim.core.reconstruction import selection
 
 
 def random_dense(n=4, seed=0):

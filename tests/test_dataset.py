@@ -1,7 +1,6 @@
 """Many images: local and Ray execution, resume, Parquet tables, consistency, the report."""
 
 import dataclasses
-import importlib
 import json
 import os
 import subprocess
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from regprim import ExplainConfig, SolverConfig
-from regprim.dataset import (
+from regprim.pipeline.dataset import (
     COMPONENTS_TABLE,
     DATASET_REPORT,
     IMAGES,
@@ -75,7 +74,8 @@ def test_local_run_tables_round_trip_and_resume(tmp_path, monkeypatch):
     page = (out / DATASET_REPORT).read_text()
     assert "seed-0001/report.html" in page and "$" + "figures" not in page
     # a second call skips the finished images and only does the new one
-    ex = importlib.import_module("regprim.explain")  # the module; the package exports the function
+    import regprim.pipeline.explain as ex
+
     calls = []
     real = ex.explain
     monkeypatch.setattr(ex, "explain", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -99,7 +99,8 @@ def test_transfer_ratios_by_hand():
 
 
 def test_a_failing_image_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
-    ex = importlib.import_module("regprim.explain")
+    import regprim.pipeline.explain as ex
+
     real = ex.explain
 
     def flaky(cfg, **kwargs):
@@ -126,7 +127,7 @@ def test_a_killed_image_restarts_cleanly(tmp_path):
     slow = dataclasses.replace(CFG, solver=SolverConfig(or_steps=3000))  # about 5 s
     code = (
         "from regprim import ExplainConfig, SolverConfig\n"
-        "from regprim.dataset import explain_many, items_of\n"
+        "from regprim.pipeline.dataset import explain_many, items_of\n"
         "cfg = ExplainConfig(model='planted', players=[7, 8, 14, 20], baseline_count=50,\n"
         "                    solver=SolverConfig(or_steps=3000))\n"
         f"explain_many(cfg, items_of([5]), r'{out}', verify=False, progress=False)\n"
@@ -160,7 +161,7 @@ def test_ray_local_mode(tmp_path):
 
 
 def test_cli_explain_many(tmp_path, capsys):
-    from regprim.cli import main
+    from regprim.app.cli import main
 
     rc = main(
         [
@@ -225,7 +226,7 @@ def test_transfer_ratio_takes_l_a_from_one_image_and_l_b_from_the_other():
 
 def test_a_second_explain_many_into_the_same_folder_is_refused(tmp_path):
     """Two at once once marked each other's finished images as failed: the second is refused."""
-    from regprim import folders
+    from regprim.storage import folders
 
     out = tmp_path / "d"
     with folders.lock(out), pytest.raises(folders.RunFolderBusy, match="another regprim process"):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from regprim import ExplainConfig, explain
-from regprim.denoise import remove_noise
-from regprim.interactions import matched_features, or_interactions
+from regprim.core.interactions import matched_features, or_interactions
+from regprim.solvers.denoise import remove_noise
 
 PLANTED = [1, 2, 6, 9, 48, 33]
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from regprim import ExplainConfig, explain, load_model
-from regprim.edit import Edit, apply, locality, save_edit
-from regprim.inversion import invert
-from regprim.models.planted import DEFAULT_PLAYERS
+from regprim.control.edit import Edit, apply, locality, save_edit
+from regprim.control.inversion import invert
+from regprim.generators.planted import DEFAULT_PLAYERS
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_inversion_recovers_the_feature_of_a_code(planted_run, gen):
 
 
 def test_the_edit_command(planted_run, planted_donor, tmp_path, capsys):
-    from regprim.cli import main
+    from regprim.app.cli import main
 
     run, donor = str(planted_run.path), str(planted_donor.path)
     cell = str(planted_run.cells(planted_run.top(1)[0])[0])

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from regprim import ExplainConfig, SolverConfig, explain, load_model
-from regprim.models.dcgan import dcgan_faces
-from regprim.regions import parse_grid
+from regprim.core.regions import parse_grid
+from regprim.generators.dcgan import dcgan_faces
 
 FAST = SolverConfig(or_steps=2)
 
@@ -117,7 +117,7 @@ def test_bad_class():
     ],
 )
 def test_a_broken_model_file_gets_one_clear_error(tmp_path, capsys, source, message):
-    from regprim.cli import main
+    from regprim.app.cli import main
 
     path = tmp_path / "mygen.py"
     path.write_text(source)

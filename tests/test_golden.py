@@ -55,14 +55,14 @@ def machine() -> str:
     """The rounding path of this process: CPU model, SIMD capability, oneDNN/MKL caps,
     threads, torch version (two processes on one CPU round differently under
     ``ATEN_CPU_CAPABILITY=avx2``, so the CPU's name alone cannot say "same machine")."""
-    from regprim.summary import rounding_path
+    from regprim.explanation.summary import rounding_path
 
     return " | ".join(f"{k}={v}" for k, v in rounding_path().items())
 
 
 def golden_configs():
     from regprim import ExplainConfig, SolverConfig
-    from regprim.models.planted import DEFAULT_PLAYERS
+    from regprim.generators.planted import DEFAULT_PLAYERS
 
     paper = SolverConfig(method="paper", chunk=32)
     structured = SolverConfig(method="or", or_steps=60)

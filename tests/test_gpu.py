@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from regprim import ExplainConfig, SolverConfig, explain
-from regprim.models.planted import DEFAULT_PLAYERS
+from regprim.generators.planted import DEFAULT_PLAYERS
 
 pytestmark = [
     pytest.mark.gpu,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from regprim.interactions import (
+from regprim.core.interactions import (
     matched_features,
     moebius_,
     moebius_superset_,

@@ -5,7 +5,7 @@ import dataclasses
 import torch
 
 from regprim import load_model
-from regprim.metrics import Scorer, action_regions, energy_components, sparsity
+from regprim.analysis.metrics import Scorer, action_regions, energy_components, sparsity
 
 
 def by_name(run):

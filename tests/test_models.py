@@ -13,7 +13,7 @@ from regprim import (
     load_run,
     split_sequential,
 )
-from regprim.models import MODELS
+from regprim.generators.registry import MODELS
 
 FAST = SolverConfig(or_steps=8)
 
@@ -180,7 +180,7 @@ def test_user_model_from_file(tmp_path):
 
 def test_split_at_picks_the_cheaper_split():
     from regprim import split_at
-    from regprim.generator import SequentialSplit
+    from regprim.generators.base import SequentialSplit
 
     seq = _tiny_sequential()
     assert isinstance(split_at(seq, "1", code_dim=6), SequentialSplit)
@@ -206,13 +206,13 @@ def test_dcgan_faces_full_default_run(tmp_path):
 def test_the_layer_table_is_what_the_models_are():
     """`regprim models` answers from models/layers.json; it must match the real models
     (BigGAN built at full size with random weights: minutes, `pytest -m slow`)."""
-    from regprim.models import compute_layer_table, layer_table
+    from regprim.generators.registry import compute_layer_table, layer_table
 
     assert compute_layer_table() == layer_table()
 
 
 def test_the_layer_table_matches_the_small_models():
-    from regprim.models import layer_table
+    from regprim.generators.registry import layer_table
 
     table = layer_table()
     for name in ("dcgan-faces", "eyes-128", "planted"):
@@ -226,7 +226,7 @@ def test_the_layer_table_matches_the_small_models():
 def test_a_changed_model_file_is_refused_by_commands_that_rebuild_it(tmp_path, capsys):
     """verify, report and reconstruct rebuild the generator: a model file that changed since
     the run (its SHA-256 is in config.json) is refused with what changed, not used silently."""
-    from regprim.cli import main
+    from regprim.app.cli import main
 
     path = tmp_path / "mygen.py"
     source = (

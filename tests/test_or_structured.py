@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from regprim.interactions import or_interactions, or_interactions_reference
+from regprim.core.interactions import or_interactions, or_interactions_reference
 from regprim.solvers.or_objective import (
     all_subsets,
     alpha_of,
@@ -156,8 +156,8 @@ def test_the_sizes_mean_over_a_small_support_equals_enumeration():
 def _exclusivity_problem(players=(7, 9, 14, 21), weight=0.5):
     """The planted generator with four players; its group (7, 21) reaches two of them."""
     from regprim import ExplainConfig, SolverConfig, load_model
+    from regprim.explanation.target import build_target
     from regprim.solvers import Objective
-    from regprim.target import build_target
 
     cfg = ExplainConfig(model="planted", players=list(players), baseline_count=50)
     solver = SolverConfig(or_exclusive=weight, crop=False)
@@ -229,10 +229,10 @@ def test_an_interrupted_solve_resumes_to_the_uninterrupted_result():
     # the subsets and the exclusivity players are both sampled (n = 9 > 4 scored a step), so
     # a resume must replay both samplers to where the interrupted solve stopped
     from regprim import ExplainConfig, SolverConfig, load_model
-    from regprim.models.planted import DEFAULT_PLAYERS
+    from regprim.explanation.target import build_target
+    from regprim.generators.planted import DEFAULT_PLAYERS
     from regprim.solvers import Objective
     from regprim.solvers.or_structured import ORSolver
-    from regprim.target import build_target
 
     cfg = ExplainConfig(model="planted", players=list(DEFAULT_PLAYERS), baseline_count=50)
     solver = SolverConfig(or_steps=8)
@@ -254,9 +254,9 @@ def test_the_solve_lowers_what_the_exclusivity_term_measures():
     import dataclasses
 
     from regprim import ExplainConfig, SolverConfig, load_model
+    from regprim.explanation.target import build_target
     from regprim.solvers import Objective
     from regprim.solvers.or_structured import ORSolver
-    from regprim.target import build_target
 
     cfg = ExplainConfig(n=4, seed=1, baseline_count=16, solver=SolverConfig(or_steps=60))
     target = build_target(cfg, load_model("dcgan-faces"))

@@ -3,7 +3,7 @@
 import torch
 
 from regprim import ExplainConfig, SolverConfig, explain
-from regprim.models.planted import DEFAULT_PLAYERS, Planted
+from regprim.generators.planted import DEFAULT_PLAYERS, Planted
 
 
 def test_salient_components_are_exactly_the_planted_sets(planted_run):

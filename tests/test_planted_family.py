@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from regprim import ExplainConfig, explain
-from regprim.models.planted_family import (
+from regprim.core.regions import Grid
+from regprim.generators.planted_family import (
     CUTS,
     DECODERS,
     LAYOUTS,
@@ -14,7 +15,6 @@ from regprim.models.planted_family import (
     planted_family,
     recovery,
 )
-from regprim.regions import Grid
 
 MEMBERS = range(1000, 1020)  # not the seeds the defaults were chosen on (0..59)
 

@@ -5,7 +5,7 @@ import math
 import torch
 
 from regprim import load_model
-from regprim.reconstruction import reconstruct_features, selection
+from regprim.core.reconstruction import reconstruct_features, selection
 
 
 def algorithm_2(components, f0, masks, target):

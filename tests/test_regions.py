@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from regprim.regions import Grid, bitmask, cells_of, center_players, subset_masks
+from regprim.core.regions import Grid, bitmask, cells_of, center_players, subset_masks
 
 
 def test_grid_uneven_division_covers_every_pixel_once():

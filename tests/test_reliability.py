@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from regprim import ExplainConfig, SolverConfig, explain, folders, load_run
-from regprim import run_folder as rf
-from regprim.cli import main
+from regprim import ExplainConfig, SolverConfig, explain, load_run
+from regprim.app.cli import main
 from regprim.files import content_hash
+from regprim.storage import folders
+from regprim.storage import run_folder as rf
 
 FAST = ExplainConfig(
     model="planted", players=[7, 8, 14, 20], baseline_count=50, solver=SolverConfig(or_steps=20)
@@ -66,7 +67,7 @@ def test_a_second_process_cannot_write_a_folder_being_written(tmp_path):
     first = [
         sys.executable,
         "-m",
-        "regprim.cli",
+        "regprim.app.cli",
         "explain",
         "--model",
         "planted",
@@ -245,7 +246,7 @@ def test_other_solver_settings_do_not_resume_a_checkpoint(tmp_path, monkeypatch)
     ],
 )
 def test_bad_settings_fail_before_any_work(tmp_path, capsys, monkeypatch, args, match):
-    import regprim.target as target
+    import regprim.explanation.target as target
 
     monkeypatch.setattr(target, "baseline", lambda *a: pytest.fail("baseline computed"))
     rc = main(["explain", "--model", "planted", "--out", str(tmp_path / "x"), "--quiet", *args])
@@ -273,7 +274,8 @@ def test_reconstruct_into_an_existing_folder(small_run, tmp_path, capsys):
 
 def test_relative_model_path_is_stored_absolute(tmp_path, monkeypatch):
     (tmp_path / "gen.py").write_text(
-        "from regprim.models.planted import planted\ndef build(layer=None):\n    return planted()\n"
+        "from regprim.generators.planted import planted\n"
+        "def build(layer=None):\n    return planted()\n"
     )
     monkeypatch.chdir(tmp_path)
     run = explain(
@@ -288,7 +290,7 @@ def test_relative_model_path_is_stored_absolute(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_says_what_was_saved(tmp_path, capsys, monkeypatch):
-    import regprim.cli as cli
+    import regprim.app.cli as cli
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt

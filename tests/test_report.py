@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from regprim import load_model
-from regprim import run_folder as rf
+from regprim.storage import run_folder as rf
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REQUIRE_BROWSER = os.environ.get("REGPRIM_REQUIRE_BROWSER") == "1"
@@ -30,7 +30,7 @@ def test_report_files_written(planted_run):
 
 
 def test_cli_report_rebuilds(planted_run, tmp_path, capsys):
-    from regprim.cli import main
+    from regprim.app.cli import main
 
     out = tmp_path / "copy"
     shutil.copytree(planted_run.path, out)
@@ -101,7 +101,7 @@ def test_whole_grid_report_in_headless_chromium(tmp_path):
     """n = 36: the explorer holds a documented sample; every cell is clickable, bits above 31
     work (BigInt), and a subset outside the sample says so instead of showing a wrong image."""
     from regprim import ExplainConfig, explain
-    from regprim.models.planted_family import draw_spec, planted_family
+    from regprim.generators.planted_family import draw_spec, planted_family
 
     seed = next(s for s in range(3000, 3100) if draw_spec(s).rows * draw_spec(s).cols == 36)
     member = planted_family(seed, full_grid=True)
@@ -129,8 +129,8 @@ def test_whole_grid_report_in_headless_chromium(tmp_path):
 
 
 def test_explorer_images_are_algorithm_2_reconstructions(planted_run):
-    from regprim.figures import to_rgb
-    from regprim.report import explorer_data
+    from regprim.present.figures import to_rgb
+    from regprim.present.report import explorer_data
 
     gen = load_model("planted")
     data = explorer_data(planted_run, gen)
@@ -148,10 +148,11 @@ def test_explorer_images_are_algorithm_2_reconstructions(planted_run):
 
 
 def test_settings_name_the_solver_and_only_its_settings(planted_run):
-    from regprim.report import settings_table
+    from regprim.present.report import settings_table
 
     table = settings_table(planted_run)
     assert table["solver"] == "or" and table["solver or steps"] == 300
+    assert table["solver or exclusive"] == 0.03  # the default term: once in no report
     assert not any(k in table for k in ("solver max steps", "steps", "lambda"))
     assert table["class"] == "-"  # no Python None in the page
     assert "{" not in str(table["components kept by each salient rule"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from regprim import ExplainConfig, SolverConfig, explain, load_run
-from regprim.run_folder import CHECKPOINT, TENSORS, partial_dir
+from regprim.storage.run_folder import CHECKPOINT, TENSORS, partial_dir
 
 CFG = ExplainConfig(model="planted", n=4, baseline_count=50, solver=SolverConfig(method="paper"))
 
@@ -158,7 +158,7 @@ def test_same_seed_same_result():
 
 
 def test_checkpoints_are_throttled(tmp_path, monkeypatch):
-    import regprim.run_folder as rf
+    import regprim.storage.run_folder as rf
 
     calls = []
     monkeypatch.setattr(rf, "save_checkpoint", lambda *a: calls.append(1))
@@ -185,7 +185,7 @@ def test_a_manifest_without_an_entry_is_not_trusted(planted_run, tmp_path):
 def test_a_failed_replace_keeps_the_old_run(planted_run, tmp_path, monkeypatch):
     """Overwriting renames the old run aside, the new one in, then deletes the old: a failure
     between the renames must leave the old run in place (deleting it first would lose both)."""
-    import regprim.folders as rf
+    import regprim.storage.folders as rf
 
     out = tmp_path / "run"
     shutil.copytree(planted_run.path, out)
@@ -222,14 +222,15 @@ def test_atomic_write_never_leaves_half_a_file(tmp_path):
 def test_a_full_disk_or_a_mount_point_fails_before_the_work(tmp_path, monkeypatch, capsys):
     import collections
 
-    import regprim.folders as rf
-    from regprim.cli import main
+    import regprim.storage.folders as rf
+    from regprim.app.cli import main
 
     args = ["explain", "--model", "planted", "--n", "4", "--baseline-count", "50", "--quiet"]
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(rf.shutil, "disk_usage", lambda p: usage(2**21, 2**21 - 1024, 1024))
     started = []
-    ex = __import__("importlib").import_module("regprim.explain")  # the module, not the function
+    import regprim.pipeline.explain as ex
+
     monkeypatch.setattr(ex, "solve", lambda *a, **k: started.append(1))
     assert main([*args, "--out", str(tmp_path / "run")]) == 2
     assert "MiB free; this run needs about" in capsys.readouterr().err and not started

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from regprim import ExplainConfig, explain
-from regprim.components import component_norms, ranked
-from regprim.models.planted import DEFAULT_PLAYERS
-from regprim.salient import removal_salient, select_salient
+from regprim.core.components import component_norms, ranked
+from regprim.core.salient import removal_salient, select_salient
+from regprim.generators.planted import DEFAULT_PLAYERS
 
 
 def listed(comps):

@@ -15,7 +15,7 @@ from PIL import Image
 from test_report import CHROMIUM, needs_browser
 
 from regprim import ExplainConfig, explain, load_run
-from regprim.serve import create_app
+from regprim.app.serve import create_app
 
 
 @pytest.fixture(scope="module")

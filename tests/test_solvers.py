@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from regprim import ExplainConfig, SolverConfig, Target, explain, load_model
-from regprim.models.planted import DEFAULT_PLAYERS, Planted
-from regprim.models.planted_family import planted_family, recovery
-from regprim.regions import Grid
+from regprim.core.regions import Grid
+from regprim.explanation.target import build_target
+from regprim.generators.planted import DEFAULT_PLAYERS, Planted
+from regprim.generators.planted_family import planted_family, recovery
 from regprim.solvers import SOLVERS, Objective, expected_passes
 from regprim.solvers.paper import lowest_missing_bit, optimise, subsets_of_size
 from regprim.solvers.reach import reach_bits, reach_sets
-from regprim.target import build_target
 
 
 def make_target(gen, f0, players, grid=(6, 6), seed=0) -> Target:
@@ -89,7 +89,7 @@ def test_subsets_missing_the_constraint_are_flagged(tmp_path, capsys):
     assert not run.tensors["meets_constraint"][1:].any()
     assert s["warnings"][0].startswith("7 of 7 checked subsets (every subset) miss")
     assert "7 of 7 checked subsets" in (tmp_path / "run" / "report.html").read_text()
-    from regprim.cli import main
+    from regprim.app.cli import main
 
     args = "explain --model planted --players 7,8,13 --baseline-count 50 --solver paper"
     args += " --optimizer adam --steps 2 --full-steps 2 --constraint 1e-9 --no-verify --quiet"
@@ -117,8 +117,8 @@ def test_bfloat16_passes_still_meet_the_constraint():
 
 
 def _faces_target(n: int):
-    from regprim.baseline import baseline
-    from regprim.regions import center_players
+    from regprim.core.regions import center_players
+    from regprim.explanation.baseline import baseline
 
     gen = load_model("dcgan-faces")
     grid = Grid(6, 6, 64, 64)
@@ -227,7 +227,7 @@ def test_every_subset_records_its_convergence(planted_run):
 
 
 def test_a_capped_run_says_so(capsys, tmp_path):
-    from regprim.cli import main
+    from regprim.app.cli import main
 
     args = (
         "explain --model planted --players 7,8,14 --baseline-count 50 --max-steps 1 --solver paper"

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from regprim import ComponentTable, ExplainConfig, load_model
-from regprim.models.planted import DEFAULT_PLAYERS
-from regprim.stability import compare, jaccard, stability
+from regprim.generators.planted import DEFAULT_PLAYERS
+from regprim.pipeline.stability import compare, jaccard, stability
 
 
 def test_compare_and_jaccard():

@@ -1,64 +1,71 @@
 """regprim: disentangle regional primitives of image generators.
 
-The pipeline reads as the paper does, one module per step (docs/architecture.md)::
+The pipeline reads as the paper does; each package is one floor of it, and imports only the
+floors below (``make lint`` enforces it with import-linter; docs/architecture.md)::
 
-    generator          split generator  z --d--> f --g--> x
-    regions            grid cells, players, subset masks
-    baseline           f0 = E_z[d(z)]
-    target             the image to explain: code, f, f0, x, grid, players
-    solvers/           minimal features u(S) (Eq. 8): the paper's per-subset solver, ...
-    interactions       OR interactions Delta f_k = I_or(S_k) (Eq. 10), universal matching
-    denoise            noise removal (Appendix G)
-    salient            salient components (Algorithm 1, Appendix H)
-    reconstruction     Algorithm 2
-    metrics            faithfulness metrics (each claim of the paper as a number)
-    figures, report    PNG figures and one offline report.html
-    components         the component table every solver returns
-    run, run_folder    the result object and the folder it is written to
-    explain            the whole pipeline, as named stages
-    edit, inversion    acting on the primitives: edits, transplants, the code of an edit
-    serve              the live explorer (regprim serve)
+    config, files, version   settings, atomic writes and hashes, the version
+    core/          tensors only: regions (grid, players, masks), interactions (Eq. 10),
+                   components (the table every solver returns), salient (Algorithm 1),
+                   reconstruction (Algorithm 2)
+    generators/    the split z --d--> f --g--> x: base, hooks, registry and the model families
+    solvers/       minimal features u(S) (Eq. 8): OR-structured (default), the paper's, the
+                   reach reference; noise removal (Appendix G)
+    explanation/   one explanation: its target (code, f, f0, x), baseline, summary and the Run
+    analysis/      metrics: each claim of the paper as a number
+    storage/       run folders and regprim's folders: atomic, locked, checksummed
+    present/       figures, report.html, the dataset report
+    control/       acting on the primitives: edits, transplants, inversion
+    pipeline/      explain end to end, the dry-run plan, stability, many images
+    app/           the command line and the live explorer
+
+Every name below is imported on first use, so ``import regprim.config`` (or any one module)
+loads only what that module needs.
 """
 
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from regprim.explain import explain  # a function named like its module: imported at once
 from regprim.version import __version__
 
-# name -> module: imported on first use, so that `import regprim.solvers.or_structured` (or the
-# config alone) loads no model code
+# name -> module: imported on first use
 _EXPORTS = {
     "ExplainConfig": "regprim.config",
     "SolverConfig": "regprim.config",
-    "ComponentTable": "regprim.components",
-    "Edit": "regprim.edit",
-    "invert": "regprim.inversion",
-    "HookSplit": "regprim.hook_split",
-    "SplitGenerator": "regprim.generator",
-    "split_at": "regprim.hook_split",
-    "split_sequential": "regprim.generator",
-    "or_interactions": "regprim.interactions",
-    "universal_matching_residual": "regprim.interactions",
-    "MODELS": "regprim.models",
-    "load_model": "regprim.models",
-    "Run": "regprim.run",
-    "load_run": "regprim.run_folder",
-    "Target": "regprim.target",
+    "ComponentTable": "regprim.core.components",
+    "or_interactions": "regprim.core.interactions",
+    "universal_matching_residual": "regprim.core.interactions",
+    "SplitGenerator": "regprim.generators.base",
+    "split_sequential": "regprim.generators.base",
+    "HookSplit": "regprim.generators.hooks",
+    "split_at": "regprim.generators.hooks",
+    "MODELS": "regprim.generators.registry",
+    "load_model": "regprim.generators.registry",
+    "Run": "regprim.explanation.run",
+    "Target": "regprim.explanation.target",
+    "evaluate": "regprim.analysis.metrics",
+    "load_run": "regprim.storage.run_folder",
+    "Edit": "regprim.control.edit",
+    "EditResult": "regprim.control.edit",
+    "apply": "regprim.control.edit",
+    "save_edit": "regprim.control.edit",
+    "invert": "regprim.control.inversion",
+    "explain": "regprim.pipeline.explain",
 }
 
 if TYPE_CHECKING:
-    from regprim.components import ComponentTable
+    from regprim.analysis.metrics import evaluate
     from regprim.config import ExplainConfig, SolverConfig
-    from regprim.edit import Edit
-    from regprim.generator import SplitGenerator, split_sequential
-    from regprim.hook_split import HookSplit, split_at
-    from regprim.interactions import or_interactions, universal_matching_residual
-    from regprim.inversion import invert
-    from regprim.models import MODELS, load_model
-    from regprim.run import Run
-    from regprim.run_folder import load_run
-    from regprim.target import Target
+    from regprim.control.edit import Edit, EditResult, apply, save_edit
+    from regprim.control.inversion import invert
+    from regprim.core.components import ComponentTable
+    from regprim.core.interactions import or_interactions, universal_matching_residual
+    from regprim.explanation.run import Run
+    from regprim.explanation.target import Target
+    from regprim.generators.base import SplitGenerator, split_sequential
+    from regprim.generators.hooks import HookSplit, split_at
+    from regprim.generators.registry import MODELS, load_model
+    from regprim.pipeline.explain import explain
+    from regprim.storage.run_folder import load_run
 
 
 def __getattr__(name: str):
@@ -68,22 +75,30 @@ def __getattr__(name: str):
     raise AttributeError(msg)
 
 
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
 __all__ = [
-    "MODELS",
     "ComponentTable",
     "Edit",
+    "EditResult",
     "ExplainConfig",
     "HookSplit",
+    "MODELS",
     "Run",
     "SolverConfig",
     "SplitGenerator",
     "Target",
     "__version__",
+    "apply",
+    "evaluate",
     "explain",
     "invert",
     "load_model",
     "load_run",
     "or_interactions",
+    "save_edit",
     "split_at",
     "split_sequential",
     "universal_matching_residual",

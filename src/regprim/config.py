@@ -1,7 +1,7 @@
 """Settings of a run: :class:`ExplainConfig` and its :class:`SolverConfig`.
 
 Every field is documented in its class docstring (``Args:``); :func:`field_docs` reads those
-texts, and the command line (:mod:`regprim.cli`) builds its options, defaults and help from the
+texts, and the command line (:mod:`regprim.app.cli`) builds its options, defaults and help from the
 dataclasses, so no default is written twice. Choices and command-line names live in the fields'
 metadata. A resolved config is saved with every run as ``config.json``.
 """
@@ -39,6 +39,25 @@ def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
 def choice(default: str, choices: tuple[str, ...]) -> Any:
     """A string field restricted to ``choices`` (checked in ``__post_init__`` and by the CLI)."""
     return field(default=default, metadata={"choices": choices})
+
+
+def read_by(default: Any, *solvers: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A :class:`SolverConfig` field and the solvers that read it (metadata ``solvers``): the
+    one place that says so. ``--help`` files the field under that solver (or "every solver"),
+    and a run's report shows the fields of the solver that ran (:func:`solver_settings`)."""
+    meta: dict[str, Any] = {"solvers": solvers or SOLVER_METHODS}
+    if choices is not None:
+        meta["choices"] = choices
+    return field(default=default, metadata=meta)
+
+
+def solver_settings(method: str) -> tuple[str, ...]:
+    """The :class:`SolverConfig` fields the solver ``method`` reads, in field order."""
+    return tuple(
+        f.name
+        for f in dataclasses.fields(SolverConfig)
+        if f.name != "method" and method in f.metadata["solvers"]
+    )
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -119,32 +138,34 @@ class SolverConfig:
             players' pixels (used only where a check shows it is exact).
     """
 
-    method: str = field(default="or", metadata={"choices": SOLVER_METHODS, "cli": "solver"})
-    or_steps: int = 300
-    or_batch: int = 32
-    or_lr: float = 0.2
-    or_init: float = 0.9
-    or_snap: float = 0.02
-    or_gtol: float = 0.2
-    or_exclusive: float = 0.03
-    subset_weights: str = choice("auto", SUBSET_WEIGHTS)
-    optimizer: str = choice("lbfgs", OPTIMIZERS)
-    ftol: float = 3e-4
-    gtol: float = 1e-4
-    max_steps: int = 30
-    steps: int = 50
-    lr: float = 0.05
-    lam: float = 1e4
-    sparsity: str = choice("l1-delta", SPARSITY)
-    reduction: str = choice("sum", REDUCTIONS)
-    chunk: int = 32
-    constraint: float = 0.1
-    warm_start: str = choice("parent", WARM_STARTS)
-    full_steps: int = 200
-    precision: str = choice("float32", PRECISIONS)
-    init_jitter: float = 0.0
-    perturb_seed: int = 0
-    crop: bool = True
+    method: str = field(
+        default="or", metadata={"choices": SOLVER_METHODS, "cli": "solver", "solvers": ()}
+    )
+    or_steps: int = read_by(300, "or")
+    or_batch: int = read_by(32, "or")
+    or_lr: float = read_by(0.2, "or")
+    or_init: float = read_by(0.9, "or")
+    or_snap: float = read_by(0.02, "or")
+    or_gtol: float = read_by(0.2, "or")
+    or_exclusive: float = read_by(0.03, "or")
+    subset_weights: str = read_by("auto", "or", choices=SUBSET_WEIGHTS)
+    optimizer: str = read_by("lbfgs", "paper", choices=OPTIMIZERS)
+    ftol: float = read_by(3e-4, "paper")
+    gtol: float = read_by(1e-4, "paper")
+    max_steps: int = read_by(30, "paper")
+    steps: int = read_by(50, "paper")
+    lr: float = read_by(0.05, "paper")
+    lam: float = read_by(1e4)  # the objective's: every solver
+    sparsity: str = read_by("l1-delta", choices=SPARSITY)
+    reduction: str = read_by("sum", choices=REDUCTIONS)
+    chunk: int = read_by(32)
+    constraint: float = read_by(0.1)
+    warm_start: str = read_by("parent", "paper", choices=WARM_STARTS)
+    full_steps: int = read_by(200, "paper")
+    precision: str = read_by("float32", choices=PRECISIONS)
+    init_jitter: float = read_by(0.0, "or", "paper")
+    perturb_seed: int = read_by(0, "or", "paper")
+    crop: bool = read_by(True)
 
     def __post_init__(self) -> None:
         check_fields(self, "solver")

@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Protocol
 
 from torch import Tensor
 
-from regprim.components import ComponentTable
 from regprim.config import SolverConfig
-from regprim.interactions import or_interactions
+from regprim.core.components import ComponentTable
+from regprim.core.interactions import or_interactions
 from regprim.solvers.objective import MinimalFeatures, Objective
 from regprim.solvers.or_structured import ORSolver, ReachSolver
 from regprim.solvers.paper import PaperSolver
 
 if TYPE_CHECKING:
-    from regprim.target import Target
+    from regprim.explanation.target import Target
 
 
 class Solver(Protocol):

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from regprim.components import ComponentTable
 from regprim.config import SolverConfig
-from regprim.regions import subset_masks
+from regprim.core.components import ComponentTable
+from regprim.core.regions import subset_masks
 from regprim.solvers.reach import reach_bits, reach_sets
 from regprim.solvers.window import find_window
 
 if TYPE_CHECKING:
-    from regprim.target import Target
+    from regprim.explanation.target import Target
 
 CHECK_PASS = 0.56  # a forward-only pass (the constraint check) in forward-and-gradient passes
 
@@ -55,7 +55,7 @@ class MinimalFeatures:
         residual: ``(2**n,)`` KKT residual at the end (:func:`regprim.solvers.lbfgs.kkt_residual`).
         converged: ``(2**n,)`` bool: stopped by the convergence test, not by the step cap.
         beta: ``(n, *feature_shape)`` for the OR-structured solvers (None for the paper's).
-        table: the OR components (:class:`~regprim.components.ComponentTable`); a solver that
+        table: the OR components (:class:`~regprim.core.components.ComponentTable`); a solver that
             stores every subset leaves it to :func:`regprim.solvers.solve` (Eq. 10 of ``u``).
             A compact run (n > 12) has its table from the solver, ``u`` is None, and
             ``rel_error``, ``meets`` and ``value`` are those of ``heldout_masks``;

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from regprim.config import DENSE_MAX_N, SolverConfig
+from regprim.config import DENSE_MAX_N, SolverConfig, solver_settings
 from regprim.solvers.adam import Adam, cosine
 from regprim.solvers.objective import CHECK_PASS, MinimalFeatures, Objective
 from regprim.solvers.or_objective import (
@@ -47,8 +47,7 @@ from regprim.solvers.or_objective import (
     sparsity,
     to_bitmasks,
 )
-
-HELDOUT = 1000  # held-out subsets checked in a whole-grid run (regprim.solvers.whole_grid)
+from regprim.solvers.whole_grid import HELDOUT, finish_compact
 
 
 def step_draws(
@@ -86,16 +85,7 @@ class ORSolver:
     """OR-structured minimal features (module docstring)."""
 
     name = "or"
-    settings = (
-        "lam",
-        "or_steps",
-        "or_batch",
-        "or_lr",
-        "or_init",
-        "or_snap",
-        "or_gtol",
-        "subset_weights",
-    )
+    settings = solver_settings("or")  # read from the fields' metadata
 
     @staticmethod
     def memory_bytes(n: int, numel: int) -> int:
@@ -195,8 +185,6 @@ class ORSolver:
         snapped = snap(beta.detach(), cfg.or_snap)
         passes = steps * batch / (2**n - 1)
         if compact:
-            from regprim.solvers.whole_grid import finish_compact  # it builds on this module
-
             return finish_compact(obj, snapped, steps, passes, residual, seen)
         return finish(obj, snapped, steps, passes, residual, residual < cfg.or_gtol)
 
@@ -212,7 +200,7 @@ class ReachSolver:
     """The receptive-field reference: ``beta_i = 1`` on each number's reach set."""
 
     name = "reach"
-    settings: tuple[str, ...] = ()
+    settings = solver_settings("reach")
 
     @staticmethod
     def memory_bytes(n: int, numel: int) -> int:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from regprim.config import SolverConfig
+from regprim.config import SolverConfig, solver_settings
 from regprim.solvers.adam import Adam, cosine
 from regprim.solvers.lbfgs import Result, kkt_residual, projected_lbfgs
 from regprim.solvers.objective import CHECK_PASS, MinimalFeatures, Objective
@@ -163,17 +163,7 @@ class PaperSolver:
     """Every subset solved alone, level by level (module docstring)."""
 
     name = "paper"
-    settings = (
-        "lam",
-        "optimizer",
-        "max_steps",
-        "ftol",
-        "gtol",
-        "steps",
-        "lr",
-        "warm_start",
-        "full_steps",
-    )
+    settings = solver_settings("paper")  # read from the fields' metadata
 
     @staticmethod
     def memory_bytes(n: int, numel: int) -> int:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from regprim.components import ComponentTable
+from regprim.core.components import ComponentTable
+from regprim.core.reconstruction import reconstruct_features, selection
 from regprim.solvers.objective import MinimalFeatures, Objective
 from regprim.solvers.or_objective import alpha_of, sample_subsets, to_bitmasks
-from regprim.solvers.or_structured import HELDOUT
+
+HELDOUT = 1000  # held-out subsets checked in a whole-grid run
 
 MAX_SUPPORT = 12  # players one fractional number may spread over in a compact run
 
@@ -88,8 +90,6 @@ def finish_compact(
 ) -> MinimalFeatures:
     """A run with too many subsets to store: the non-zero components in closed form, the
     minimal features checked on held-out subsets (with universal matching there)."""
-    from regprim.reconstruction import reconstruct_features, selection
-
     cfg = obj.cfg
     beta, rounded = settle(beta)
     found = components_of(beta, obj.df)

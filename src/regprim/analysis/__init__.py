@@ -1,0 +1,1 @@
+"""Measuring an explanation: each claim of the paper as a number (``metrics``)."""

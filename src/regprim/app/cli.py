@@ -1,0 +1,400 @@
+"""Command line: ``regprim explain | explain-many | edit | serve | verify | report | reconstruct |
+stability | models``.
+
+The options of ``explain`` are made from the fields of :class:`regprim.ExplainConfig` and
+:class:`regprim.SolverConfig` (:mod:`regprim.app.cli_options`), so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from regprim.app.cli_options import add_config_options, config_from, options_reference
+from regprim.config import ExplainConfig, SolverConfig
+from regprim.core.regions import parse_cells
+from regprim.generators.registry import MODELS
+from regprim.pipeline.explain import explain, verification_files
+from regprim.solvers import convergence_note
+from regprim.storage import folders
+from regprim.storage import run_folder as rf
+from regprim.version import __version__
+
+
+def _explain_parser(sub) -> None:
+    p = sub.add_parser("explain", help="disentangle the regional primitives of one image")
+    add_config_options(p, ExplainConfig, skip=("solver",))
+    add_config_options(p, SolverConfig)
+    p.add_argument("--out", type=Path, help="run folder to write (required unless --dry-run)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved settings, the players, memory and time estimates; solve nothing",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the metrics, the paper's figures and report.html",
+    )
+
+
+def _explain_many_parser(sub) -> None:
+    p = sub.add_parser(
+        "explain-many", help="explain many images into one dataset folder (local, pool or Ray)"
+    )
+    add_config_options(p, ExplainConfig, skip=("solver", "seed", "class_index"))
+    add_config_options(p, SolverConfig)
+    p.add_argument("--seeds", required=True, help="seeds of the images' codes, e.g. 0-99 or 1,5,9")
+    p.add_argument(
+        "--classes", help="classes (conditional models), comma-separated: each seed for each"
+    )
+    p.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--ray", action="store_true", help="run on Ray (RAY_ADDRESS, else a local one)")
+    p.add_argument("--no-verify", action="store_true", help="skip metrics and reports per image")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_explain_many(args: argparse.Namespace) -> int:
+    from regprim.pipeline.dataset import explain_many, items_of, parse_seeds
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    items = items_of(parse_seeds(args.seeds), classes)
+    rows = explain_many(
+        config_from(args),
+        items,
+        args.out,
+        args.workers,
+        args.ray,
+        verify=not args.no_verify,
+        progress=not args.quiet,
+    )
+    failed = [r for r in rows if r["status"] == "failed"]
+    print(
+        f"{len(rows) - len(failed)} of {len(rows)} images explained in {args.out}/ "
+        "(images.parquet, components.parquet, transfer.json, report.html)"
+    )
+    for r in failed:
+        print(f"  failed: {r['image']}: {r['error']}")
+    return 1 if failed else 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    cfg = config_from(args)
+    if args.dry_run:
+        from regprim.pipeline.plan import plan
+
+        p = plan(cfg)
+        print(json.dumps(p["settings"], indent=1))
+        print(f"players on the {cfg.grid[0]}x{cfg.grid[1]} grid (bit index; . = not a player):")
+        print(p["players"])
+        print(f"memory: about {p['memory_bytes'] / 2**20:.0f} MiB for the solver's tensors")
+        print(
+            f"time: about {p['estimated_solve_seconds']:.0f} s to solve ({p['expected_passes']:.0f}"
+            f" generator passes at {p['seconds_per_pass'] * 1e3:.2f} ms, measured here); "
+            "nothing was solved or written"
+        )
+        return 0
+    if args.out is None:
+        msg = "--out FOLDER is required: the run folder to write (or pass --dry-run)"
+        raise ValueError(msg)
+    run = explain(
+        cfg,
+        out=args.out,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        verify=not args.no_verify,
+    )
+    s = run.summary
+    print(run)
+    total = sum(s["stage_seconds"].values())
+    print(
+        f"wall {total:.1f} s ({s['wall_seconds']:.1f} s to the salient components), "
+        f"peak memory {s['peak_memory_bytes'] / 2**20:.0f} MiB"
+    )
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in s["stage_seconds"].items())
+    print(f"stages: {stages}")
+    note = convergence_note(cfg.solver, s)
+    if note:
+        print(f"note: {note}")
+    for warning in run.warnings:
+        print(f"regprim: warning: {warning}", file=sys.stderr)
+    print(f"results in {args.out}/ (summary.json, tensors.safetensors, *.png)")
+    if run.metrics:
+        _print_metrics(run.metrics)
+        print(f"report: {args.out / rf.REPORT}")
+    return 0
+
+
+def _print_metrics(metrics) -> None:
+    better = {True: "higher is better", False: "lower is better", None: ""}
+    for m in metrics:
+        value = f"{m.value:>10.4g}" if m.value == m.value else f"{'n/a':>10}"
+        note = m.details.get("note", "") if m.value != m.value else ""
+        print(f"  {m.name:<28} {value}  {better[m.higher_is_better]} {note}".rstrip())
+
+
+def rebuild_report(run, device: str = "cpu") -> list:
+    """Recompute the metrics, the paper's figures and report.html of a saved run."""
+    from regprim.analysis.metrics import evaluate
+
+    gen = run.generator(device)
+    ev = evaluate(run, gen)
+    shown = {n: (run.path / n).read_bytes() for n in rf.RUN_FIGURES if (run.path / n).is_file()}
+    rf.update_run(run, verification_files(run, gen, ev, shown))
+    return ev.metrics
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    run = rf.load_run(args.run, derived=False)
+    metrics = rebuild_report(run, args.device)
+    _print_metrics(metrics)
+    print(f"{rf.METRICS}, figures and {rf.REPORT} written to {args.run}/")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from regprim.generators.registry import layer_table, weights_status
+
+    table = layer_table()
+    for name, (_, description) in MODELS.items():
+        print(f"{name}: {description} [{weights_status(name)}]")
+        entry = table[name]
+        for layer, shapes in entry["layers"].items():
+            mark = " (default)" if layer == entry["default"] else ""
+            feature, image = tuple(shapes["feature"]), tuple(shapes["image"])
+            print(f"  {layer}: feature {feature} -> image {image}{mark}")
+    print("your own: --model path/to/file.py:function (returns a regprim.SplitGenerator)")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from regprim.present.figures import png, reconstruction_figure
+
+    run = rf.load_run(args.run)
+    cells = parse_cells(args.cells)
+    image, count = run.reconstruct(cells, salient_only=not args.all_components)
+    fig, _ = reconstruction_figure(
+        run.image, image, run.value_range, run.grid, run.players, cells, count
+    )
+    out = args.out or args.run
+    if out.is_dir():  # a folder: the default file name in it
+        out = out / rf.reconstruction_png(cells)
+    if out.suffix.lower() != ".png":
+        msg = f"--out {out} must be a .png file or an existing folder"
+        raise ValueError(msg)
+    rf.atomic_write(out, png(fig))
+    print(json.dumps({"cells": cells, "components": count, "figure": str(out)}))
+    return 0
+
+
+def cmd_stability(args: argparse.Namespace) -> int:
+    from regprim.pipeline.stability import stability
+
+    run = rf.load_run(args.run, derived=False)
+    cfg = ExplainConfig.from_dict(run.config)
+    gen = run.generator(args.device)
+    result = stability(
+        cfg, args.repeats, args.init_jitter, args.f0_noise, args.k, gen, progress=not args.quiet
+    )
+    rf.update_run(run, {rf.STABILITY: rf.stability_file(result)})
+    rebuild_report(run, args.device)
+    for name in ("raw", "denoised"):
+        if name not in result:
+            continue
+        r = result[name]
+        print(
+            f"{name:>9}: matched cosine {r['matched_cosine']:.3f}, matched region Jaccard "
+            f"{r['matched_region_jaccard']:.3f}, top-{args.k} set Jaccard "
+            f"{r['topk_set_jaccard']:.3f}, L1 {r['sparsity']['l1_total']:.4g}, 90% energy in "
+            f"{r['sparsity']['fraction_carrying_90pct']:.1%} of components"
+        )
+    print(f"{rf.STABILITY} and the report updated in {args.run}/")
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from regprim.control.edit import Edit, apply, save_edit
+    from regprim.control.inversion import invert
+
+    run = rf.load_run(args.run)
+    edit = Edit(run)
+    if args.drop:
+        edit.drop(cells=parse_cells(args.drop))
+    if args.drop_masks:
+        edit.drop(masks=[int(m) for m in args.drop_masks.split(",")])
+    if args.drop_top:
+        edit.drop(masks=run.top(args.drop_top))
+    if args.keep:
+        edit.keep(cells=parse_cells(args.keep))
+    for spec in args.scale or []:
+        factor, _, cells = spec.partition("@")
+        if not cells:
+            msg = f"--scale {spec!r} must be FACTOR@CELLS, e.g. 1.5@14,15"
+            raise ValueError(msg)
+        edit.scale(float(factor), cells=parse_cells(cells))
+    if args.transplant:
+        if not args.cells:
+            msg = "--transplant DONOR needs --cells, the player cells to take from the donor"
+            raise ValueError(msg)
+        edit.transplant(rf.load_run(args.transplant), parse_cells(args.cells))
+    if not edit.operations:
+        msg = "no edit given; use --drop, --drop-masks, --drop-top, --keep, --scale or --transplant"
+        raise ValueError(msg)
+    folders.check_output(args.out, args.overwrite, rf.EDIT)  # before any rendering
+    gen = run.generator(args.device)
+    result = apply(edit, gen)
+    inv = None
+    if args.invert:
+        inv = invert(gen, result.feature, run.f0, run.code, class_index=run.class_index)
+    out = save_edit(edit, result, args.out, args.overwrite, inv)
+    print(f"edited cells {result.cells}: locality {result.metrics['locality']:.3g}", end="")
+    if "agreement" in result.metrics:
+        print(f", agreement with the donor {result.metrics['agreement']:.3g}", end="")
+    print()
+    for name, m in result.baselines.items():
+        extra = f", agreement {m['agreement']:.3g}" if "agreement" in m else ""
+        print(f"  {name}: locality {m['locality']:.3g}{extra}")
+    if inv is not None:
+        print(f"inversion: residual {inv.residual:.3g}, image agreement {inv.image_agreement:.3g}")
+    print(f"edit folder: {out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from regprim.app.serve import serve
+
+    runs = [rf.load_run(path) for path in args.runs]
+    print(f"regprim serve: http://{args.host}:{args.port}/ ({len(runs)} runs; Ctrl-C stops)")
+    serve(runs, host=args.host, port=args.port, edits=args.edits, device=args.device)
+    return 0
+
+
+def _edit_parsers(sub) -> None:
+    e = sub.add_parser("edit", help="drop, keep, scale or transplant primitives; an edit folder")
+    e.add_argument("run", type=Path, help="run folder written by `regprim explain`")
+    e.add_argument("--drop", help="drop the components meeting these player cells, e.g. 16")
+    e.add_argument("--drop-masks", help="drop the components of these action sets (bitmasks)")
+    e.add_argument("--drop-top", type=int, help="drop the K largest components")
+    e.add_argument("--keep", help="keep only the components meeting these player cells")
+    e.add_argument("--scale", action="append", help="FACTOR@CELLS, e.g. 1.5@14,15 (repeatable)")
+    e.add_argument("--transplant", type=Path, help="donor run folder (same model and baseline)")
+    e.add_argument("--cells", help="the player cells to transplant from the donor")
+    e.add_argument("--invert", action="store_true", help="also find the code z* of the edit")
+    e.add_argument("--out", required=True, type=Path, help="edit folder to write")
+    e.add_argument("--overwrite", action="store_true", help="replace an edit already in --out")
+    e.add_argument("--device", default="cpu")
+    s = sub.add_parser("serve", help="a local web app: reconstruct, edit, transplant, invert")
+    s.add_argument("runs", nargs="+", type=Path, help="run folders to load")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--edits", type=Path, default=Path("edits"), help="folder for saved edits")
+    s.add_argument("--device", default="cpu")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="regprim", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"regprim {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _explain_parser(sub)
+    _explain_many_parser(sub)
+    _edit_parsers(sub)
+    sub.add_parser("models", help="list models and the layers they can be cut at")
+    r = sub.add_parser("reconstruct", help="Algorithm 2: reconstruct cells from a run")
+    r.add_argument("run", type=Path, help="run folder written by `regprim explain`")
+    r.add_argument("--cells", required=True, help="player cells to reconstruct, e.g. 7,8")
+    r.add_argument("--all-components", action="store_true", help="not only the salient ones")
+    r.add_argument("--out", type=Path, help="PNG to write (default: in the run folder)")
+    for name, text in (
+        ("verify", "compute the faithfulness metrics of a run (and its report)"),
+        ("report", "rebuild the figures and report.html of a run"),
+    ):
+        v = sub.add_parser(name, help=text)
+        v.add_argument("run", type=Path, help="run folder written by `regprim explain`")
+        v.add_argument("--device", default="cpu", help="cpu or cuda")
+    st = sub.add_parser("stability", help="re-explain with perturbations; compare components")
+    st.add_argument("run", type=Path, help="run folder written by `regprim explain`")
+    st.add_argument("--repeats", type=int, default=3, help="perturbed re-runs")
+    st.add_argument(
+        "--init-jitter",
+        type=float,
+        default=0.05,
+        help="jitter of the solver's start (beta; the paper solver: u(N)'s alpha)",
+    )
+    st.add_argument("--f0-noise", type=float, default=0.01, help="noise on f0 (x std of f0)")
+    st.add_argument(
+        "--k",
+        type=int,
+        default=10,
+        help="top-k components compared (each matched among the other run's top 3k)",
+    )
+    st.add_argument("--device", default="cpu")
+    st.add_argument("--quiet", action="store_true")
+    return parser
+
+
+HANDLERS = {
+    "explain": cmd_explain,
+    "explain-many": cmd_explain_many,
+    "models": cmd_models,
+    "reconstruct": cmd_reconstruct,
+    "verify": cmd_verify,
+    "report": cmd_verify,
+    "stability": cmd_stability,
+    "edit": cmd_edit,
+    "serve": cmd_serve,
+}
+
+
+def cli_reference() -> str:
+    """docs/cli.md, from the parsers (regenerate with ``python -c "from regprim.app.cli import
+    cli_reference as r; print(r(), end='')" > docs/cli.md``; a test keeps it in sync)."""
+    return options_reference(build_parser())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # no command: the help, not an error
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    try:
+        return HANDLERS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"\nregprim: interrupted. {_interrupted(args)}", file=sys.stderr)
+        return 130
+    except (
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+        PermissionError,
+        ModuleNotFoundError,
+        MemoryError,
+        TypeError,
+        ConnectionError,
+        OSError,  # a full disk, a mount point: said before the work, no traceback
+        folders.RunFolderBusy,
+    ) as err:
+        print(f"regprim: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted command left behind, and how to go on."""
+    if args.command != "explain":
+        return "Nothing was changed that is not whole; run the command again."
+    partial = rf.partial_dir(args.out) / rf.CHECKPOINT
+    if partial.is_file():
+        return (
+            f"The solver state so far is saved in {partial}; run the same command again to "
+            "resume from it."
+        )
+    return f"No run was written to {args.out} and there was no solver state to keep yet."
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""Acting on the primitives: edits and transplants (``edit``) and the code of an edited feature
+(``inversion``).
+"""

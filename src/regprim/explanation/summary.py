@@ -1,0 +1,139 @@
+"""What a run records beside its tensors: the headline numbers of ``summary.json`` and the
+machine facts of ``config.json`` (docs/run-folder.md)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from regprim.config import ExplainConfig
+from regprim.core.components import ComponentTable
+from regprim.explanation.target import Target
+from regprim.solvers import MinimalFeatures
+from regprim.version import __version__
+
+
+def constraint_warnings(meets: Tensor, checked: str, constraint: float) -> list[str]:
+    """A warning whenever any checked subset misses the reconstruction constraint."""
+    missed = int((~meets).sum())
+    if not missed:
+        return []
+    return [
+        f"{missed} of {len(meets)} checked subsets ({checked}) miss the reconstruction "
+        f"constraint (relative masked error >= {constraint}); their components are not exact: "
+        "see summary.json subsets_failing_constraint, raise --or-steps or --max-steps"
+    ]
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def summarise(
+    cfg: ExplainConfig,
+    target: Target,
+    mf: MinimalFeatures,
+    tensors: dict[str, Tensor],
+    table: ComponentTable,
+    rules: dict[str, Tensor],
+    denoised: dict[str, Any],
+    start: float,
+) -> dict[str, Any]:
+    """The headline numbers of ``summary.json`` (docs/run-folder.md)."""
+    gen, n, solver = target.gen, target.n, cfg.solver
+    salient = rules[cfg.salient_rule]
+    dense = mf.u is not None
+    per = slice(1, None) if dense else slice(None)  # dense: skip the empty set
+    failing_rows = torch.nonzero(~mf.meets).flatten().cpu()
+    failing = (failing_rows if dense else tensors["heldout_masks"][failing_rows]).tolist()
+    checked = "every subset" if dense else f"{len(mf.meets)} held-out subsets"
+    return {
+        "model": gen.name,
+        "layer": gen.layer,
+        "feature_shape": list(target.feature_shape),
+        "grid": list(cfg.grid),
+        "players": target.players,
+        "n": n,
+        "class_index": target.class_index,
+        "sparsity": solver.sparsity,
+        "reduction": solver.reduction,
+        "universal_matching_max_rel_residual": float(tensors["universal_matching_residual"].max()),
+        "subsets_meeting_constraint": float(mf.meets.float().mean()),
+        "subsets_failing_constraint": failing,
+        "subsets_checked": checked,
+        "warnings": constraint_warnings(mf.meets[per], checked, solver.constraint),
+        "rounded_numbers": mf.rounded_numbers,
+        "rel_error_median": float(mf.rel_error[per].median()) if n else 0.0,
+        "rel_error_max": float(mf.rel_error.max()),
+        "constraint": solver.constraint,
+        "components_used": "denoised" if cfg.denoise else "raw",
+        "denoise": denoised,
+        "salient_rule": cfg.salient_rule,
+        "salient_counts": {rule: len(ks) for rule, ks in rules.items()},
+        "salient": salient.tolist(),
+        "salient_norms": [table.norm(k) for k in salient.tolist()],
+        "feature_change_norm": float((target.f - target.f0).norm()),
+        "mean_passes_per_subset": float(mf.passes[per].float().mean()) if n else 0.0,
+        "mean_forward_passes_per_subset": float(mf.forward_passes[per].mean()),
+        "mean_steps_per_subset": float(mf.steps[per].float().mean()),
+        "subsets_converged": float(mf.converged[per].float().mean()),
+        "subsets_capped": torch.nonzero(~mf.converged).flatten().tolist() if dense else [],
+        "residual_max": float(mf.residual[per].max()),
+        "residual_median": float(mf.residual[per].median()),
+        "objective": float(mf.value.sum()),
+        "chunk": mf.chunk,
+        "device": str(gen.device),
+        "wall_seconds": time.perf_counter() - start,
+        "peak_memory_bytes": peak_memory_bytes(gen.device),
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def rounding_path() -> dict[str, Any]:
+    """What decides how this process rounds a float sum: the CPU, the SIMD kernels torch
+    dispatches to (``torch.backends.cpu.get_cpu_capability()``, which ``ATEN_CPU_CAPABILITY``
+    overrides), the instruction sets oneDNN and MKL are capped at (``ONEDNN_MAX_CPU_ISA``,
+    ``MKL_ENABLE_INSTRUCTIONS``; "native" when unset), the thread count and the torch version.
+    Two processes agree bit for bit only when all of these agree (docs/reliability.md)."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native"),
+        "mkl_enable_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "native"),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+    }
+
+
+def run_metadata(target: Target) -> dict[str, Any]:
+    """What ``config.json`` records beside the settings (docs/reliability.md: results agree
+    to about 1e-4 across CPUs and thread counts, bit for bit only on the same machine and
+    thread count)."""
+    return {
+        "regprim_version": __version__,
+        **rounding_path(),
+        "python": platform.python_version(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "feature_shape": list(target.feature_shape),
+        "value_range": list(target.gen.value_range),
+    }

@@ -1,0 +1,398 @@
+"""Many images: one run folder per image under one dataset folder, tables, consistency.
+
+``regprim explain-many --seeds 0-99 --out DATA`` explains every image with the same settings and
+writes (format: docs/run-folder.md, "Dataset folders")::
+
+    DATA/images/<image>/      one run folder per image (seed-0007, class-green-seed-0007, ...)
+    DATA/images.parquet       one row per image: its seed and class, status, wall time, metrics
+    DATA/components.parquet   one row per salient component: image, action set, order, norm
+    DATA/transfer.json        cross-image consistency (below)
+    DATA/report.html          distributions over images, where primitives act, the best and
+                              the worst images linked to their own reports
+
+It resumes: an image whose run folder is complete is skipped, one that was killed restarts
+(from its checkpoint). A failing image is recorded with its error, and the others go on.
+
+Execution: images one after another by default; ``workers`` processes on this machine; or Ray
+(``ray=True``, or ``RAY_ADDRESS`` set): every image a Ray task with its CPU/GPU request,
+``ray.init()`` joining the cluster at ``RAY_ADDRESS`` or starting a local one. Each worker
+process loads the generator once and keeps it.
+
+Transfer ratio (the paper's later version): for images A and B, the share of A's top-``l_a``
+salient components whose action set (as grid cells) is among B's top-``l_b``, averaged over
+ordered pairs; with the cosine of the matched components' feature directions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from regprim.config import ExplainConfig
+from regprim.storage import folders
+from regprim.storage import run_folder as rf
+
+IMAGES, IMAGES_TABLE, COMPONENTS_TABLE = "images", "images.parquet", "components.parquet"
+SETTINGS = "dataset.json"  # the one configuration of a dataset folder; images differ by seed
+PER_IMAGE = ("seed", "class_index")  # settings that differ between the images of a dataset
+TRANSFER, DATASET_REPORT = "transfer.json", "report.html"
+TRANSFER_PAIRS = ((10, 10), (20, 100))
+_GENERATORS: dict[str, Any] = {}  # per worker process: the generator, loaded once
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of a dataset: its code's seed and, for conditional models, its class."""
+
+    seed: int
+    class_index: int | str | None = None
+
+    @property
+    def name(self) -> str:
+        label = "" if self.class_index is None else f"class-{self.class_index}-"
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{label}seed-{self.seed:04d}")
+
+
+MAX_SEEDS = 100_000  # more images than a dataset folder is meant to hold
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-99"``, ``"3,5,8"`` or both (``"0-9,20"``) -> seeds, each once, in the order given.
+    A backwards range (``5-2``), a repeated seed and more than ``MAX_SEEDS`` seeds are errors."""
+    seeds: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, _, high = part.partition("-")
+        try:
+            lo, hi = int(low), int(high or low)
+        except ValueError:
+            msg = f"seeds {text!r} must be integers and ranges, e.g. 0-99 or 1,5,9"
+            raise ValueError(msg) from None
+        if hi < lo:
+            msg = f"seed range {part!r} runs backwards; write it low-high, e.g. {hi}-{lo}"
+            raise ValueError(msg)
+        if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+            msg = f"seeds {text!r} name more than {MAX_SEEDS} images; split the dataset"
+            raise ValueError(msg)
+        seeds += range(lo, hi + 1)
+    repeated = sorted(s for s, k in Counter(seeds).items() if k > 1)
+    if repeated:
+        msg = f"seeds {text!r} name seed(s) {repeated[:5]} more than once; list each once"
+        raise ValueError(msg)
+    if not seeds:
+        msg = f"seeds {text!r} name no seed; give e.g. 0-99"
+        raise ValueError(msg)
+    return seeds
+
+
+def items_of(seeds: list[int], classes: list[str] | None = None) -> list[Item]:
+    """Every seed, for every class when classes are given."""
+    return [Item(s, c) for c in (classes or [None]) for s in seeds]
+
+
+def _generator(cfg: ExplainConfig):
+    from regprim.generators.registry import load_model
+
+    key = json.dumps([cfg.model, cfg.layer, cfg.weights, cfg.device])
+    if key not in _GENERATORS:
+        _GENERATORS[key] = load_model(cfg.model, cfg.layer, cfg.device, cfg.weights)
+    return _GENERATORS[key]
+
+
+def explain_one(config: dict[str, Any], item: Item, folder: str, verify: bool) -> dict[str, Any]:
+    """Explain one image into ``folder`` (skipped when it holds a complete run): its row of
+    ``images.parquet``. Errors become the row's status, never an exception."""
+    from regprim.pipeline.explain import explain
+
+    out = Path(folder)
+    start = time.perf_counter()
+    row: dict[str, Any] = {
+        "image": item.name,
+        "seed": item.seed,
+        "class": None if item.class_index is None else str(item.class_index),
+    }
+    try:
+        if (out / rf.MANIFEST).is_file():
+            run = rf.load_run(out)
+            status = "done before"
+        else:
+            cfg = ExplainConfig.from_dict(
+                config | {"seed": item.seed, "class_index": item.class_index}
+            )
+            run = explain(
+                cfg,
+                out=out,
+                overwrite=(out / rf.CONFIG).is_file(),
+                progress=False,
+                generator=_generator(cfg),
+                verify=verify,
+            )
+            status = "ok"
+    except Exception as err:  # recorded; the other images go on
+        return row | {
+            "status": "failed",
+            "error": f"{type(err).__name__}: {err}",
+            "wall_seconds": time.perf_counter() - start,
+        }
+    s = run.summary
+    row |= {
+        "status": status,
+        "error": None,
+        "wall_seconds": s["wall_seconds"],
+        "n": s["n"],
+        "salient": len(s["salient"]),
+        "subsets_meeting_constraint": s["subsets_meeting_constraint"],
+        "universal_matching_max_rel_residual": s["universal_matching_max_rel_residual"],
+        "objective": s.get("objective"),
+        "path": str(Path(IMAGES) / item.name),
+    }
+    row |= {f"metric_{m.name}": m.value for m in run.metrics or []}
+    return row
+
+
+def _pool_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_items(
+    config: dict[str, Any],
+    items: list[Item],
+    out: Path,
+    verify: bool,
+    workers: int,
+    use_ray: bool,
+    progress: bool,
+) -> Iterator[dict[str, Any]]:
+    """Rows of every image, as they finish (in this process, a local pool, or Ray)."""
+    from tqdm.auto import tqdm
+
+    folders = [str(out / IMAGES / item.name) for item in items]
+    bar = tqdm(total=len(items), desc="images", unit="image", disable=not progress)
+    if use_ray:
+        import ray
+
+        if not ray.is_initialized():  # "local": a new instance, never a cluster found on disk
+            address = os.environ.get("RAY_ADDRESS") or "local"
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except ConnectionError as err:
+                msg = (
+                    f"Ray at {address} refused the connection ({err}); a cluster started by "
+                    "`ray start --head` asks for a token unless RAY_AUTH_MODE=disabled was set "
+                    "when it started (docs/performance.md, Ray)"
+                )
+                raise ConnectionError(msg) from err
+        gpus = 1 if str(config.get("device", "cpu")).startswith("cuda") else 0
+        task = ray.remote(num_cpus=1, num_gpus=gpus)(explain_one)
+        pending = [task.remote(config, i, f, verify) for i, f in zip(items, folders, strict=True)]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            bar.update(1)
+            yield ray.get(done[0])
+    elif workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, initializer=_pool_init, initargs=(threads,)) as pool:
+            jobs = [
+                pool.submit(explain_one, config, i, f, verify)
+                for i, f in zip(items, folders, strict=True)
+            ]
+            for job in jobs:
+                bar.update(1)
+                yield job.result()
+    else:
+        for item, folder in zip(items, folders, strict=True):
+            bar.update(1)
+            yield explain_one(config, item, folder, verify)
+    bar.close()
+
+
+def same_settings(out: Path, cfg: ExplainConfig) -> None:
+    """A dataset folder holds one configuration: record it the first time (``dataset.json``),
+    and refuse settings that differ later, naming them (images explained with other settings
+    were once reused, and transfer ratios computed across them)."""
+    as_json = json.loads(json.dumps(cfg.to_dict()))  # tuples as lists, as the file holds them
+    settings = {k: v for k, v in as_json.items() if k not in PER_IMAGE}
+    path = out / SETTINGS
+    if not path.is_file():
+        if (out / IMAGES).is_dir() and any((out / IMAGES).iterdir()):
+            msg = (
+                f"dataset folder {out} has images but no {SETTINGS} (made by an older regprim); "
+                "its settings cannot be checked: explain into a new --out"
+            )
+            raise ValueError(msg)
+        out.mkdir(parents=True, exist_ok=True)
+        rf.atomic_write(path, json.dumps(settings, indent=2, sort_keys=True))
+        return
+    old = json.loads(path.read_text())
+    differ = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+    if differ:
+        shown = "; ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in differ)
+        msg = (
+            f"dataset folder {out} was made with other settings ({shown}); a dataset holds one "
+            "configuration: use the same options or another --out"
+        )
+        raise ValueError(msg)
+
+
+def check_ray_address(address: str | None) -> None:
+    """Fail at once, not after minutes, when ``RAY_ADDRESS`` names a cluster nobody answers at."""
+    if not address or address in ("local", "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError):
+        msg = (
+            f"RAY_ADDRESS={address!r}: no Ray cluster answers there; start one with "
+            "`ray start --head --node-ip-address 127.0.0.1` (RAY_AUTH_MODE=disabled for a test "
+            "cluster) and set RAY_ADDRESS to the address it prints, or unset RAY_ADDRESS to "
+            "start a local one"
+        )
+        raise ConnectionError(msg) from None
+
+
+def explain_many(
+    cfg: ExplainConfig,
+    items: list[Item],
+    out: str | Path,
+    workers: int = 1,
+    use_ray: bool = False,
+    verify: bool = True,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Explain every item with the settings of ``cfg`` (module docstring); the image rows."""
+    if not items:
+        msg = "no images to explain; give seeds, e.g. --seeds 0-99"
+        raise ValueError(msg)
+    if workers < 1:
+        msg = f"workers={workers} must be at least 1"
+        raise ValueError(msg)
+    classes = {i.class_index for i in items if i.class_index is not None}
+    if classes:  # a class the model does not have fails here, not once per image
+        gen = _generator(cfg)
+        for c in sorted(map(str, classes)):
+            gen.class_index(c)
+    out = Path(out)
+    if not (out / IMAGES).is_dir():  # a new dataset: its folder must be new or empty
+        folders.check_output(out, False, rf.CONFIG)
+    same_settings(out, cfg)
+    (out / IMAGES).mkdir(parents=True, exist_ok=True)
+    use_ray = use_ray or bool(os.environ.get("RAY_ADDRESS"))
+    if use_ray:
+        check_ray_address(os.environ.get("RAY_ADDRESS"))
+    workers = min(workers, len(items))  # never more processes than images
+    with folders.lock(out):  # one explain-many per dataset folder at a time
+        rows = list(run_items(cfg.to_dict(), items, out, verify, workers, use_ray, progress))
+        order = {item.name: k for k, item in enumerate(items)}
+        rows.sort(key=lambda r: order[r["image"]])
+        write_tables(out, rows)
+    return rows
+
+
+Top = dict[str, list[tuple[frozenset, torch.Tensor]]]  # image -> (action set, component)
+
+
+def read_images(out: Path, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Top]:
+    """One pass over the finished images' run folders: the rows of ``components.parquet`` (one
+    per salient component) and each image's largest components, for :func:`transfer_ratios`."""
+    table: list[dict[str, Any]] = []
+    top: Top = {}
+    deepest = max(max(pair) for pair in TRANSFER_PAIRS)
+    for row in rows:
+        if row["status"] == "failed":
+            continue
+        run = rf.load_run(out / row["path"])  # with metrics.json: the leakage column
+        leak = next((m for m in run.metrics or [] if m.name == "leakage"), None)
+        ratios = (
+            dict(zip(leak.details["components"], leak.details["ratios"], strict=True))
+            if leak
+            else {}
+        )
+        for rank, mask in enumerate(run.salient):
+            values = ratios.get(mask)
+            table.append(
+                {
+                    "image": row["image"],
+                    "rank": rank,
+                    "mask": mask,
+                    "cells": run.cells(mask),
+                    "order": mask.bit_count(),
+                    "norm": run.norm(mask),
+                    "leakage": None if values is None else float(torch.tensor(values).median()),
+                }
+            )
+        masks = run.ranked[:deepest]
+        top[row["image"]] = [
+            (frozenset(run.cells(m)), v.flatten())
+            for m, v in zip(masks, run.component(masks), strict=True)
+        ]
+    return table, top
+
+
+def write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
+    """``images.parquet``, ``components.parquet``, ``transfer.json`` and ``report.html``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def parquet(table: list[dict[str, Any]]) -> Callable[[Path], None]:
+        return lambda path: pq.write_table(pa.Table.from_pylist(table), path)
+
+    components, top = read_images(out, rows)
+    n = max((row.get("n") or 0 for row in rows if row["status"] != "failed"), default=0)
+    transfer = transfer_ratios(top, n)
+    rf.atomic_write(out / IMAGES_TABLE, parquet(rows))
+    rf.atomic_write(out / COMPONENTS_TABLE, parquet(components))
+    rf.atomic_write(out / TRANSFER, json.dumps(transfer, indent=2))
+    from regprim.present.dataset_report import dataset_report
+
+    rf.atomic_write(out / DATASET_REPORT, dataset_report(out, rows, components, transfer))
+
+
+def transfer_ratios(top: Top, n: int) -> dict[str, Any]:
+    """Transfer ratio of the top components' action sets between every ordered pair of
+    images (``top`` from :func:`read_images`, ``n`` players), for each (l_a, l_b) of
+    ``TRANSFER_PAIRS``, and the cosine of matched components."""
+    names = list(top)
+    result: dict[str, Any] = {"images": len(names)}
+    for la, lb in TRANSFER_PAIRS:
+        lookup = {b: dict(top[b][:lb]) for b in names}
+        shares, cosines = [], []
+        for a in names:
+            mine = top[a][:la]
+            for b in names:
+                if a == b:
+                    continue
+                hits = [(v, lookup[b][s]) for s, v in mine if s in lookup[b]]
+                shares.append(len(hits) / max(len(mine), 1))
+                cosines += [
+                    float(torch.nn.functional.cosine_similarity(u, w, dim=0)) for u, w in hits
+                ]
+        result[f"top{la}_in_top{lb}"] = {
+            "transfer_ratio": sum(shares) / len(shares) if shares else float("nan"),
+            "matched_cosine": sum(cosines) / len(cosines) if cosines else float("nan"),
+            "pairs": len(shares),
+            # the share expected if each image's top action sets were drawn at random
+            "chance": min(lb / (2**n - 1), 1.0) if n else float("nan"),
+        }
+    return result
+
+
+def load_tables(out: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The image and component rows of a dataset folder."""
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    return (
+        pq.read_table(out / IMAGES_TABLE).to_pylist(),
+        pq.read_table(out / COMPONENTS_TABLE).to_pylist(),
+    )

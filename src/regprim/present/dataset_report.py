@@ -1,0 +1,88 @@
+"""The dataset folder's ``report.html``: one offline page over the images of ``regprim
+explain-many`` (metric distributions, where the salient components act and their orders,
+transfer ratios, the most and least exclusive images linked to their own reports, failures)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from importlib.resources import files
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import numpy as np
+
+from regprim.present.figures import distributions_figure, png, regions_figure
+from regprim.storage import run_folder as rf
+
+
+def _png(fig) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(png(fig)).decode()}">'
+
+
+def _links(chosen: list[dict[str, Any]]) -> str:
+    """List items linking images to their own reports, with their leakage."""
+    return "".join(
+        f'<li><a href="{html.escape(r["path"])}/{rf.REPORT}">{html.escape(r["image"])}</a> '
+        f"leakage {r['metric_leakage']:.3g}, {r['salient']} salient</li>"
+        for r in chosen
+    )
+
+
+def dataset_report(
+    out: Path, rows: list[dict[str, Any]], components: list[dict[str, Any]], transfer: dict
+) -> str:
+    """One offline page over the images (module docstring)."""
+    ok = [r for r in rows if r["status"] != "failed"]
+    figs = []
+    keys = [
+        k
+        for k in ("metric_leakage", "salient", "metric_sparsity", "wall_seconds")
+        if any(r.get(k) is not None for r in ok)
+    ]
+    if ok and keys:
+        values = {
+            k.removeprefix("metric_"): [r[k] for r in ok if r.get(k) is not None and r[k] == r[k]]
+            for k in keys
+        }
+        figs.append(_png(distributions_figure(values)[0]))
+    if components:
+        grid = rf.load_run(out / ok[0]["path"], derived=False).grid
+        heat = np.zeros(grid.rows * grid.cols)
+        for c in components:
+            for cell in c["cells"]:
+                heat[cell] += c["norm"] / len(c["cells"])
+        orders = [c["order"] for c in components]
+        figs.append(_png(regions_figure(heat.reshape(grid.rows, grid.cols), orders)[0]))
+    ranked = sorted(
+        (
+            r
+            for r in ok
+            if r.get("metric_leakage") == r.get("metric_leakage")
+            and r.get("metric_leakage") is not None
+        ),
+        key=lambda r: r["metric_leakage"],
+    )
+
+    failed = "".join(
+        f"<li>{html.escape(r['image'])}: {html.escape(r['error'] or '')}</li>"
+        for r in rows
+        if r["status"] == "failed"
+    )
+    transfer_rows = "".join(
+        f"<tr><td>{k}</td><td>{v['transfer_ratio']:.3f}</td><td>{v['chance']:.3f}</td>"
+        f"<td>{v['matched_cosine']:.3f}</td><td>{v['pairs']}</td></tr>"
+        for k, v in transfer.items()
+        if isinstance(v, dict)
+    )
+    template = Template((files("regprim.present") / "templates" / "dataset.html").read_text())
+    return template.substitute(
+        images=len(rows),
+        explained=len(ok),
+        figures="".join(figs),
+        transfer=transfer_rows,
+        best=_links(ranked[:5]),
+        worst=_links(ranked[-5:][::-1]),
+        failed=failed or "<li>none</li>",
+    )
