@@ -134,6 +134,23 @@ def test_the_live_page_in_headless_chromium(server, planted_run, grid_run):
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(server)
         page.wait_for_selector("#components input[type=checkbox]")
+        # the report's grid (static/grid.js): cells at the grid's own edges, only players live
+        tops = page.evaluate(
+            "[...document.querySelectorAll('#grid .cell')].map((e) => parseFloat(e.style.top))"
+        )
+        rows, cols = planted_run.grid.rows, planted_run.grid.cols
+        scale = 256 / planted_run.image.shape[1]
+        edges = planted_run.grid.row_edges()
+        assert tops == [
+            pytest.approx(edges[i // cols] * scale, abs=0.01) for i in range(rows * cols)
+        ]
+        other = next(c for c in range(rows * cols) if c not in planted_run.players)
+        page.click(f"#grid .cell[data-cell='{other}']")
+        assert page.get_attribute(f"#grid .cell[data-cell='{other}']", "class") == "cell"
+        player = planted_run.players[0]
+        page.click(f"#grid .cell[data-cell='{player}']")
+        assert "on" in page.get_attribute(f"#grid .cell[data-cell='{player}']", "class")
+        page.click("#clear")
         # toggle the largest primitive off: the image changes only in its cells
         mask = planted_run.ranked[0]
         page.uncheck(f"#components input[type=checkbox][data-mask='{mask}']")

@@ -4,7 +4,7 @@ generators whose exact answers are known."""
 import pytest
 import torch
 
-from regprim import ExplainConfig, SolverConfig, Target, explain, load_model
+from regprim import ExplainConfig, SolverConfig, Target, explain, load_model, load_run
 from regprim.core.regions import Grid
 from regprim.explanation.target import build_target
 from regprim.generators.planted import DEFAULT_PLAYERS, Planted
@@ -235,11 +235,12 @@ def test_a_capped_run_says_so(capsys, tmp_path):
     args += " --ftol 1e-12 --gtol 1e-12 --no-verify --quiet --out"
     rc = main([*args.split(), str(tmp_path / "run")])
     assert rc == 0
-    out = capsys.readouterr().out
-    assert "reached the step cap" in out and "--max-steps" in out
+    err = capsys.readouterr().err  # a warning, kept in summary.json and shown in the report
+    assert "warning: the solve did not converge" in err and "reached the step cap" in err
+    assert any("--max-steps" in w for w in load_run(tmp_path / "run").warnings)
     args = "explain --model planted --players 7,8,14 --baseline-count 50 --or-steps 2 --overwrite"
     assert main([*args.split(), "--no-verify", "--quiet", "--out", str(tmp_path / "run")]) == 0
-    assert "KKT residual of beta" in capsys.readouterr().out
+    assert "KKT residual of beta" in capsys.readouterr().err
 
 
 def test_adam_runs_exactly_its_steps():

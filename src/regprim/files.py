@@ -58,3 +58,11 @@ def content_hash(path: str | Path) -> str:
         digest.update(str(file.relative_to(path)).encode())
         digest.update(sha256_file(file).encode())
     return digest.hexdigest()
+
+
+def sources_hash(paths: list[Path]) -> str:
+    """One SHA-256 of the files and folders a model is read from (of one path: its
+    :func:`content_hash`, as runs recorded it before models had several sources)."""
+    if len(paths) == 1:
+        return content_hash(paths[0])
+    return hashlib.sha256("".join(content_hash(p) for p in paths).encode()).hexdigest()

@@ -94,7 +94,7 @@ class Scorer:
     def ratio_images(
         self, target: int, ratios: list[float], meeting: bool = True
     ) -> tuple[Tensor, Tensor]:
-        """Algorithm 2 for ``target`` with the largest fraction p of the (non-)covering
+        """Algorithm 2 for ``target`` with the largest fraction p of the (non-)meeting
         components, for each p in ``ratios``: images ``(len(ratios), C, H, W)`` and the
         selection ``(len(ratios), m)`` over :attr:`order`."""
         targets = torch.tensor([target])
@@ -105,7 +105,7 @@ class Scorer:
         self, targets: list[int], meeting: bool, rebuilt: bool = False
     ) -> tuple[dict, Tensor]:
         """For each target bitmask, the relative error on its cells (``1 -`` it when
-        ``rebuilt``) as the ratio p of (non-)covering components grows; and the first target's
+        ``rebuilt``) as the ratio p of (non-)meeting components grows; and the first target's
         images."""
         # a target whose cells the baseline image already matches has nothing to rebuild
         base = torch.stack([self.base_err[self.bits(t)].sum() for t in targets])
@@ -281,6 +281,24 @@ def energy_components(s: Scorer) -> Metric:
     )
 
 
+CODE_INFLUENCE_WARN = 0.1  # above it, a run's summary and report carry a warning
+
+
+def metric_warnings(metrics: list[Metric]) -> list[str]:
+    """Warnings a run's metrics call for: ``g`` that depends on the code (a cut the code
+    reaches around) makes the primitives explain f only given the target's code."""
+    by_name = {m.name: m for m in metrics}
+    influence = by_name.get("code_influence")
+    if influence is None or influence.value <= CODE_INFLUENCE_WARN:
+        return []
+    return [
+        f"code_influence {influence.value:.3g} > {CODE_INFLUENCE_WARN}: rendered with other "
+        "codes, the same feature f changes the player cells that much (relative to the target's "
+        "change from the baseline); the code reaches g around the cut, so the primitives are "
+        "not the whole cause of the image (docs/models.md)"
+    ]
+
+
 def code_influence(s: Scorer, codes: int = 8, seed: int = 1) -> tuple[Metric, Tensor]:
     others = s.gen.sample_codes(codes, 10_000 + seed, s.run.class_index)
     with torch.no_grad():
@@ -347,18 +365,18 @@ def minimal_feature_quality(run: Run) -> Metric:
 
 
 def incremental(s: Scorer, target: int) -> tuple[dict[str, Any], Tensor]:
-    """Fig. 3: the target cells reconstructed as covering components are added (largest
-    first), with the action-region weights of the added components."""
+    """Fig. 3: the target cells reconstructed as the components meeting them are added
+    (largest first), with the action-region weights of the added components."""
     images, chosen = s.ratio_images(target, FIG3_RATIOS)
-    covering = [int(k) for k in s.order if int(k) & target]
+    meeting = [int(k) for k in s.order if int(k) & target]
     counts = chosen.sum(1).tolist()
     data = {
         "target": target,
         "ratios": FIG3_RATIOS,
         "counts": counts,
-        "covering": len(covering),
+        "meeting": len(meeting),
         "rel_errors": s.set_rel_error(images, target).tolist(),
-        "weights": [region_weights(s.run, covering[:c]) for c in counts],
+        "weights": [region_weights(s.run, meeting[:c]) for c in counts],
     }
     return data, images
 

@@ -17,7 +17,6 @@ from regprim.config import ExplainConfig, SolverConfig
 from regprim.core.regions import parse_cells
 from regprim.generators.registry import MODELS
 from regprim.pipeline.explain import explain, verification_files
-from regprim.solvers import convergence_note
 from regprim.storage import folders
 from regprim.storage import run_folder as rf
 from regprim.version import __version__
@@ -118,10 +117,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     )
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in s["stage_seconds"].items())
     print(f"stages: {stages}")
-    note = convergence_note(cfg.solver, s)
-    if note:
-        print(f"note: {note}")
-    for warning in run.warnings:
+    for warning in run.warnings:  # the convergence note among them
         print(f"regprim: warning: {warning}", file=sys.stderr)
     print(f"results in {args.out}/ (summary.json, tensors.safetensors, *.png)")
     if run.metrics:
@@ -158,18 +154,37 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from regprim.generators.registry import layer_table, weights_status
+    from regprim.generators.registry import layer_table, load_model, weights_status
 
+    if args.model:  # one model, built here: a folder or a file of the user's
+        gen = load_model(args.model, weights=args.weights)
+        print(f"{args.model}: {gen.name}, cut at {gen.layer} by default")
+        _print_layers({layer: gen.cut_at(layer).shapes() for layer in gen.layers}, gen.layer)
+        return 0
     table = layer_table()
     for name, (_, description) in MODELS.items():
         print(f"{name}: {description} [{weights_status(name)}]")
         entry = table[name]
-        for layer, shapes in entry["layers"].items():
-            mark = " (default)" if layer == entry["default"] else ""
-            feature, image = tuple(shapes["feature"]), tuple(shapes["image"])
-            print(f"  {layer}: feature {feature} -> image {image}{mark}")
+        shapes = {k: (v["feature"], v["image"]) for k, v in entry["layers"].items()}
+        _print_layers(shapes, entry["default"])
+    print(
+        "a diffusers pipeline folder: --model diffusers:DIR[?steps=4&guidance=3&prompt=FILE] "
+        "(cuts step=K, BLOCK@step=K; regprim models --model diffusers:DIR lists them)"
+    )
     print("your own: --model path/to/file.py:function (returns a regprim.SplitGenerator)")
     return 0
+
+
+def _print_layers(shapes: dict[str, tuple], default: str) -> None:
+    """One line per layer; a sampler's blocks are listed for its first step only."""
+    steps = {layer.rpartition("=")[2] for layer in shapes if "@step=" in layer}
+    for layer, (feature, image) in shapes.items():
+        if "@step=" in layer and not layer.endswith("@step=0") and layer != default:
+            continue
+        mark = " (default)" if layer == default else ""
+        print(f"  {layer}: feature {tuple(feature)} -> image {tuple(image)}{mark}")
+    if len(steps) > 1:
+        print(f"  (any block at any step: BLOCK@step=K, K in 0..{len(steps) - 1})")
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -303,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     _explain_parser(sub)
     _explain_many_parser(sub)
     _edit_parsers(sub)
-    sub.add_parser("models", help="list models and the layers they can be cut at")
+    m = sub.add_parser("models", help="list models and the layers they can be cut at")
+    m.add_argument("--model", help="list the cuts of this model (a diffusers:DIR folder, a file)")
+    m.add_argument("--weights", help="weights for --model, as for explain")
     r = sub.add_parser("reconstruct", help="Algorithm 2: reconstruct cells from a run")
     r.add_argument("run", type=Path, help="run folder written by `regprim explain`")
     r.add_argument("--cells", required=True, help="player cells to reconstruct, e.g. 7,8")

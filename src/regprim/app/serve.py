@@ -26,13 +26,12 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 from fastapi import FastAPI, HTTPException
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
 
@@ -40,6 +39,7 @@ from regprim.control.edit import Edit, apply, save_edit
 from regprim.control.inversion import invert
 from regprim.explanation.run import Run
 from regprim.generators.base import SplitGenerator
+from regprim.present.assets import script, template
 from regprim.present.figures import to_rgb
 
 LISTED = 60  # components listed per run (the largest)
@@ -132,6 +132,7 @@ class App:
             "n": run.n,
             "players": run.players,
             "grid": [run.grid.rows, run.grid.cols],
+            "edges": [run.grid.row_edges(), run.grid.col_edges()],
             "size": list(run.image.shape[1:]),
             "image": png_data(run.image, run.value_range),
             "components": [
@@ -235,7 +236,11 @@ def create_app(runs: list[Run], edits: str | Path = "edits", device: str = "cpu"
 
     @api.get("/", response_class=HTMLResponse)
     def page() -> str:
-        return resources.files("regprim.present").joinpath("templates/serve.html").read_text()
+        return template("serve.html")
+
+    @api.get("/static/grid.js")
+    def grid_js() -> Response:
+        return Response(script("grid.js"), media_type="text/javascript")
 
     for path, method in (
         ("/api/reconstruct", state.reconstruct),

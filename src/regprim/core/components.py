@@ -27,13 +27,17 @@ def component_norms(components: Tensor) -> Tensor:
     return components.flatten(1).norm(dim=1)
 
 
-def ranked(masks: Tensor, norms: Tensor) -> Tensor:
-    """The ``masks`` of the non-zero components, by decreasing norm (ties in the order given):
+def ranked_rows(masks: Tensor, norms: Tensor) -> Tensor:
+    """Row indices of the non-zero components, by decreasing norm (ties in the order given):
     the one ranking every rule, metric and figure uses."""
     norms = norms.detach().cpu()  # bitmask lists live on the CPU
     order = torch.argsort(norms, descending=True, stable=True)
-    keep = (masks[order] != 0) & (norms[order] > 0)
-    return masks[order][keep]
+    return order[(masks[order] != 0) & (norms[order] > 0)]
+
+
+def ranked(masks: Tensor, norms: Tensor) -> Tensor:
+    """The ``masks`` of the non-zero components, by decreasing norm (:func:`ranked_rows`)."""
+    return masks[ranked_rows(masks, norms)]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from regprim.config import SALIENT_RULES
-from regprim.core.components import component_norms, ranked
+from regprim.core.components import component_norms, ranked, ranked_rows
 
 
 def energy_count(norms: Tensor, share: float = 0.9) -> int:
@@ -88,9 +88,7 @@ def removal_salient(
     if not 0 < threshold < 1:
         msg = f"removal threshold {threshold} must be in (0, 1), e.g. 0.1"
         raise ValueError(msg)
-    norms = component_norms(values).cpu()
-    order = torch.argsort(norms, descending=True, stable=True)
-    order = order[(masks[order] != 0) & (norms[order] > 0)]
+    order = ranked_rows(masks, component_norms(values))
     start = f0 + values.sum(0)
     removed = torch.cumsum(values[order.to(values.device)], dim=0)
     features = torch.cat([start[None], start - removed])  # (m + 1, ...): j removed

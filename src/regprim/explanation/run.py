@@ -178,20 +178,24 @@ class Run:
     def check_sources(self) -> None:
         """The model file and weights named in the config still hash to what the run recorded
         (``model_sha256``, ``weights_sha256``); else a ValueError that says what changed."""
-        from regprim.files import content_hash
+        from regprim.files import sources_hash
+        from regprim.generators.registry import model_sources
 
         c = self.config
         sources = {
-            "model file": (c["model"].rpartition(":")[0], c.get("model_sha256")),
-            "weights": (c.get("weights"), c.get("weights_sha256")),
+            "model file": (model_sources(c["model"])[1], c.get("model_sha256")),
+            "weights": ([Path(c["weights"])] if c.get("weights") else [], c.get("weights_sha256")),
         }
-        for what, (where, recorded) in sources.items():
+        for what, (paths, recorded) in sources.items():
             if not recorded:
                 continue
-            if not where or not Path(where).exists():
+            gone = [p for p in paths if not p.exists()]
+            if gone or not paths:
+                where = gone[0] if gone else c["model"]
                 msg = f"the {what} of this run, {where}, is gone; restore it to use the run"
                 raise ValueError(msg)
-            if content_hash(where) != recorded:
+            if sources_hash(paths) != recorded:
+                where = ", ".join(str(p) for p in paths)
                 msg = (
                     f"the {what} {where} changed since this run was made (SHA-256 "
                     f"{recorded[:12]}... recorded); its numbers belong to the old one: restore "

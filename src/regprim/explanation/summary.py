@@ -17,20 +17,9 @@ from torch import Tensor
 from regprim.config import ExplainConfig
 from regprim.core.components import ComponentTable
 from regprim.explanation.target import Target
-from regprim.solvers import MinimalFeatures
+from regprim.generators.base import SplitGenerator
+from regprim.solvers import MinimalFeatures, convergence_note
 from regprim.version import __version__
-
-
-def constraint_warnings(meets: Tensor, checked: str, constraint: float) -> list[str]:
-    """A warning whenever any checked subset misses the reconstruction constraint."""
-    missed = int((~meets).sum())
-    if not missed:
-        return []
-    return [
-        f"{missed} of {len(meets)} checked subsets ({checked}) miss the reconstruction "
-        f"constraint (relative masked error >= {constraint}); their components are not exact: "
-        "see summary.json subsets_failing_constraint, raise --or-steps or --max-steps"
-    ]
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -52,12 +41,7 @@ def summarise(
     """The headline numbers of ``summary.json`` (docs/run-folder.md)."""
     gen, n, solver = target.gen, target.n, cfg.solver
     salient = rules[cfg.salient_rule]
-    dense = mf.u is not None
-    per = slice(1, None) if dense else slice(None)  # dense: skip the empty set
-    failing_rows = torch.nonzero(~mf.meets).flatten().cpu()
-    failing = (failing_rows if dense else tensors["heldout_masks"][failing_rows]).tolist()
-    checked = "every subset" if dense else f"{len(mf.meets)} held-out subsets"
-    return {
+    summary = {
         "model": gen.name,
         "layer": gen.layer,
         "feature_shape": list(target.feature_shape),
@@ -68,13 +52,6 @@ def summarise(
         "sparsity": solver.sparsity,
         "reduction": solver.reduction,
         "universal_matching_max_rel_residual": float(tensors["universal_matching_residual"].max()),
-        "subsets_meeting_constraint": float(mf.meets.float().mean()),
-        "subsets_failing_constraint": failing,
-        "subsets_checked": checked,
-        "warnings": constraint_warnings(mf.meets[per], checked, solver.constraint),
-        "rounded_numbers": mf.rounded_numbers,
-        "rel_error_median": float(mf.rel_error[per].median()) if n else 0.0,
-        "rel_error_max": float(mf.rel_error.max()),
         "constraint": solver.constraint,
         "components_used": "denoised" if cfg.denoise else "raw",
         "denoise": denoised,
@@ -83,19 +60,23 @@ def summarise(
         "salient": salient.tolist(),
         "salient_norms": [table.norm(k) for k in salient.tolist()],
         "feature_change_norm": float((target.f - target.f0).norm()),
-        "mean_passes_per_subset": float(mf.passes[per].float().mean()) if n else 0.0,
-        "mean_forward_passes_per_subset": float(mf.forward_passes[per].mean()),
-        "mean_steps_per_subset": float(mf.steps[per].float().mean()),
-        "subsets_converged": float(mf.converged[per].float().mean()),
-        "subsets_capped": torch.nonzero(~mf.converged).flatten().tolist() if dense else [],
-        "residual_max": float(mf.residual[per].max()),
-        "residual_median": float(mf.residual[per].median()),
-        "objective": float(mf.value.sum()),
-        "chunk": mf.chunk,
+        **mf.summary(),
         "device": str(gen.device),
         "wall_seconds": time.perf_counter() - start,
         "peak_memory_bytes": peak_memory_bytes(gen.device),
     }
+    summary["warnings"] = [*summary["warnings"], *split_warnings(gen, cfg, summary)]
+    return summary
+
+
+def split_warnings(gen: SplitGenerator, cfg: ExplainConfig, summary: dict[str, Any]) -> list[str]:
+    """What can make this explanation mislead beyond the subsets' errors: a cut the code
+    reaches around (held values), and a solve stopped before its convergence test held."""
+    found = [f"{gen.around_cut}: the primitives explain f given those held values"] * bool(
+        gen.around_cut
+    )
+    note = convergence_note(cfg.solver, summary)
+    return found + ([f"the solve did not converge: {note}"] if note else [])
 
 
 def cpu_model() -> str:
@@ -135,5 +116,6 @@ def run_metadata(target: Target) -> dict[str, Any]:
         "python": platform.python_version(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "feature_shape": list(target.feature_shape),
+        "code_shape": list(target.gen.code_shape),
         "value_range": list(target.gen.value_range),
     }

@@ -59,6 +59,11 @@ class SplitGenerator:
         value_range: (low, high) of image values, e.g. (-1, 1) for tanh outputs.
         sees_code: whether ``g`` depends on the code (BigGAN: yes; a plain DCGAN tail: no).
         class_names: optional readable class names, ``num_classes`` of them.
+        code_shape: the shape of the code's noise part where it has one (a diffusion model's
+            starting latent, ``(C, h, w)``); codes are always passed flat, ``(B, code_dim)``.
+        around_cut: what reaches ``g`` around the cut, held at the target's values (a
+            U-Net's skip tensors); "" for a true cut. A run records it as a warning: the
+            primitives then explain ``f`` given those held values, not the whole image.
     """
 
     name: str
@@ -70,6 +75,8 @@ class SplitGenerator:
     value_range: tuple[float, float] = (-1.0, 1.0)
     sees_code: bool = False
     class_names: tuple[str, ...] = ()
+    code_shape: tuple[int, ...] = ()
+    around_cut: str = ""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     # -- to implement -------------------------------------------------------------------------
@@ -87,6 +94,11 @@ class SplitGenerator:
     def modules(self) -> list[nn.Module]:
         """The torch modules this split runs (moved by :meth:`to`, frozen by :meth:`freeze`)."""
         return []
+
+    def cost(self) -> str:
+        """What one evaluation of ``g`` runs, in the model's terms ("" when it is just the
+        layers after the cut); ``--dry-run`` prints it."""
+        return ""
 
     # -- shared -------------------------------------------------------------------------------
     def to(self, device: str | torch.device) -> SplitGenerator:

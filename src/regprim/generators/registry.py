@@ -1,7 +1,8 @@
 """Model registry: built-in split generators and a user's own, by one name.
 
-A model is named either by a built-in name (``regprim models`` lists them) or by a factory
-``path/to/file.py:function`` or ``package.module:function``. A factory is called as
+A model is named by a built-in name (``regprim models`` lists them), by a local diffusers
+pipeline folder ``diffusers:DIR[?options]`` (:mod:`regprim.generators.pipelines`), or by a
+factory ``path/to/file.py:function`` or ``package.module:function``. A factory is called as
 ``function()`` or, when a layer is given, ``function(layer=LAYER)``, and returns a
 :class:`regprim.SplitGenerator` (see :func:`regprim.split_sequential` and
 :class:`regprim.HookSplit`).
@@ -25,6 +26,7 @@ from regprim.config import DEFAULT_MODEL as DEFAULT_MODEL
 from regprim.generators.base import SplitGenerator
 from regprim.generators.biggan import biggan
 from regprim.generators.dcgan import EYE_CLASSES, dcgan_faces, eyes_128
+from regprim.generators.pipelines import PREFIX, load_folder, sources
 from regprim.generators.planted import planted
 
 MODELS: dict[str, tuple[Callable[..., SplitGenerator], str]] = {
@@ -84,14 +86,16 @@ def load_model(
 
     ``weights`` is passed to the factory when given (a weights file or folder; ``"random"``
     for BigGAN's random initialisation)."""
+    if spec.startswith(PREFIX):
+        return load_folder(spec, layer).freeze().to(device)
     if spec in MODELS:
         factory = MODELS[spec][0]
     elif ":" in spec:
         factory = _user_factory(spec)
     else:
         msg = (
-            f"unknown model {spec!r}; use one of {list(MODELS)} "
-            "or your own as path/to/file.py:function or package.module:function"
+            f"unknown model {spec!r}; use one of {list(MODELS)}, a diffusers pipeline folder "
+            "as diffusers:DIR, or your own as path/to/file.py:function or package.module:function"
         )
         raise ValueError(msg)
     kwargs = {k: v for k, v in (("layer", layer), ("weights", weights)) if v is not None}
@@ -106,6 +110,17 @@ def load_model(
         msg = f"{spec} returned {type(gen).__name__}, not a regprim.SplitGenerator{hint}"
         raise TypeError(msg)
     return gen.freeze().to(device)
+
+
+def model_sources(spec: str) -> tuple[str, list[Path]]:
+    """The spec with the paths it names made absolute, and the files and folders the model is
+    read from (a run hashes them into ``model_sha256``; built-in models: none)."""
+    if spec.startswith(PREFIX):
+        return sources(spec)
+    target, _, function = spec.rpartition(":")
+    if target.endswith(".py") and Path(target).is_file():
+        return f"{Path(target).resolve()}:{function}", [Path(target).resolve()]
+    return spec, []
 
 
 def _call_user_factory(spec: str, factory: Callable[..., SplitGenerator], kwargs: dict):

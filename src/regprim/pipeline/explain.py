@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from regprim.analysis.metrics import Evaluation, evaluate
+from regprim.analysis.metrics import Evaluation, evaluate, metric_warnings
 from regprim.config import ExplainConfig
 from regprim.core.components import ComponentTable
 from regprim.core.interactions import universal_matching_residual
@@ -28,7 +28,7 @@ from regprim.core.salient import removal_salient, select_salient
 from regprim.explanation.run import Run, component_table
 from regprim.explanation.summary import run_metadata, summarise
 from regprim.explanation.target import Target, build_target
-from regprim.files import content_hash
+from regprim.files import content_hash, sources_hash
 from regprim.generators.base import SplitGenerator
 from regprim.present.figures import (
     components_figure,
@@ -85,10 +85,12 @@ def resolved_config(cfg: ExplainConfig, target: Target) -> dict[str, Any]:
         "n": target.n,
         "class_index": target.class_index,
     }
-    spec, _, function = cfg.model.rpartition(":")
-    if spec.endswith(".py") and Path(spec).is_file():
-        resolved["model"] = f"{Path(spec).resolve()}:{function}"
-        resolved["model_sha256"] = content_hash(spec)
+    from regprim.generators.registry import model_sources
+
+    spec, paths = model_sources(cfg.model)
+    if paths:
+        resolved["model"] = spec
+        resolved["model_sha256"] = sources_hash(paths)
     if cfg.weights not in (None, "random") and Path(cfg.weights).exists():
         resolved["weights"] = str(Path(cfg.weights).resolve())
         resolved["weights_sha256"] = content_hash(cfg.weights)
@@ -132,45 +134,17 @@ def solve_minimal_features(
 
 
 def interactions(target: Target, mf: MinimalFeatures) -> dict[str, Tensor]:
-    """Stage 4: OR interactions (Eq. 10) and the universal-matching check; the run's tensors.
-    A compact run (no tensor over all subsets) has its components from the solver already,
-    and its minimal features checked on held-out subsets."""
-    common = {
+    """Stage 4: OR interactions (Eq. 10) and the universal-matching check; the run's tensors
+    (the target's, and the solver result's own: every subset, or for the whole grid the
+    component list and the held-out checks)."""
+    return {
         "f": target.f,
         "f0": target.f0,
         "code": target.code[0],
         "image": target.x,
         "baseline_image": target.baseline_image,
         "meets_constraint": mf.meets.to(torch.uint8),
-    }
-    if mf.u is None:
-        return common | {
-            "beta": mf.beta,
-            "component_masks": mf.table.masks,
-            "components": mf.table.values,
-            "heldout_masks": mf.heldout_masks,
-            "heldout_rel_error": mf.rel_error,
-            "universal_matching_residual": mf.um_residual,
-        }
-    components = mf.table.dense()
-    residual = universal_matching_residual(mf.u, components, target.f0)
-    if not torch.isfinite(residual).all():
-        msg = "universal matching residual is not finite; the minimal features hold NaN or inf"
-        raise ValueError(msg)
-    return (
-        common
-        | {
-            "minimal_features": mf.u,
-            "components": components,
-            "rel_error": mf.rel_error,
-            "passes": mf.passes,
-            "steps": mf.steps,
-            "residual": mf.residual,
-            "converged": mf.converged.to(torch.uint8),
-            "universal_matching_residual": residual,
-        }
-        | ({} if mf.beta is None else {"beta": mf.beta})
-    )
+    } | mf.tensors(target.f0)
 
 
 def noise_removal(
@@ -330,6 +304,7 @@ def _explain(
         with clock("metrics"):
             evaluation = evaluate(run, gen)
             run.metrics = evaluation.metrics
+            summary["warnings"] += metric_warnings(evaluation.metrics)
         with clock("report"):
             files |= verification_files(run, gen, evaluation, dict(files))
     summary["stage_seconds"] = dict(clock.seconds)  # the write itself is not in it

@@ -42,6 +42,7 @@ def plan(cfg: ExplainConfig, generator: SplitGenerator | None = None) -> dict[st
     return {
         "settings": resolved_config(cfg, target),
         "players": players_map(target),
+        "g_runs": gen.cost() or f"the layers of {gen.name} after {gen.layer}",
         "memory_bytes": memory,
         "seconds_per_pass": per_pass,
         "expected_passes": passes,

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import base64
 import html
-from importlib.resources import files
 from pathlib import Path
 from string import Template
 from typing import Any
 
 import numpy as np
 
+from regprim.present.assets import template
 from regprim.present.figures import distributions_figure, png, regions_figure
 from regprim.storage import run_folder as rf
 
@@ -76,8 +76,7 @@ def dataset_report(
         for k, v in transfer.items()
         if isinstance(v, dict)
     )
-    template = Template((files("regprim.present") / "templates" / "dataset.html").read_text())
-    return template.substitute(
+    return Template(template("dataset.html")).substitute(
         images=len(rows),
         explained=len(ok),
         figures="".join(figs),

@@ -161,8 +161,8 @@ def cell_map(values: list[float], grid: Grid, players: list[int]) -> np.ndarray:
 
 
 def fig3_incremental(run, ev):
-    """Fig. 3: reconstruction of the target cells as covering components are added (by norm),
-    with the heatmap of the added components' action regions (exponentiated for contrast)."""
+    """Fig. 3: reconstruction of the target cells as the components meeting them are added (by
+    norm), with the heatmap of the added components' action regions (exponentiated for contrast)."""
     d = ev.fig3
     cells = run.cells(d["target"])
     ratios = d["ratios"]
@@ -172,7 +172,7 @@ def fig3_incremental(run, ev):
     ):
         axes[0, j].imshow(to_rgb(image, run.value_range), interpolation="nearest")
         draw_grid(axes[0, j], run.grid, run.players, highlight=cells)
-        axes[0, j].set_title(f"{count}/{d['covering']} comps\nrel. error {err:.2g}", fontsize=7)
+        axes[0, j].set_title(f"{count}/{d['meeting']} comps\nrel. error {err:.2g}", fontsize=7)
         w = np.array(weights)
         heat = np.exp(3 * w / w.max()) if count and w.max() > 0 else np.ones_like(w)
         axes[1, j].imshow(cell_map(list(heat), run.grid, run.players), cmap="inferno")

@@ -13,7 +13,6 @@ import base64
 import html
 import io
 import json
-from importlib.resources import files
 from string import Template
 from typing import Any
 
@@ -22,10 +21,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from regprim.analysis.metrics import Metric
+from regprim.analysis.metrics import Metric, metric_warnings
 from regprim.core.reconstruction import reconstruct_features, selection
 from regprim.explanation.run import Run
 from regprim.generators.base import SplitGenerator
+from regprim.present.assets import script, template
 from regprim.present.figures import to_rgb
 from regprim.solvers import SOLVERS
 
@@ -179,9 +179,10 @@ def report_html(
         f"<td>{better[m.higher_is_better]}</td><td>{html.escape(m.description)}</td></tr>"
         for m in metrics
     )
+    warnings = run.warnings + [w for w in metric_warnings(metrics) if w not in run.warnings]
     warned = "".join(
         f'<tr><td class="warning">warning</td><td class="warning">{html.escape(w)}</td></tr>'
-        for w in run.warnings
+        for w in warnings
     )
     settings = warned + "".join(
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
@@ -193,12 +194,12 @@ def report_html(
         f"<figcaption>{name}</figcaption></figure>"
         for name, png in figures.items()
     )
-    template = Template((files("regprim.present") / "templates" / "report.html").read_text())
-    return template.substitute(
+    return Template(template("report.html")).substitute(
         title=html.escape(f"regprim report: {run.model}/{run.layer}"),
         settings=settings,
         metrics=rows,
         figures=figs,
         stability=stability_html(stability),
         data=json.dumps(explorer_data(run, gen)).replace("</", "<\\/"),
+        gridjs=script("grid.js"),
     )

@@ -1,7 +1,9 @@
 """Minimal-feature solvers behind one small protocol.
 
 A solver turns an :class:`Objective` (one target and its solver settings) into
-:class:`MinimalFeatures` with per-subset diagnostics. Each lives in its own module and is chosen
+:class:`~regprim.solvers.base.DenseResult` (every subset stored) or
+:class:`~regprim.solvers.base.CompactResult` (the whole grid) with per-subset diagnostics
+(:mod:`regprim.solvers.base`). Each lives in its own module and is chosen
 by ``SolverConfig.method``:
 
 - ``or`` (:mod:`regprim.solvers.or_structured`): OR-structured minimal features, one set of
@@ -9,7 +11,8 @@ by ``SolverConfig.method``:
 - ``paper`` (:mod:`regprim.solvers.paper`): every subset solved alone, as the paper does;
 - ``reach`` (:mod:`regprim.solvers.or_structured`): the receptive-field reference.
 
-To add one: a class with ``name``, ``settings``, ``memory_bytes(n, numel)``,
+To add one: a class (the :class:`~regprim.solvers.base.Solver` protocol) with ``name``,
+``settings``, ``memory_bytes(n, numel)``,
 ``expected_passes(cfg, n)`` and ``seconds_per_pass(objective)`` (together, ``--dry-run``'s time),
 ``convergence_note(cfg, summary)`` and ``solve(objective, resume, on_chunk, progress) ->
 MinimalFeatures``, registered in ``SOLVERS`` and named in ``regprim.config.SOLVER_METHODS``
@@ -21,43 +24,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from regprim.config import SolverConfig
 from regprim.core.components import ComponentTable
 from regprim.core.interactions import or_interactions
-from regprim.solvers.objective import MinimalFeatures, Objective
+from regprim.solvers.base import CompactResult, DenseResult, MinimalFeatures, Solver
+from regprim.solvers.objective import Objective
 from regprim.solvers.or_structured import ORSolver, ReachSolver
 from regprim.solvers.paper import PaperSolver
 
 if TYPE_CHECKING:
     from regprim.explanation.target import Target
-
-
-class Solver(Protocol):
-    """What differs per solver: its name, memory and pass model, its convergence note, and the
-    solve itself."""
-
-    name: str
-    settings: tuple[str, ...]  # the SolverConfig fields this solver reads (shown in reports)
-
-    def memory_bytes(self, n: int, numel: int) -> int: ...
-
-    def expected_passes(self, cfg: SolverConfig, n: int) -> float: ...
-
-    def seconds_per_pass(self, obj: Objective) -> float: ...
-
-    def convergence_note(self, cfg: SolverConfig, summary: dict) -> str: ...
-
-    def solve(
-        self,
-        obj: Objective,
-        resume: dict[str, Tensor] | None,
-        on_chunk: Callable[[dict[str, Tensor]], None] | None,
-        progress: bool,
-    ) -> MinimalFeatures: ...
 
 
 SOLVERS: dict[str, Solver] = {s.name: s for s in (ORSolver(), PaperSolver(), ReachSolver())}
@@ -111,13 +91,15 @@ def solve(
     """The minimal features of ``target`` by ``cfg.method``, with their component table (Eq. 10
     by the fast Moebius transform when the solver stores every subset)."""
     mf = SOLVERS[cfg.method].solve(Objective(target, cfg), resume, on_chunk, progress)
-    if mf.table is None:
+    if isinstance(mf, DenseResult) and mf.table is None:
         mf.table = ComponentTable.from_dense(or_interactions(mf.u))
     return mf
 
 
 __all__ = [
     "SOLVERS",
+    "CompactResult",
+    "DenseResult",
     "MinimalFeatures",
     "Objective",
     "Solver",

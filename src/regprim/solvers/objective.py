@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from regprim.config import SolverConfig
-from regprim.core.components import ComponentTable
 from regprim.core.regions import subset_masks
 from regprim.solvers.reach import reach_bits, reach_sets
 from regprim.solvers.window import find_window
@@ -36,50 +34,6 @@ if TYPE_CHECKING:
     from regprim.explanation.target import Target
 
 CHECK_PASS = 0.56  # a forward-only pass (the constraint check) in forward-and-gradient passes
-
-
-@dataclass
-class MinimalFeatures:
-    """Solved minimal features and their reconstruction quality, all in bitmask order.
-
-    Attributes:
-        u: ``(2**n, *feature_shape)``; ``u[0] = f0``.
-        rel_error: ``(2**n,)`` masked squared error of ``g(u(S))`` on S over that of ``g(f0)``.
-        meets: ``(2**n,)`` bool, ``rel_error < constraint``.
-        passes: ``(2**n,)`` generator passes (forward + input gradient) spent on each subset.
-        chunk: subsets optimised together.
-        objective: the objective they minimise (to check other minimal features against it).
-        value: ``(2**n,)`` the objective of Eq. 8 at each minimal feature.
-        forward_passes: ``(2**n,)`` forward-only passes (line searches) on each subset.
-        steps: ``(2**n,)`` optimiser steps of each subset.
-        residual: ``(2**n,)`` KKT residual at the end (:func:`regprim.solvers.lbfgs.kkt_residual`).
-        converged: ``(2**n,)`` bool: stopped by the convergence test, not by the step cap.
-        beta: ``(n, *feature_shape)`` for the OR-structured solvers (None for the paper's).
-        table: the OR components (:class:`~regprim.core.components.ComponentTable`); a solver that
-            stores every subset leaves it to :func:`regprim.solvers.solve` (Eq. 10 of ``u``).
-            A compact run (n > 12) has its table from the solver, ``u`` is None, and
-            ``rel_error``, ``meets`` and ``value`` are those of ``heldout_masks``;
-            ``um_residual``: universal matching on the held-out subsets; the other per-subset
-            tensors have one entry, the run's; ``rounded_numbers``: numbers whose betas were
-            rounded to list their components (:func:`regprim.solvers.whole_grid.settle`).
-    """
-
-    u: Tensor | None
-    rel_error: Tensor
-    meets: Tensor
-    passes: Tensor
-    chunk: int
-    objective: Objective = field(repr=False)
-    value: Tensor | None = None
-    forward_passes: Tensor | None = None
-    steps: Tensor | None = None
-    residual: Tensor | None = None
-    converged: Tensor | None = None
-    beta: Tensor | None = None
-    table: ComponentTable | None = None
-    heldout_masks: Tensor | None = None
-    um_residual: Tensor | None = None
-    rounded_numbers: int = 0
 
 
 def sparsity_minimiser(f0: Tensor, df: Tensor, sparsity: str) -> Tensor:

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from regprim.config import DENSE_MAX_N, SolverConfig, solver_settings
 from regprim.solvers.adam import Adam, cosine
-from regprim.solvers.objective import CHECK_PASS, MinimalFeatures, Objective
+from regprim.solvers.base import DenseResult, MinimalFeatures
+from regprim.solvers.objective import CHECK_PASS, Objective
 from regprim.solvers.or_objective import (
     all_subsets,
     alpha_of,
@@ -220,13 +221,13 @@ class ReachSolver:
         return "the reach reference solves nothing; it cannot fail to converge"
 
     @staticmethod
-    def solve(obj, resume=None, on_chunk=None, progress=True) -> MinimalFeatures:
+    def solve(obj, resume=None, on_chunk=None, progress=True) -> DenseResult:
         return finish(obj, obj.reach_sets.to(obj.f0.dtype), 0, 0.0, 0.0, True)
 
 
 def finish(
     obj: Objective, beta: Tensor, steps: int, passes: float, residual: float, converged: bool
-) -> MinimalFeatures:
+) -> DenseResult:
     """Minimal features of every subset from ``beta`` (window size), checked against the
     constraint; per-subset diagnostics are the run's (one optimisation serves all subsets:
     ``passes`` per subset on average, one KKT residual of beta)."""
@@ -239,7 +240,7 @@ def finish(
     u = obj.full_f0 + obj.expand(alpha) * obj.full_df
     u[0] = obj.full_f0
     rel, value = obj.check_all(u)
-    return MinimalFeatures(
+    return DenseResult(
         u=u,
         rel_error=rel,
         meets=rel < obj.cfg.constraint,

@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 
 from regprim.config import SolverConfig, solver_settings
 from regprim.solvers.adam import Adam, cosine
+from regprim.solvers.base import DenseResult
 from regprim.solvers.lbfgs import Result, kkt_residual, projected_lbfgs
-from regprim.solvers.objective import CHECK_PASS, MinimalFeatures, Objective
+from regprim.solvers.objective import CHECK_PASS, Objective
 from regprim.solvers.reach import live_for
 
 HUTCHINSON_PROBES = 2
@@ -201,7 +202,7 @@ class PaperSolver:
         resume: dict[str, Tensor] | None = None,
         on_chunk: Callable[[dict[str, Tensor]], None] | None = None,
         progress: bool = True,
-    ) -> MinimalFeatures:
+    ) -> DenseResult:
         """Solve ``u(S)`` for all ``2**n`` subsets.
 
         Args:
@@ -269,13 +270,15 @@ def record(
     state["solved"][idx] = True
 
 
-def minimal_features(obj: Objective, state: dict[str, Tensor], chunk: int) -> MinimalFeatures:
-    """The finished state as :class:`MinimalFeatures` (``u`` of every subset, ``u[0] = f0``)."""
+def minimal_features(obj: Objective, state: dict[str, Tensor], chunk: int) -> DenseResult:
+    """The finished state as a :class:`DenseResult` (``u`` of every subset, ``u[0] = f0``)."""
     f0 = obj.full_f0
     u = f0 + state["alpha"] * obj.full_df
     u[0] = f0
     rel = state["rel_error"]
-    return MinimalFeatures(
+    forward = state["forward_passes"].cpu() + 1  # the line searches and the final check
+    forward[0] = 0  # the empty set is f0 by definition
+    return DenseResult(
         u=u,
         rel_error=rel,
         meets=rel < obj.cfg.constraint,
@@ -283,7 +286,7 @@ def minimal_features(obj: Objective, state: dict[str, Tensor], chunk: int) -> Mi
         chunk=chunk,
         objective=obj,
         value=state["value"],
-        forward_passes=state["forward_passes"].cpu(),
+        forward_passes=forward,
         steps=state["steps"].cpu(),
         residual=state["residual"].cpu(),
         converged=state["converged"].cpu(),

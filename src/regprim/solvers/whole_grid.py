@@ -14,7 +14,8 @@ from torch import Tensor
 
 from regprim.core.components import ComponentTable
 from regprim.core.reconstruction import reconstruct_features, selection
-from regprim.solvers.objective import MinimalFeatures, Objective
+from regprim.solvers.base import CompactResult
+from regprim.solvers.objective import Objective
 from regprim.solvers.or_objective import alpha_of, sample_subsets, to_bitmasks
 
 HELDOUT = 1000  # held-out subsets checked in a whole-grid run
@@ -87,7 +88,7 @@ def heldout_subsets(n: int, count: int, seen: set[int], seed: int = 7) -> Tensor
 
 def finish_compact(
     obj: Objective, beta: Tensor, steps: int, passes: float, residual: float, seen: set[int]
-) -> MinimalFeatures:
+) -> CompactResult:
     """A run with too many subsets to store: the non-zero components in closed form, the
     minimal features checked on held-out subsets (with universal matching there)."""
     cfg = obj.cfg
@@ -107,22 +108,19 @@ def finish_compact(
         matched = reconstruct_features(values, obj.f0, selection(masks, tags))
         residuals.append((matched - u).flatten(1).norm(dim=1) / scale)
     rel_error = torch.cat(rel)
-    count = len(held)
-    return MinimalFeatures(
-        u=None,
-        rel_error=rel_error,
-        meets=rel_error < cfg.constraint,
-        passes=torch.tensor([passes]),
-        chunk=cfg.or_batch,
-        objective=obj,
-        value=torch.cat(value),
-        forward_passes=torch.tensor([count / max(len(seen), 1)]),
-        steps=torch.tensor([steps], dtype=torch.int32),
-        residual=torch.tensor([residual]),
-        converged=torch.tensor([residual < cfg.or_gtol]),
+    return CompactResult(
         beta=obj.expand(beta),
         table=ComponentTable(masks, obj.expand(values) if len(values) else values, obj.n),
         heldout_masks=held,
+        rel_error=rel_error,
+        meets=rel_error < cfg.constraint,
+        value=torch.cat(value),
         um_residual=torch.cat(residuals),
+        passes=passes,
+        steps=steps,
+        residual=residual,
+        converged=residual < cfg.or_gtol,
+        chunk=cfg.or_batch,
+        objective=obj,
         rounded_numbers=rounded,
     )
