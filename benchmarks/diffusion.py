@@ -107,7 +107,9 @@ def row(name: str, gen: DiffusionSplit) -> str:
         err_hook = float((hook.g(hook.d(code), code) - want).abs().max())
     ours, mem = pass_seconds(gen, code)
     theirs, mem_hook = pass_seconds(hook, code)
-    held = "skips, input latent" if gen.block else "nothing (true cut)"
+    held = "skips, input latent" if gen.sees_code else "nothing (true cut)"
+    if gen.skips == "carry" and gen.block:
+        held = "nothing: skips and input latent carried in f"
     return (
         f"| {name} | `{gen.layer}` | {err:.1e} / {err_hook:.1e} | {held} | {ours * 1e3:.0f} ms "
         f"| {theirs * 1e3:.0f} ms | {theirs / ours:.1f}x | {mem / 2**20:.0f} / "
@@ -154,6 +156,8 @@ def main() -> None:
     faces = load_model("faces-ddim")
     for layer in ("step=2", "step=3", "mid_block@step=1", "up_blocks.1@step=3"):
         print(row("faces-ddim (4 steps)", faces.cut_at(layer)), flush=True)
+    faces.skips = "carry"
+    print(row("faces-ddim (4 steps)", faces.cut_at("mid_block@step=1")), flush=True)
     model = dit()
     for layer in ("step=2", "transformer_blocks.3@step=1"):
         print(row("DiT, CFG 3, VAE (random)", model.cut_at(layer)), flush=True)

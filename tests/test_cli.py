@@ -139,10 +139,15 @@ def test_dry_run_plans_without_solving(tmp_path, capsys, monkeypatch):
     )
     assert rc == 0
     out = capsys.readouterr().out
-    assert '"players": [\n  7,' in out
+    assert out.splitlines()[1].startswith("time: about")  # the estimate first, not 60 lines
     assert "0 1 . . ." in out.replace("  ", " ")  # cells 7, 8 in the second row: bits 0, 1
     assert "memory: about" in out and "generator passes at" in out
+    assert "each pass: the layers of planted after features" in out
+    assert '"players"' not in out
     assert not (tmp_path / "run").exists()
+    args = "explain --model planted --players 7,8,14 --baseline-count 20 --dry-run --json"
+    assert main(args.split()) == 0
+    assert '"players": [\n  7,' in capsys.readouterr().out
 
 
 def test_stages_are_timed_and_announced(tmp_path, capsys):
@@ -219,3 +224,35 @@ def test_explain_help_is_grouped_by_what_reads_each_option(capsys):
     # the default exclusivity term is the or solver's (it was filed under every solver)
     paper = body.index("the paper solver:")
     assert body.index("the or solver:") < body.index("\n  --or-exclusive") < paper
+
+
+def test_an_internal_error_shows_its_traceback_and_a_user_error_does_not(monkeypatch, capsys):
+    """A bug (here a TypeError inside the pipeline) must not pass for a user's mistake."""
+    import regprim.app.cli as cli
+
+    def broken(args):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    monkeypatch.setitem(cli.HANDLERS, "models", broken)
+    assert main(["models"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "please report it" in err
+    assert main(["explain", "--model", "nope", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unknown model 'nope'" in err
+
+
+def test_serve_without_its_extra_says_how_to_install_it(monkeypatch, capsys, tmp_path):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_fastapi(name, *args, **kwargs):
+        if name == "fastapi" or name.startswith("fastapi."):
+            raise ModuleNotFoundError("No module named 'fastapi'", name="fastapi")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.delitem(__import__("sys").modules, "regprim.app.serve", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_fastapi)
+    assert main(["serve", str(tmp_path)]) == 2
+    assert "pip install 'regprim[serve]'" in capsys.readouterr().err

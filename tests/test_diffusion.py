@@ -20,9 +20,10 @@ from torch import nn
 diffusers = pytest.importorskip("diffusers")
 
 from regprim import ExplainConfig, SolverConfig, explain, load_model, load_run  # noqa: E402
-from regprim.generators.diffusion import DiffusionSplit, vae_decoder  # noqa: E402
+from regprim.generators.diffusion import DiffusionSplit  # noqa: E402
 from regprim.generators.planted_family import FeatureHead, planted_family, recovery  # noqa: E402
 from regprim.generators.stages import units  # noqa: E402
+from regprim.generators.vae import vae_decoder  # noqa: E402
 
 TOL = 1e-5
 
@@ -413,3 +414,35 @@ def test_folder_errors_name_the_layout_and_the_options(tmp_path, ddim_folder):
 def test_units_are_the_blocks_a_cut_can_name():
     names = units(tiny_unet())
     assert {"conv_in", "mid_block", "down_blocks.0", "up_blocks.1", "conv_out"} <= set(names)
+
+
+def test_carrying_the_skips_makes_a_block_cut_a_true_cut():
+    """skips="carry": the input latent and every earlier block's output travel in the feature;
+    g then no longer sees the code, and the split stays exact."""
+    unet = tiny_unet()
+    gen = DiffusionSplit(unet, ddim(), 4, "mid_block@step=1", skips="carry").freeze()
+    assert not gen.sees_code and not gen.around_cut
+    code, other = gen.sample_codes(1, 0), gen.sample_codes(1, 9)
+    with torch.no_grad():
+        want = gen.sample(code)
+        for layer in ("mid_block@step=1", "up_blocks.0@step=2", "down_blocks.0@step=0"):
+            split = gen.cut_at(layer)
+            f = split.d(code)
+            assert f.dim() == 2  # one flat vector per item
+            assert (split.g(f, code) - want).abs().max() <= TOL, layer
+            assert (split.g(f, other) - want).abs().max() <= TOL, layer  # a true cut
+            both = split.d(torch.cat([code, other]))
+            assert (both[:1] - f).abs().max() <= 1e-4
+    dit = DiffusionSplit(
+        tiny_dit(),
+        ddim(),
+        2,
+        "transformer_blocks.1@step=0",
+        skips="carry",
+        num_classes=3,
+        null_class=3,
+        guidance=2.0,
+    ).freeze()
+    code = dit.sample_codes(1, 0, class_index=1)
+    with torch.no_grad():
+        assert (dit.g(dit.d(code), code) - dit.sample(code)).abs().max() <= TOL

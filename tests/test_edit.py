@@ -159,3 +159,69 @@ def test_inversion_of_a_conditional_model_holds_the_class_of_the_code():
     held = gen.num_classes
     assert torch.equal(inv.code[0, -held:], code[0, -held:].cpu())
     assert not torch.equal(inv.code[0, :-held], code[0, :-held])  # the noise part moved
+
+
+def test_a_donor_with_another_baseline_is_refused(planted_run, planted_donor):
+    from regprim.explanation.run import Run
+
+    other = Run(
+        config=planted_donor.config,
+        summary=planted_donor.summary,
+        tensors=planted_donor.tensors | {"f0": planted_donor.f0 + 1e-3},
+    )
+    with pytest.raises(ValueError, match="baseline f0"):
+        Edit(planted_run).transplant(other, [planted_run.players[0]])
+
+
+def test_pixel_pasting_takes_the_donors_pixels_in_the_cells_only(planted_run, planted_donor, gen):
+    cells = planted_run.players[:2]
+    result = apply(Edit(planted_run).transplant(planted_donor, cells), gen)
+    pasted, inside = result.images["pixel pasting"], cells_mask(planted_run, cells)
+    assert torch.equal(pasted[:, inside], planted_donor.image[:, inside])
+    assert torch.equal(pasted[:, ~inside], planted_run.image[:, ~inside])
+
+
+def test_an_edit_that_changes_nothing_has_locality_zero(planted_run):
+    image = planted_run.image
+    assert locality(image, image, planted_run.grid, planted_run.players[:1]) == 0.0
+
+
+@pytest.mark.parametrize("factor", [float("nan"), float("inf"), 11.0])
+def test_a_scale_must_be_finite_and_in_range(planted_run, factor):
+    with pytest.raises(ValueError, match="finite number within"):
+        Edit(planted_run).scale(factor, masks=planted_run.salient[:1])
+
+
+def test_dropping_and_keeping_the_same_primitive_is_refused(planted_run):
+    cell = [planted_run.players[4]]
+    with pytest.raises(ValueError, match="keep and drop both choose"):
+        Edit(planted_run).drop(cells=cell).keep(cells=cell)
+
+
+def test_edits_and_inversions_print_short(planted_run, gen):
+    edit = Edit(planted_run).drop(cells=[planted_run.players[0]])
+    assert str(edit).startswith("Edit(planted/features, n=9: drop(cells=") and "\n" not in str(edit)
+    inv = invert(
+        gen,
+        edit.feature(),
+        planted_run.f0,
+        planted_run.code,
+        restarts=2,
+        max_steps=20,
+        progress=False,
+    )
+    assert str(inv).startswith("Inversion(residual=") and len(str(inv)) < 200
+
+
+def test_overwrite_refuses_a_hand_edited_edit_folder(planted_run, gen, tmp_path):
+    edit = Edit(planted_run).drop(masks=planted_run.salient[:1])
+    out = save_edit(edit, apply(edit, gen), tmp_path / "e")
+    save_edit(edit, apply(edit, gen), out, overwrite=True)  # regprim's own: replaced
+    record = json.loads((out / "edit.json").read_text())
+    (out / "edit.json").write_text(json.dumps(record | {"note": "mine"}))
+    with pytest.raises(FileExistsError, match="changed since regprim wrote it"):
+        save_edit(edit, apply(edit, gen), out, overwrite=True)
+    from regprim.storage.run_folder import load_edit
+
+    with pytest.raises(ValueError, match="does not match its SHA-256"):
+        load_edit(out)

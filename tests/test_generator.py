@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from regprim import HookSplit
+from regprim import HookSplit, split_at
 
 
 class Block(nn.Module):
@@ -85,3 +85,15 @@ def test_a_tuple_output_without_an_index_says_how_to_cut_it():
     with pytest.raises(TypeError, match="returns a tuple, not a tensor; pass output_index"):
         gen.d(gen.sample_codes(1, 0))
     assert not gen.model.block._forward_hooks
+
+
+def test_a_bad_layer_on_a_hooked_model_names_the_nearest_and_the_top_level():
+    """A U-Net has hundreds of submodules: the error names a few, not all of them."""
+    model = nn.Sequential()
+    model.add_module("encoder", nn.Sequential(*[nn.Linear(2, 2) for _ in range(100)]))
+    model.add_module("decoder", nn.Linear(2, 2))
+    with pytest.raises(ValueError) as err:
+        split_at(model, "encoder.5O", code_dim=2, forward=lambda m, z: m(z))
+    msg = str(err.value)
+    assert "nearest: ['encoder.5'" in msg and "['encoder', 'decoder']" in msg
+    assert len(msg) < 400

@@ -15,7 +15,8 @@ from PIL import Image
 from test_report import CHROMIUM, needs_browser
 
 from regprim import ExplainConfig, explain, load_run
-from regprim.app.serve import create_app
+from regprim.app.serve import KEPT, QUEUE, create_app
+from regprim.storage.run_folder import load_edit
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,28 @@ def runs(planted_run, planted_donor, grid_run):
     return [planted_run, planted_donor, grid_run]
 
 
+TOKEN = "test-token"
+
+
+def connect(app, token: str | None = TOKEN) -> TestClient:
+    """An HTTP client as the page is one: on 127.0.0.1, with the token."""
+    headers = {"X-Regprim-Token": token} if token else {}
+    return TestClient(app, base_url="http://127.0.0.1:8765", headers=headers)
+
+
 @pytest.fixture(scope="module")
-def client(runs, tmp_path_factory):
-    return TestClient(create_app(runs, edits=tmp_path_factory.mktemp("edits")))
+def edits(tmp_path_factory):
+    return tmp_path_factory.mktemp("edits")
+
+
+@pytest.fixture(scope="module")
+def app(runs, edits):
+    return create_app(runs, edits=edits, token=TOKEN)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return connect(app)
 
 
 def decode(url: str) -> np.ndarray:
@@ -84,7 +104,13 @@ def test_edit_invert_and_save_through_the_api(client, planted_run):
     saved = client.post("/api/save", json={"run": 0, "weights": {str(mask): 0}, "name": "e1"})
     assert saved.status_code == 200 and saved.json()["folder"].endswith("e1")
     again = client.post("/api/save", json={"run": 0, "weights": {str(mask): 0}, "name": "e1"})
-    assert again.status_code == 409
+    assert again.status_code == 409 and "choose another name" in again.json()["detail"]
+    assert "--overwrite" not in again.json()["detail"]  # no CLI hint in a web page
+    record, tensors = load_edit(saved.json()["folder"])  # the request's edit, checked
+    (op,) = record["operations"]
+    assert (op["kind"], op["masks"], op["factor"]) == ("scale", [mask], 0.0)
+    want = planted_run.f + (0 - 1) * planted_run.component([mask])[0]
+    assert torch.allclose(tensors["f_edit"], want, atol=1e-6)
 
 
 def test_concurrent_requests_get_their_own_answers(client, planted_run):
@@ -110,7 +136,7 @@ def server(runs, tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(runs, edits=tmp_path_factory.mktemp("served-edits"))
+    app = create_app(runs, edits=tmp_path_factory.mktemp("served-edits"), token=TOKEN)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -118,7 +144,7 @@ def server(runs, tmp_path_factory):
         if srv.started:
             break
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
+    yield f"http://127.0.0.1:{port}/?token={TOKEN}"
     srv.should_exit = True
     thread.join(10)
 
@@ -189,3 +215,110 @@ def test_the_live_page_in_headless_chromium(server, planted_run, grid_run):
         assert "cells" in page.inner_text("#message")
         assert not errors
         browser.close()
+
+
+# -- what a hostile page or client may try (docs/reliability.md, "The local server") -------------
+def test_a_foreign_host_is_refused_and_the_server_goes_on(app):
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends its own Host."""
+    evil = TestClient(app, base_url="http://evil.example", headers={"X-Regprim-Token": TOKEN})
+    r = evil.get("/api/runs")
+    assert r.status_code == 400 and "images" not in r.text
+    assert evil.post("/api/edit", json={"run": 0}).status_code == 400
+    assert connect(app).get("/api/runs").status_code == 200
+    local = TestClient(app, base_url="http://localhost:8765", headers={"X-Regprim-Token": TOKEN})
+    assert local.get("/api/runs").status_code == 200
+
+
+def test_requests_without_the_token_are_refused(app):
+    anonymous = connect(app, token=None)
+    for path in ("/", "/api/runs", "/api/jobs/x"):
+        r = anonymous.get(path)
+        assert r.status_code == 403 and "token" in r.json()["detail"], path
+    assert anonymous.post("/api/edit", json={"run": 0}).status_code == 403
+    assert connect(app, token="wrong").get("/api/runs").status_code == 403
+    assert anonymous.get("/static/grid.js").status_code == 200  # the script holds no data
+    page = anonymous.get(f"/?token={TOKEN}")  # the URL printed at start
+    assert page.status_code == 200 and "regprim serve" in page.text
+    assert anonymous.get("/api/runs").status_code == 200  # the cookie it set
+
+
+def test_a_cross_site_text_plain_post_is_refused(client):
+    """A form on another site can post text/plain without a preflight: not JSON, refused."""
+    body = '{"run": 0, "weights": {}}'
+    r = client.post("/api/edit", content=body, headers={"Content-Type": "text/plain"})
+    assert r.status_code == 422
+
+
+@pytest.mark.parametrize("weight", ["NaN", "Infinity", "-Infinity", "1e300", "11"])
+def test_weights_must_be_finite_and_in_range(client, planted_run, weight):
+    mask = planted_run.ranked[0]
+    body = f'{{"run": 0, "weights": {{"{mask}": {weight}}}}}'
+    for path in ("/api/edit", "/api/save"):
+        r = client.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and "weights" in r.json()["detail"][0]["loc"], (path, weight)
+
+
+def test_every_list_is_bounded_and_answered_at_once(client, planted_run):
+    start = time.perf_counter()
+    cells = [planted_run.players[0]] * 10**5
+    r = client.post("/api/reconstruct", json={"run": 0, "cells": cells})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "cells"
+    r = client.post("/api/edit", json={"run": 0, "transplant": {"donor": 1, "cells": cells}})
+    assert r.status_code == 422
+    weights = {str(k): 1.0 for k in range(1, 5000)}
+    assert client.post("/api/edit", json={"run": 0, "weights": weights}).status_code == 422
+    repeated = [planted_run.players[0]] * 100  # within the bound, named twice: said so
+    r = client.post("/api/reconstruct", json={"run": 0, "cells": repeated})
+    assert r.status_code == 422 and "repeated" in r.json()["detail"]
+    assert time.perf_counter() - start < 5
+
+
+def test_names_are_whole_plain_names_and_indices_are_bounded(client, runs):
+    for name in ("abc\n", "a/b", "..", ""):
+        r = client.post("/api/save", json={"run": 0, "name": name})
+        assert r.status_code == 422, name
+    r = client.post("/api/reconstruct", json={"run": len(runs), "cells": [14]})
+    assert r.status_code == 404  # one past the last run: not a 500
+
+
+def test_fifty_concurrent_inversions_are_bounded(runs, tmp_path, monkeypatch):
+    """One inversion runs at a time and QUEUE wait; the rest get a 429 at once, the thread
+    count stays bounded, the server still answers while they run, and finished jobs are
+    pruned. (The inversions here wait on an event, so the queue is full when they arrive.)"""
+    import regprim.app.serve as serve
+
+    release = threading.Event()
+    real = serve.invert
+
+    def slow(*args, **kwargs):
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(serve, "invert", slow)
+    app = create_app(runs, edits=tmp_path, token=TOKEN)
+    client = connect(app)
+    threads_before = threading.active_count()
+    answers = [client.post("/api/invert", json={"run": 0}) for _ in range(50)]
+    codes = [r.status_code for r in answers]
+    assert codes.count(200) == QUEUE + 1 and codes.count(429) == 50 - QUEUE - 1
+    assert "retry" in answers[-1].json()["detail"]
+    assert threading.active_count() <= threads_before + 2
+    r = client.post("/api/edit", json={"run": 2, "weights": {}})
+    assert r.status_code == 200  # another run's edit is not stuck behind the queue
+    jobs = [r.json()["job"] for r in answers if r.status_code == 200]
+    assert client.get(f"/api/jobs/{jobs[0]}").json() == {"progress": 0.0, "done": False}
+    release.set()
+    for _ in range(300):
+        if all(client.get(f"/api/jobs/{j}").json()["done"] for j in jobs):
+            break
+        time.sleep(0.1)
+    assert all(client.get(f"/api/jobs/{j}").json()["residual"] < 0.05 for j in jobs)
+    more = []
+    for _ in range(KEPT + 2):
+        r = client.post("/api/invert", json={"run": 0})
+        while r.status_code == 429:  # the queue is bounded: wait for room
+            time.sleep(0.05)
+            r = client.post("/api/invert", json={"run": 0})
+        more.append(r.json()["job"])
+    assert client.get(f"/api/jobs/{jobs[0]}").status_code == 404  # pruned, the oldest first
+    assert client.get(f"/api/jobs/{more[-1]}").status_code == 200

@@ -26,12 +26,19 @@ def atomic_write(path: Path, content: Content) -> Path:
         elif isinstance(content, str):
             tmp.write_text(content)
         else:
-            content(tmp)
+            content(tmp)  # safetensors writes 0600: every file of a folder gets the same mode
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def safetensors_content(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None):

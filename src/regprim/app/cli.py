@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
+import traceback
 from pathlib import Path
 
 from regprim.app.cli_options import add_config_options, config_from, options_reference
 from regprim.config import ExplainConfig, SolverConfig
 from regprim.core.regions import parse_cells
+from regprim.generators.base import ModelError
 from regprim.generators.registry import MODELS
 from regprim.pipeline.explain import explain, verification_files
 from regprim.storage import folders
@@ -32,8 +35,9 @@ def _explain_parser(sub) -> None:
     p.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the resolved settings, the players, memory and time estimates; solve nothing",
+        help="print the time and memory estimates and the players; solve nothing",
     )
+    p.add_argument("--json", action="store_true", help="with --dry-run: every resolved setting")
     p.add_argument(
         "--no-verify",
         action="store_true",
@@ -88,15 +92,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
         from regprim.pipeline.plan import plan
 
         p = plan(cfg)
-        print(json.dumps(p["settings"], indent=1))
-        print(f"players on the {cfg.grid[0]}x{cfg.grid[1]} grid (bit index; . = not a player):")
-        print(p["players"])
-        print(f"memory: about {p['memory_bytes'] / 2**20:.0f} MiB for the solver's tensors")
+        s = p["settings"]
+        print(f"{s['model']} cut at {s['layer']}, n = {s['n']}, solver {s['solver']['method']}")
         print(
             f"time: about {p['estimated_solve_seconds']:.0f} s to solve ({p['expected_passes']:.0f}"
             f" generator passes at {p['seconds_per_pass'] * 1e3:.2f} ms, measured here); "
             "nothing was solved or written"
         )
+        print(f"memory: about {p['memory_bytes'] / 2**20:.0f} MiB for the solver's tensors")
+        print(f"each pass: {p['g_runs']}")
+        print(f"players on the {cfg.grid[0]}x{cfg.grid[1]} grid (bit index; . = not a player):")
+        print(p["players"])
+        if args.json:
+            print(json.dumps(s, indent=1))
+        else:
+            print("every resolved setting: add --json")
         return 0
     if args.out is None:
         msg = "--out FOLDER is required: the run folder to write (or pass --dry-run)"
@@ -281,11 +291,22 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from regprim.app.serve import serve
+    try:
+        from regprim.app.serve import serve
+    except ModuleNotFoundError as err:
+        msg = (
+            f"regprim serve needs {err.name}, which is not installed: pip install 'regprim[serve]'"
+        )
+        raise ModuleNotFoundError(msg) from err
 
+    if args.edits.exists() and not args.edits.is_dir():
+        msg = f"--edits {args.edits} is a file; give a folder for the edit folders"
+        raise NotADirectoryError(msg)
     runs = [rf.load_run(path) for path in args.runs]
-    print(f"regprim serve: http://{args.host}:{args.port}/ ({len(runs)} runs; Ctrl-C stops)")
-    serve(runs, host=args.host, port=args.port, edits=args.edits, device=args.device)
+    token = None if args.no_token else secrets.token_urlsafe(24)
+    url = f"http://{args.host}:{args.port}/" + (f"?token={token}" if token else "")
+    print(f"regprim serve: {url} ({len(runs)} runs; Ctrl-C stops)")
+    serve(runs, host=args.host, port=args.port, token=token, edits=args.edits, device=args.device)
     return 0
 
 
@@ -309,10 +330,21 @@ def _edit_parsers(sub) -> None:
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--edits", type=Path, default=Path("edits"), help="folder for saved edits")
     s.add_argument("--device", default="cpu")
+    s.add_argument(
+        "--no-token",
+        action="store_true",
+        help="serve without the per-start token (any local process or page can then drive it)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="regprim", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="regprim",
+        description="Explain image generators by regional primitives (arXiv:2410.04421): "
+        "disentangle an intermediate feature into components that each generate one set of "
+        "image cells.",
+        epilog="regprim COMMAND --help for each command; docs/cli.md lists every option.",
+    )
     parser.add_argument("--version", action="version", version=f"regprim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _explain_parser(sub)
@@ -391,13 +423,21 @@ def main(argv: list[str] | None = None) -> int:
         PermissionError,
         ModuleNotFoundError,
         MemoryError,
-        TypeError,
+        ModelError,
         ConnectionError,
         OSError,  # a full disk, a mount point: said before the work, no traceback
         folders.RunFolderBusy,
     ) as err:
         print(f"regprim: error: {err}", file=sys.stderr)
         return 2
+    except Exception:  # a bug: its traceback, and where to send it
+        traceback.print_exc()
+        print(
+            f"regprim: internal error in regprim {__version__} (a bug, not your input): please "
+            "report it with the traceback above",
+            file=sys.stderr,
+        )
+        return 3
 
 
 def _interrupted(args: argparse.Namespace) -> str:

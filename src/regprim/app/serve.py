@@ -13,9 +13,15 @@ package) asks the JSON API below, and every answer is rendered live:
 - ``POST /api/save``: the edit as an edit folder under the ``--edits`` folder (a plain name,
   never a path the request chooses).
 
-Requests are validated by schema (a bad one gets a 4xx JSON error that names the field); the
-app binds to 127.0.0.1 unless told otherwise; a lock per generator makes concurrent requests
-safe.
+Guarded as the trusted local servers of this field are (docs/reliability.md, "The local
+server"): it binds to 127.0.0.1 unless told otherwise; a request whose ``Host`` is not
+127.0.0.1, localhost or the bound host is refused (a page elsewhere cannot reach it by DNS
+rebinding); every request but the page's script needs the per-start token, given once in the
+URL printed at start (``?token=...``, kept as a same-site cookie) or as ``X-Regprim-Token``
+(``--no-token`` opts out); requests are validated by schema with every list and number bounded
+(a bad one gets a 4xx JSON error that names the field); inversions run one at a time on one
+worker thread with at most ``QUEUE`` waiting, and finished jobs beyond ``KEPT`` are dropped; a
+lock per generator makes concurrent requests safe.
 """
 
 from __future__ import annotations
@@ -23,17 +29,22 @@ from __future__ import annotations
 import base64
 import io
 import re
+import secrets
 import threading
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import HTMLResponse, Response
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from regprim.control.edit import Edit, apply, save_edit
 from regprim.control.inversion import invert
@@ -43,7 +54,14 @@ from regprim.present.assets import script, template
 from regprim.present.figures import to_rgb
 
 LISTED = 60  # components listed per run (the largest)
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # the whole name: fullmatch
+MAX_CELLS = 4096  # cells in one request: more than any grid a run can have
+MAX_WEIGHTS = 4096  # weighted components in one request
+WEIGHT_RANGE = 10.0  # |weight| of a component: 0 drops it, 1 keeps it, 2 doubles it
+QUEUE = 4  # inversions waiting behind the running one
+KEPT = 32  # finished inversion jobs kept for /api/jobs
+COOKIE = "regprim_token"
+Weight = Annotated[float, Field(ge=-WEIGHT_RANGE, le=WEIGHT_RANGE, allow_inf_nan=False)]
 
 
 def png_data(image: torch.Tensor, value_range) -> str:
@@ -70,19 +88,24 @@ class Loaded:
 
 class Transplant(BaseModel):
     donor: int = Field(ge=0, description="index of the donor run in /api/runs")
-    cells: list[int] = Field(min_length=1, description="player cells to take from the donor")
+    cells: list[int] = Field(
+        min_length=1, max_length=MAX_CELLS, description="player cells to take from the donor"
+    )
 
 
 class ReconstructRequest(BaseModel):
     run: int = Field(ge=0)
-    cells: list[int] = Field(min_length=1, max_length=4096)
+    cells: list[int] = Field(min_length=1, max_length=MAX_CELLS)
     salient_only: bool = True
 
 
 class EditRequest(BaseModel):
     run: int = Field(ge=0)
-    weights: dict[int, float] = Field(
-        default_factory=dict, description="weight per component (action set bitmask)"
+    weights: dict[int, Weight] = Field(
+        default_factory=dict,
+        max_length=MAX_WEIGHTS,
+        description=f"weight per component (action set bitmask), finite, in [-{WEIGHT_RANGE}, "
+        f"{WEIGHT_RANGE}]",
     )
     transplant: Transplant | None = None
 
@@ -96,9 +119,14 @@ class App:
     """The loaded runs, their generators and the inversion jobs."""
 
     def __init__(self, runs: list[Run], edits: Path, device: str = "cpu") -> None:
+        if edits.exists() and not edits.is_dir():
+            msg = f"--edits {edits} is a file; give a folder for the edit folders"
+            raise NotADirectoryError(msg)
         self.loaded = [Loaded(run, run.generator(device)) for run in runs]
         self.edits = edits
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.jobs_lock = threading.Lock()
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regprim-invert")
 
     def get(self, index: int) -> Loaded:
         if index >= len(self.loaded):
@@ -175,13 +203,24 @@ class App:
 
     def start_inversion(self, req: EditRequest) -> dict[str, str]:
         item, e = self.edit_of(req)
-        job = uuid.uuid4().hex[:12]
-        self.jobs[job] = {"progress": 0.0, "done": False}
-        threading.Thread(target=self._invert, args=(job, item, e), daemon=True).start()
+        with self.jobs_lock:
+            waiting = sum(not j["done"] for j in self.jobs.values())
+            if waiting > QUEUE:
+                msg = f"{waiting} inversions are running or waiting (at most {QUEUE + 1}); retry"
+                raise HTTPException(429, f"invert: {msg} when one has finished")
+            finished = [k for k, j in self.jobs.items() if j["done"]]
+            for old in finished[: max(len(finished) - KEPT + 1, 0)]:  # the oldest first
+                del self.jobs[old]
+            job = uuid.uuid4().hex[:12]
+            self.jobs[job] = {"progress": 0.0, "done": False}
+        self.worker.submit(self._invert, job, item, e)
         return {"job": job}
 
+    def _update(self, job: str, **values: Any) -> None:
+        with self.jobs_lock:
+            self.jobs[job] |= values
+
     def _invert(self, job: str, item: Loaded, edit: Edit) -> None:
-        state = self.jobs[job]
         try:
             with item.lock:
                 run = item.run
@@ -192,26 +231,28 @@ class App:
                     run.code,
                     class_index=run.class_index,
                     progress=False,
-                    on_progress=lambda p: state.update(progress=p),
+                    on_progress=lambda p: self._update(job, progress=p),
                 )
-            state |= {
-                "done": True,
-                "progress": 1.0,
-                "residual": inv.residual,
-                "image_agreement": inv.image_agreement,
-                "steps": inv.steps,
-                "image": png_data(inv.image, run.value_range),
-            }
+            self._update(
+                job,
+                done=True,
+                progress=1.0,
+                residual=inv.residual,
+                image_agreement=inv.image_agreement,
+                steps=inv.steps,
+                image=png_data(inv.image, run.value_range),
+            )
         except Exception as err:  # reported to the page, never lost in a thread
-            state |= {"done": True, "error": str(err)}
+            self._update(job, done=True, error=str(err))
 
     def job(self, job: str) -> dict[str, Any]:
-        if job not in self.jobs:
-            raise HTTPException(404, f"job: no job {job!r}")
-        return self.jobs[job]
+        with self.jobs_lock:  # a copy: the worker updates the live one
+            if job not in self.jobs:
+                raise HTTPException(404, f"job: no job {job!r} (finished jobs are kept {KEPT})")
+            return dict(self.jobs[job])
 
     def save(self, req: SaveRequest) -> dict[str, Any]:
-        if not NAME.match(req.name):
+        if not NAME.fullmatch(req.name):
             raise HTTPException(
                 422, f"name: {req.name!r} must be a plain folder name (A-z 0-9 _.-)"
             )
@@ -224,15 +265,34 @@ class App:
                 inv = invert(item.gen, result.feature, run.f0, run.code, progress=False)
             try:
                 out = save_edit(e, result, self.edits / req.name, inversion=inv)
-            except FileExistsError as err:
-                raise HTTPException(409, f"name: {err}") from None
+            except FileExistsError:
+                msg = f"name: an edit named {req.name!r} exists already; choose another name"
+                raise HTTPException(409, msg) from None
         return {"folder": str(out)}
 
 
-def create_app(runs: list[Run], edits: str | Path = "edits", device: str = "cpu") -> FastAPI:
-    """The FastAPI app serving ``runs`` (see the module docstring)."""
+def create_app(
+    runs: list[Run],
+    edits: str | Path = "edits",
+    device: str = "cpu",
+    token: str | None = None,
+    hosts: tuple[str, ...] = (),
+) -> FastAPI:
+    """The FastAPI app serving ``runs`` (see the module docstring). ``token``: the secret every
+    request must carry (None: no token); ``hosts``: allowed ``Host`` names besides 127.0.0.1
+    and localhost (the bound host)."""
     state = App(runs, Path(edits), device)
     api = FastAPI(title="regprim serve")
+    if token is not None:
+        api.middleware("http")(token_guard(token))
+    allowed = sorted({"127.0.0.1", "localhost", "[::1]", *hosts})
+    api.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed)  # checked first
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
+        """A 422 naming the field, without echoing the input (NaN is not JSON)."""
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in err.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @api.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -254,8 +314,38 @@ def create_app(runs: list[Run], edits: str | Path = "edits", device: str = "cpu"
     return api
 
 
-def serve(runs: list[Run], host: str = "127.0.0.1", port: int = 8765, **kwargs) -> None:
+def token_guard(token: str) -> Callable:
+    """Middleware: the page's script is public; everything else needs ``token``, from the
+    URL's ``?token=`` (then kept as a same-site, HTTP-only cookie), the cookie or the
+    ``X-Regprim-Token`` header."""
+
+    async def guard(request: Request, call_next: Callable) -> Response:
+        given = (
+            request.query_params.get("token")
+            or request.headers.get("x-regprim-token")
+            or request.cookies.get(COOKIE)
+        )
+        if request.url.path != "/static/grid.js" and not (
+            given and secrets.compare_digest(given, token)
+        ):
+            detail = (
+                "missing or wrong token: open the URL `regprim serve` printed (it ends in "
+                "?token=...), or start it with --no-token"
+            )
+            return JSONResponse({"detail": detail}, status_code=403)
+        response = await call_next(request)
+        if request.query_params.get("token"):
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    return guard
+
+
+def serve(
+    runs: list[Run], host: str = "127.0.0.1", port: int = 8765, token: str | None = None, **kwargs
+) -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(runs, **kwargs), host=host, port=port, log_level="warning")
+    app = create_app(runs, token=token, hosts=(host,), **kwargs)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -18,6 +18,7 @@ at the feature positions under the cells) and, for transplants, pasting the dono
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from regprim.explanation.run import Run
 from regprim.generators.base import SplitGenerator
 
 KINDS = ("drop", "keep", "scale", "transplant")
+MAX_FACTOR = 10.0  # |weight| of a component after scaling; edit.json holds only finite numbers
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,12 @@ class Operation:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             msg = f"edit operation {self.kind!r} is not one of {list(KINDS)}"
+            raise ValueError(msg)
+        if not math.isfinite(self.factor) or abs(self.factor) > MAX_FACTOR:
+            msg = (
+                f"{self.kind}: factor {self.factor} must be a finite number within "
+                f"[-{MAX_FACTOR}, {MAX_FACTOR}] (0 drops a component, 1 keeps it)"
+            )
             raise ValueError(msg)
         if bool(self.masks) == bool(self.cells):
             msg = f"{self.kind}: choose components by masks or by cells (exactly one of them)"
@@ -112,9 +120,29 @@ class Edit:
         return self._add(Operation("transplant", cells=tuple(cells), donor=len(self.donors) - 1))
 
     def _add(self, op: Operation) -> Edit:
-        self.chosen(op, self.run)  # check the choice now, not at render time
+        picked = self.chosen(op, self.run)  # check the choice now, not at render time
+        if op.kind in ("drop", "keep"):
+            other = "keep" if op.kind == "drop" else "drop"
+            clash = [
+                m for o in self.operations if o.kind == other for m in self.chosen(o, self.run)
+            ]
+            both = sorted(set(clash) & set(picked))
+            if both:
+                msg = (
+                    f"{op.kind} and {other} both choose the components {both[:5]}; an edit "
+                    "that drops and keeps the same primitive removes everything: choose one"
+                )
+                raise ValueError(msg)
         self.operations.append(op)
         return self
+
+    def __repr__(self) -> str:
+        def one(o: Operation) -> str:
+            chosen = f"cells={list(o.cells)}" if o.cells else f"masks={list(o.masks)}"
+            return f"{o.kind}({chosen}" + (f", x{o.factor:g})" if o.kind == "scale" else ")")
+
+        ops = ", ".join(one(o) for o in self.operations)
+        return f"Edit({self.run.model}/{self.run.layer}, n={self.run.n}: {ops or 'no operation'})"
 
     # -- what it does ----------------------------------------------------------------------------
     @staticmethod
@@ -354,7 +382,7 @@ def save_edit(
         shown["g(d(z*))"] = inversion.image
     fig, _ = edit_figure(result.before, shown, run.value_range, run.grid, run.players, result.cells)
     files = {
-        rf.EDIT: json.dumps(record, indent=2),
+        rf.EDIT: json.dumps(record, indent=2, allow_nan=False),  # strict JSON, always
         rf.TENSORS: rf.safetensors_content(tensors),
         rf.EDIT_FIGURE: png(fig),
     }

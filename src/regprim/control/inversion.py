@@ -49,6 +49,12 @@ class Inversion:
     converged: bool
     residuals: list[float]
 
+    def __repr__(self) -> str:
+        return (
+            f"Inversion(residual={self.residual:.3g}, image_agreement={self.image_agreement:.3g}, "
+            f"steps={self.steps}, converged={self.converged}, starts={len(self.residuals)})"
+        )
+
 
 def invert(
     gen: SplitGenerator,

@@ -157,15 +157,17 @@ def subset_masks(player_masks: Tensor, subsets: Tensor) -> Tensor:
 
 def bitmask(players: list[int], cells: list[int]) -> int:
     """Bitmask of grid ``cells`` (all must be players, each named once)."""
-    missing = [c for c in cells if c not in players]
+    bit = {c: i for i, c in enumerate(players)}
+    missing = [c for c in cells if c not in bit]
     if missing:
-        msg = f"cells {missing} are not players of this run; players are {players}"
+        msg = f"cells {missing[:10]} are not players of this run; players are {players}"
         raise ValueError(msg)
-    repeated = sorted({c for c in cells if cells.count(c) > 1})
-    if repeated:
-        msg = f"cells {repeated} are repeated; name each cell once"
+    if len(set(cells)) != len(cells):  # linear: a request may name many cells
+        seen: set[int] = set()
+        repeated = sorted({c for c in cells if c in seen or seen.add(c)})
+        msg = f"cells {repeated[:10]} are repeated; name each cell once"
         raise ValueError(msg)
-    return sum(1 << players.index(c) for c in cells)
+    return sum(1 << bit[c] for c in cells)
 
 
 def cells_of(mask: int, players: list[int]) -> list[int]:

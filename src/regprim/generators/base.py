@@ -26,6 +26,12 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 CodeSampler = Callable[[int, torch.Generator, Tensor | None], Tensor]
 
 
+class ModelError(TypeError):
+    """A model that does not fit regprim's protocol (a factory that returns something else, a
+    cut at an output that is not a tensor): the user's to fix, said without a traceback. Any
+    other TypeError is a bug in regprim and shows its traceback."""
+
+
 def gaussian_sampler(code_dim: int) -> CodeSampler:
     """Codes ``z ~ N(0, I)`` of ``code_dim`` numbers (class indices are ignored)."""
 

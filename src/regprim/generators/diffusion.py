@@ -22,13 +22,12 @@ Two kinds of cut:
 
 The scheduler must be deterministic (DDIM with ``eta = 0``, Euler, DPM-Solver, ...): ``g`` must
 give the same image for the same feature, and it is compared with the model's own sampler
-(``tests/test_diffusion.py``). :func:`vae_decoder` cuts a VAE's decoder alone (latent = code).
+(``tests/test_diffusion.py``). :mod:`regprim.generators.vae` cuts a VAE's decoder alone.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,7 +35,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from regprim.generators.base import CodeSampler, SplitGenerator
-from regprim.generators.stages import Stages, units
+from regprim.generators.stages import Stages, pack_state, units, unpack_state
+
+SKIPS = ("hold", "carry")
 
 
 def noise_sampler(shape: tuple[int, ...], num_classes: int = 0) -> CodeSampler:
@@ -93,6 +94,11 @@ class DiffusionSplit(SplitGenerator):
         guidance: classifier-free guidance scale (1: no guidance, one pass per step).
         gradient_checkpointing: recompute each remaining step in the backward pass instead of
             keeping its activations (less memory, about one more forward per step).
+        skips: for a block cut, what to do with what reaches ``g`` around it (the step's input
+            latent, the skip tensors): ``hold`` them at the target's values (the feature is the
+            block's output; ``g`` sees the code), or ``carry`` them in the feature (one flat
+            vector of the block's output, the input latent and every earlier block's output:
+            a true cut, without a spatial layout).
     """
 
     def __init__(
@@ -109,6 +115,7 @@ class DiffusionSplit(SplitGenerator):
         negative_embeds: Tensor | None = None,
         guidance: float = 1.0,
         gradient_checkpointing: bool = False,
+        skips: str = "hold",
         name: str = "diffusion",
         class_names: tuple[str, ...] = (),
     ) -> None:
@@ -119,6 +126,10 @@ class DiffusionSplit(SplitGenerator):
         self.num_classes, self.null_class, self.guidance = num_classes, null_class, guidance
         self.prompt_embeds, self.negative_embeds = prompt_embeds, negative_embeds
         self.gradient_checkpointing = gradient_checkpointing
+        if skips not in SKIPS:
+            msg = f"skips={skips!r} is not one of {list(SKIPS)}"
+            raise ValueError(msg)
+        self.skips = skips
         self._check_guidance()
         cfg = denoiser.config
         size = cfg.sample_size
@@ -133,6 +144,7 @@ class DiffusionSplit(SplitGenerator):
         self.block, self.k = parse_cut(layer, steps, self.latent_steps, self.blocks)
         self.stages = Stages(denoiser, self.block) if self.block else None
         self._prefix: tuple[Tensor, Any] | None = None
+        held = bool(self.block) and skips == "hold"
         super().__init__(
             name=name,
             layer=layer,
@@ -142,8 +154,8 @@ class DiffusionSplit(SplitGenerator):
             sampler=noise_sampler(self.latent_shape, num_classes),
             num_classes=num_classes,
             class_names=class_names,
-            sees_code=bool(self.block),
-            around_cut=self._around_cut(),
+            sees_code=held,
+            around_cut=self._around_cut() if held else "",
         )
 
     def _check_guidance(self) -> None:
@@ -184,6 +196,7 @@ class DiffusionSplit(SplitGenerator):
             negative_embeds=self.negative_embeds,
             guidance=self.guidance,
             gradient_checkpointing=self.gradient_checkpointing,
+            skips=self.skips,
             name=self.name,
             class_names=self.class_names,
         ).freeze()
@@ -305,7 +318,9 @@ class DiffusionSplit(SplitGenerator):
         if not self.block:
             noise, labels = self._split_code(code)
             return self._steps(noise, 0, self.k, labels)
-        _, _, out, _ = self._capture(code)
+        x, _, out, calls = self._capture(code)
+        if self.skips == "carry":
+            return pack_state([x, *(o for _, o in calls), out], len(code))
         assert self.stages is not None
         return self._pack(self.stages.feature_of(out), len(code))
 
@@ -329,12 +344,17 @@ class DiffusionSplit(SplitGenerator):
         x, labels, out, calls = self._held(code[:1])
         assert self.stages is not None
         batch, passes = len(f), 2 if self.guidance != 1.0 else 1
-        x = x.expand(batch, *x.shape[1:])
         labels = None if labels is None else labels.expand(batch)
         t = self._timesteps()[self.k]
-        raw = self._unpack(f, self.stages.feature_of(out))
+        if self.skips == "carry":  # everything that crosses the cut comes from f
+            x, *outs, out = unpack_state(f, [x, *(o for _, o in calls), out], 1)
+            calls = [(name, o) for (name, _), o in zip(calls, outs, strict=True)]
+            raw, repeat = self.stages.feature_of(out), 1
+        else:
+            x = x.expand(batch, *x.shape[1:])
+            raw, repeat = self._unpack(f, self.stages.feature_of(out)), batch
         result = self.stages.resume(
-            lambda: self._call(x, t, labels), calls, out, raw, passes, batch
+            lambda: self._call(x, t, labels), calls, out, raw, passes, repeat
         )
         x = self._update(result, t, x)
         return self._decode(self._steps(x, self.k + 1, self.steps, labels))
@@ -346,58 +366,3 @@ def default_cut(steps: int, has_vae: bool) -> str:
     if steps >= 2:
         return f"step={steps // 2}"
     return f"step={steps}" if has_vae else "mid_block@step=0"
-
-
-class DecoderSplit(SplitGenerator):
-    """A VAE's decoder alone as a generator: the code is the latent (standard normal, scaled by
-    the VAE's ``scaling_factor`` as latent diffusion does), cut at a block of the decoder. The
-    decoder has no skip connections, so every cut is a true one (``g`` does not see the code;
-    the blocks before the cut are replayed from a cache only to reach it)."""
-
-    def __init__(
-        self,
-        vae: nn.Module,
-        layer: str = "mid_block",
-        latent_size: int | None = None,
-        name: str = "vae-decoder",
-    ) -> None:
-        cfg = vae.config
-        size = latent_size or cfg.sample_size // 2 ** (len(cfg.block_out_channels) - 1)
-        self.vae, self.latent_shape = vae, (cfg.latent_channels, size, size)
-        self.stages = Stages(vae.decoder, layer)
-        self._prefix: tuple[Tensor, Any] | None = None
-        super().__init__(
-            name=name,
-            layer=layer,
-            layers=tuple(units(vae.decoder)),
-            code_dim=math.prod(self.latent_shape),
-            code_shape=self.latent_shape,
-            sampler=noise_sampler(self.latent_shape),
-        )
-
-    def modules(self) -> list[nn.Module]:
-        return [self.vae]
-
-    def cut_at(self, layer: str) -> DecoderSplit:
-        return DecoderSplit(self.vae, layer, self.latent_shape[1], self.name).freeze()
-
-    def _run(self, code: Tensor) -> Callable[[], Tensor]:
-        cfg = self.vae.config
-        latent = code.reshape(-1, *self.latent_shape) / cfg.scaling_factor
-        return lambda: self.vae.decode(latent).sample
-
-    def d(self, code: Tensor) -> Tensor:
-        return self.stages.capture(self._run(code))[0]  # type: ignore[return-value]
-
-    def g(self, f: Tensor, code: Tensor) -> Tensor:
-        code = code[:1]
-        if self._prefix is None or not torch.equal(self._prefix[0], code):
-            with torch.no_grad():
-                self._prefix = (code.clone(), self.stages.capture(self._run(code)))
-        out, calls = self._prefix[1]
-        return self.stages.resume(self._run(code), calls, out, f, 1, len(f))
-
-
-def vae_decoder(vae: nn.Module, layer: str = "mid_block", **kwargs) -> DecoderSplit:
-    """A VAE's decoder cut at ``layer`` (a block of ``vae.decoder``), the latent as the code."""
-    return DecoderSplit(vae, layer, **kwargs)

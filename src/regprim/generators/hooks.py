@@ -11,11 +11,18 @@ an error.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from regprim.generators.base import CodeSampler, SplitGenerator, gaussian_sampler, split_sequential
+from regprim.generators.base import (
+    CodeSampler,
+    ModelError,
+    SplitGenerator,
+    gaussian_sampler,
+    split_sequential,
+)
 
 
 class HookSplit(SplitGenerator):
@@ -48,8 +55,7 @@ class HookSplit(SplitGenerator):
         )
         super().__init__(layer=layer, layers=valid, sees_code=True, **kwargs)
         if layer not in valid:
-            msg = f"unknown layer {layer!r} for model {self.name!r}; valid layers: {list(valid)}"
-            raise ValueError(msg)
+            raise ValueError(unknown_layer(layer, valid, model, self.name))
         if call < 0:
             msg = f"call={call} must be >= 0 (0 = the first time {layer!r} runs in a forward)"
             raise ValueError(msg)
@@ -69,14 +75,14 @@ class HookSplit(SplitGenerator):
                     f"layer {self.layer!r} returns a {type(out).__name__}, not a tensor; "
                     "pass output_index=i to cut at its i-th entry"
                 )
-                raise TypeError(msg)
+                raise ModelError(msg)
             return out
         if not isinstance(out, tuple | list) or not -len(out) <= self.output_index < len(out):
             msg = (
                 f"output_index={self.output_index} does not index the output of layer "
                 f"{self.layer!r} (a {type(out).__name__}); use None for a tensor output"
             )
-            raise TypeError(msg)
+            raise ModelError(msg)
         return out[self.output_index]
 
     def _run_hooked(self, code: Tensor, on_cut: Callable[[object], object]) -> Tensor:
@@ -131,6 +137,18 @@ class HookSplit(SplitGenerator):
             return type(out)(parts)  # type: ignore[call-arg]
 
         return self._run_hooked(code, substitute)
+
+
+def unknown_layer(layer: str, valid: Sequence[str], model: nn.Module, name: str) -> str:
+    """The error for a layer not in ``valid``: the nearest names and the model's top level
+    (a module's full list of submodules runs to hundreds of names)."""
+    near = difflib.get_close_matches(layer, valid, n=5, cutoff=0.5)
+    top = [n for n, _ in model.named_children()]
+    hint = f"nearest: {near}; " if near else ""
+    return (
+        f"unknown layer {layer!r} for model {name!r}; {hint}its top-level modules: {top} "
+        f"({len(valid)} layers in all: [n for n, _ in model.named_modules()])"
+    )
 
 
 def split_at(

@@ -16,7 +16,8 @@ Options follow the folder after ``?``, joined by ``&`` (docs/models.md)::
   and, for guidance, ``negative_prompt_embeds``;
 - ``null_class``: the class label of a class-conditional U-Net's unconditional pass;
 - ``sampler``: ``ddim`` replaces a stochastic scheduler (DDPM) by DDIM with its betas;
-- ``checkpoint``: ``1`` recomputes the remaining steps in the backward pass (less memory).
+- ``checkpoint``: ``1`` recomputes the remaining steps in the backward pass (less memory);
+- ``skips``: for a block cut, ``hold`` (default) or ``carry`` what reaches ``g`` around it.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from typing import Any
 import torch
 
 from regprim.generators.base import SplitGenerator
-from regprim.generators.diffusion import DiffusionSplit, vae_decoder
+from regprim.generators.diffusion import DiffusionSplit
+from regprim.generators.vae import vae_decoder
 
 PREFIX = "diffusers:"
 DENOISERS = ("unet", "transformer")
-OPTIONS = ("steps", "guidance", "prompt", "null_class", "sampler", "checkpoint")
+OPTIONS = ("steps", "guidance", "prompt", "null_class", "sampler", "checkpoint", "skips")
 LAYOUT = (
     "a diffusers pipeline folder (DiffusionPipeline.save_pretrained): model_index.json, unet/ "
     "or transformer/, scheduler/, optionally vae/; or an AutoencoderKL folder (config.json)"
@@ -153,5 +155,6 @@ def load_folder(spec: str, layer: str | None = None) -> SplitGenerator:
         negative_embeds=embeds.get("negative_prompt_embeds"),
         guidance=float(options.get("guidance", 1.0)),
         gradient_checkpointing=options.get("checkpoint") == "1",
+        skips=options.get("skips", "hold"),
         name=f"diffusers:{folder.name}",
     )

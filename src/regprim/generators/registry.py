@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from regprim.config import DEFAULT_MODEL as DEFAULT_MODEL
-from regprim.generators.base import SplitGenerator
+from regprim.generators.base import ModelError, SplitGenerator
 from regprim.generators.biggan import biggan
 from regprim.generators.dcgan import EYE_CLASSES, dcgan_faces, eyes_128
 from regprim.generators.pipelines import PREFIX, load_folder, sources
@@ -108,7 +108,7 @@ def load_model(
             else ""
         )
         msg = f"{spec} returned {type(gen).__name__}, not a regprim.SplitGenerator{hint}"
-        raise TypeError(msg)
+        raise ModelError(msg)
     return gen.freeze().to(device)
 
 
@@ -138,7 +138,7 @@ def _call_user_factory(spec: str, factory: Callable[..., SplitGenerator], kwargs
             f"{spec} does not take {', '.join(m + '=' for m in missing)}; a model factory is "
             "def build(layer=None, weights=None) -> regprim.SplitGenerator (docs/models.md)"
         )
-        raise TypeError(msg)
+        raise ModelError(msg)
     try:
         return factory(**kwargs)
     except Exception as err:

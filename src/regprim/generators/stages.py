@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 
@@ -143,3 +144,46 @@ class Stages:
         replies[self.units[self.cut]] = at_cut
         with _swapped(replies):
             return run()
+
+
+def leaves(value: Any) -> list[Tensor]:
+    """The tensors inside a (nested) output, in order."""
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, tuple | list):
+        return [t for v in value for t in leaves(v)]
+    return []
+
+
+def rebuild(value: Any, new: Iterator[Tensor]) -> Any:
+    """``value`` with its tensors replaced, in order, by those of ``new``."""
+    if isinstance(value, Tensor):
+        return next(new)
+    if isinstance(value, tuple | list):
+        return type(value)(rebuild(v, new) for v in value)
+    return value
+
+
+def pack_state(values: list[Any], batch: int) -> Tensor:
+    """Every tensor of ``values`` as one flat feature per item ``(batch, D)``: a tensor whose
+    first axis holds ``m * batch`` rows (``m`` passes of the batch, one after the other, as
+    guidance stacks them) gives each item its ``m`` rows."""
+    parts = []
+    for t in (t for v in values for t in leaves(v)):
+        passes = t.shape[0] // batch
+        parts.append(t.reshape(passes, batch, -1).transpose(0, 1).reshape(batch, -1))
+    return torch.cat(parts, dim=1)
+
+
+def unpack_state(f: Tensor, like: list[Any], like_batch: int) -> list[Any]:
+    """The inverse of :func:`pack_state` for features ``f`` ``(B, D)``, shaped as ``like``
+    (packed from ``like_batch`` items)."""
+    batch, start, new = len(f), 0, []
+    for t in (t for v in like for t in leaves(v)):
+        passes = t.shape[0] // like_batch
+        size = t[:passes].numel()
+        part = f[:, start : start + size].reshape(batch, passes, -1).transpose(0, 1)
+        new.append(part.reshape(passes * batch, *t.shape[1:]))
+        start += size
+    it = iter(new)
+    return [rebuild(v, it) for v in like]

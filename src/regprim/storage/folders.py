@@ -85,26 +85,36 @@ def check_output(out: Path, overwrite: bool, marker: str) -> None:
     old = json.loads((out / marker).read_text())
     if {"model", "layer", "created"} <= set(old):  # a run's config.json
         what = f"a run of {old['model']}/{old['layer']} from {old['created']}"
-    msg = f"output folder {out} already holds {what}; pass --overwrite or choose another --out"
+    msg = (
+        f"output folder {out} already holds {what}; pass --overwrite (from Python: "
+        "overwrite=True) or choose another --out"
+    )
     raise FileExistsError(msg)
 
 
 def not_written_by_regprim(folder: Path, marker: str) -> list[str]:
     """What in ``folder`` is not one of regprim's own files: everything, unless it holds its
     ``marker`` and a readable ``manifest.json``; else every entry the manifest does not list (a
-    subfolder, a file a user put there). ``--overwrite`` replaces only a folder with none."""
+    subfolder, a file a user put there) and every file whose content is no longer what regprim
+    wrote (its SHA-256 differs from the manifest's: a hand-edited file). ``--overwrite``
+    replaces only a folder with none."""
     entries = sorted(p.name for p in folder.iterdir())
     try:
-        listed = set(json.loads((folder / MANIFEST).read_text())["sha256"])
+        listed = dict(json.loads((folder / MANIFEST).read_text())["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
         return entries
     if marker not in listed:
         return entries
-    return [
-        name
-        for name in entries
-        if name != MANIFEST and not (name in listed and (folder / name).is_file())
-    ]
+    foreign = []
+    for name in entries:
+        path = folder / name
+        if name == MANIFEST:
+            continue
+        if name not in listed or not path.is_file():
+            foreign.append(name)
+        elif sha256_file(path) != listed[name]:
+            foreign.append(f"{name} (changed since regprim wrote it)")
+    return foreign
 
 
 def check_space(out: Path, need: int) -> None:

@@ -315,3 +315,21 @@ def load_run(path: str | Path, derived: bool = True) -> Run:
         except (KeyError, TypeError) as err:
             raise _corrupt(path, f"{METRICS} does not parse: {err}") from err
     return Run(config=config, summary=summary, tensors=tensors, path=path, metrics=metrics)
+
+
+EDIT_FIELDS = {"model": str, "layer": str, "players": list, "operations": list, "cells": list}
+
+
+def load_edit(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """An edit folder read back (docs/run-folder.md, "Edit folders"), checked as a run is: the
+    manifest's SHA-256 of every file, the fields of ``edit.json``, finite tensors. Returns
+    ``(edit.json, tensors)``."""
+    path = Path(path)
+    check_checksums(path)
+    record = _read_json(path, EDIT)
+    _check_fields(path, EDIT, record, EDIT_FIELDS)
+    tensors = load_file(path / TENSORS)
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
+    if bad:
+        raise _corrupt(path, f"{TENSORS} holds NaN or infinity in {bad}")
+    return record, tensors
