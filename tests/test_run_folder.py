@@ -250,3 +250,19 @@ def test_out_dot_in_an_empty_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(folder)
     explain(CFG, out=".", progress=False, verify=False)
     assert load_run(folder).n == 4
+
+
+def test_every_file_of_a_run_has_one_mode_and_the_api_says_overwrite_true(planted_run, tmp_path):
+    """safetensors writes its file 0600; a run folder's files must all read alike (0644 under
+    the usual umask). An existing folder from Python: the message names overwrite=True."""
+    import os
+    import shutil
+    import stat
+
+    out = tmp_path / "run"
+    shutil.copytree(planted_run.path, out)
+    modes = {stat.S_IMODE(os.stat(p).st_mode) for p in planted_run.path.iterdir() if p.is_file()}
+    assert len(modes) == 1, modes
+    cfg = ExplainConfig(model="planted", players=[7, 8], baseline_count=20)
+    with pytest.raises(FileExistsError, match=r"overwrite=True"):
+        explain(cfg, out=out, progress=False, verify=False)
