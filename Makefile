@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev,biggan,many,serve]"
+	$(BIN)/pip install --quiet -e ".[dev,biggan,many,serve,diffusion]"
 	$(BIN)/pip install --quiet --no-deps gan-face-generate==1.1.1 omniart-eye-generator==0.1 \
 		pytorch-pretrained-biggan==0.1.1
 	touch $(STAMP)

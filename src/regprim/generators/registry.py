@@ -29,6 +29,15 @@ from regprim.generators.dcgan import EYE_CLASSES, dcgan_faces, eyes_128
 from regprim.generators.pipelines import PREFIX, load_folder, sources
 from regprim.generators.planted import planted
 
+FACES_DDIM = Path(__file__).with_name("data") / "faces-ddim"
+
+
+def faces_ddim(layer: str | None = None) -> SplitGenerator:
+    """The diffusion model this project trained on dcgan-faces samples (docs/models.md), a
+    diffusers folder shipped in the package, sampled in 4 DDIM steps."""
+    return load_folder(f"{PREFIX}{FACES_DDIM}?steps=4", layer)
+
+
 MODELS: dict[str, tuple[Callable[..., SplitGenerator], str]] = {
     "dcgan-faces": (dcgan_faces, "pretrained 64x64 faces DCGAN (gan-face-generate 1.1.1)"),
     "eyes-128": (
@@ -36,6 +45,10 @@ MODELS: dict[str, tuple[Callable[..., SplitGenerator], str]] = {
         "pretrained class-conditional 128x128 eyes DCGAN; --class one of " + ", ".join(EYE_CLASSES),
     ),
     "planted": (planted, "48x48 generator with 8 planted primitives (ground truth known)"),
+    "faces-ddim": (
+        faces_ddim,
+        "32x32 faces diffusion U-Net trained by this project (scripts/), 4-step DDIM",
+    ),
     "biggan-deep-128": (
         partial(biggan, resolution=128),
         "BigGAN-deep 128 (local weights); --class an ImageNet index 0..999 or name",
