@@ -294,7 +294,7 @@ def square(seed: int) -> bool:
     return len(shape) == 1 or shape[1] == shape[2]
 
 
-PLANTED = [s for s in range(1100, 1130) if square(s)][:3]
+PLANTED = [s for s in range(1100, 1130) if square(s)][:2]
 
 
 def explained(member, gen):

@@ -149,7 +149,7 @@ class PlantedSynthesis(nn.Module):
         return self.decoder(self.head(ws[:, 0, : self.numel]))
 
 
-@pytest.mark.parametrize("seed", [1200, 1201])
+@pytest.mark.parametrize("seed", [1200])
 def test_a_planted_member_in_the_synthesis_signature_is_recovered(seed):
     member = planted_family(seed)
     numel = math.prod(member.spec.feature_shape)
