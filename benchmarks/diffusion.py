@@ -6,7 +6,7 @@ with the adapter (g runs only what follows the cut) and with HookSplit (a forwar
 same block, or on a tap module after the sampler step, in a module that runs the whole sampler),
 and the memory the backward keeps (bytes of the tensors autograd saves).
 
-    python benchmarks/diffusion.py            # faces-ddim (the shipped model) and a random DiT
+    python benchmarks/diffusion.py    # faces-ddim (the shipped model), a random DiT, its VAE
 
 Prints a Markdown table and the machine it ran on.
 """
@@ -26,6 +26,7 @@ from bench import machine  # noqa: E402
 
 from regprim import HookSplit, load_model  # noqa: E402
 from regprim.generators.diffusion import DiffusionSplit  # noqa: E402
+from regprim.generators.vae import DecoderSplit, vae_decoder  # noqa: E402
 
 BATCH = 32
 
@@ -97,27 +98,63 @@ def pass_seconds(gen, code: torch.Tensor, repeat: int = 3) -> tuple[float, int]:
     return sorted(times)[len(times) // 2], saved_bytes(once)
 
 
-def row(name: str, gen: DiffusionSplit) -> str:
-    code = gen.sample_codes(1, 0)
-    with torch.no_grad():
-        want = gen.sample(code)
-        f = gen.d(code)
-        err = float((gen.g(f, code) - want).abs().max())
-        hook = hooked(gen)
-        err_hook = float((hook.g(hook.d(code), code) - want).abs().max())
-    ours, mem = pass_seconds(gen, code)
-    theirs, mem_hook = pass_seconds(hook, code)
-    held = "skips, input latent" if gen.sees_code else "nothing (true cut)"
+def held(gen) -> str:
+    if isinstance(gen, DecoderSplit):
+        return "nothing (true cut)"
     if gen.skips == "carry" and gen.block:
-        held = "nothing: skips and input latent carried in f"
+        return "nothing: skips and input latent carried in f"
+    if not gen.sees_code:
+        return "nothing (true cut)"
+    # a U-Net's down blocks hand skips to its up blocks; a DiT has none
+    return "skips, input latent" if hasattr(gen.denoiser, "down_blocks") else "input latent"
+
+
+def row(name: str, gen, hook: HookSplit, want: torch.Tensor, code: torch.Tensor) -> str:
+    with torch.no_grad():
+        err = float((gen.g(gen.d(code), code) - want).abs().max())
+        try:
+            err_hook = f"{float((hook.g(hook.d(code), code) - want).abs().max()):.1e}"
+        except ValueError:  # CFG doubles the batch inside the step: a hook sees both halves
+            hook = None
+    ours, mem = pass_seconds(gen, code)
+    first = f"| {name} | `{gen.layer}` | {err:.1e} / "
+    if hook is None:
+        return (
+            f"{first}cannot (CFG's doubled batch) | {held(gen)} | {ours * 1e3:.0f} ms | - | - "
+            f"| {mem / 2**20:.0f} / - MiB |"
+        )
+    theirs, mem_hook = pass_seconds(hook, code)
     return (
-        f"| {name} | `{gen.layer}` | {err:.1e} / {err_hook:.1e} | {held} | {ours * 1e3:.0f} ms "
-        f"| {theirs * 1e3:.0f} ms | {theirs / ours:.1f}x | {mem / 2**20:.0f} / "
-        f"{mem_hook / 2**20:.0f} MiB |"
+        f"{first}{err_hook} | {held(gen)} | {ours * 1e3:.0f} ms | {theirs * 1e3:.0f} ms "
+        f"| {theirs / ours:.1f}x | {mem / 2**20:.0f} / {mem_hook / 2**20:.0f} MiB |"
     )
 
 
-def dit() -> DiffusionSplit:
+def diffusion_row(name: str, gen: DiffusionSplit) -> str:
+    code = gen.sample_codes(1, 0)
+    with torch.no_grad():
+        want = gen.sample(code)
+    return row(name, gen, hooked(gen), want, code)
+
+
+def decoder_row(gen: DecoderSplit) -> str:
+    """A VAE decoder alone against HookSplit on ``vae.decode`` (the whole decoder a pass)."""
+    scale, shape = gen.vae.config.scaling_factor, gen.latent_shape
+    code = gen.sample_codes(1, 0)
+    hook = HookSplit(
+        gen.vae,
+        f"decoder.{gen.layer}",
+        lambda m, z: m.decode(z.reshape(-1, *shape) / scale).sample,
+        name="hooked",
+        code_dim=gen.code_dim,
+        sampler=gen.sampler,
+    ).freeze()
+    with torch.no_grad():
+        want = gen.vae.decode(code.reshape(-1, *shape) / scale).sample
+    return row("AutoencoderKL decoder (random)", gen, hook, want, code)
+
+
+def dit(guidance: float) -> DiffusionSplit:
     import diffusers
 
     torch.manual_seed(0)
@@ -141,7 +178,7 @@ def dit() -> DiffusionSplit:
     ).eval()
     sched = diffusers.DDIMScheduler(timestep_spacing="trailing", clip_sample=False)
     return DiffusionSplit(
-        model, sched, 4, vae=vae, num_classes=10, null_class=10, guidance=3.0, name="dit"
+        model, sched, 4, vae=vae, num_classes=10, null_class=10, guidance=guidance, name="dit"
     ).freeze()
 
 
@@ -155,12 +192,16 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     faces = load_model("faces-ddim")
     for layer in ("step=2", "step=3", "mid_block@step=1", "up_blocks.1@step=3"):
-        print(row("faces-ddim (4 steps)", faces.cut_at(layer)), flush=True)
+        print(diffusion_row("faces-ddim (4 steps)", faces.cut_at(layer)), flush=True)
     faces.skips = "carry"
-    print(row("faces-ddim (4 steps)", faces.cut_at("mid_block@step=1")), flush=True)
-    model = dit()
-    for layer in ("step=2", "transformer_blocks.3@step=1"):
-        print(row("DiT, CFG 3, VAE (random)", model.cut_at(layer)), flush=True)
+    print(diffusion_row("faces-ddim (4 steps)", faces.cut_at("mid_block@step=1")), flush=True)
+    for guidance in (3.0, 1.0):
+        model = dit(guidance)
+        for layer in ("step=2", "transformer_blocks.3@step=1"):
+            name = f"DiT, guidance {guidance:g}, VAE (random)"
+            print(diffusion_row(name, model.cut_at(layer)), flush=True)
+    for layer in ("mid_block", "up_blocks.1"):
+        print(decoder_row(vae_decoder(model.vae, layer).freeze()), flush=True)
     print(
         f"\nbatch {BATCH}; median of 3 passes after a warm-up; {math.prod(faces.latent_shape)} "
         "numbers in the faces-ddim latent"

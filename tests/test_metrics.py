@@ -5,7 +5,8 @@ import dataclasses
 import torch
 
 from regprim import load_model
-from regprim.analysis.metrics import Scorer, action_regions, energy_components, sparsity
+from regprim.analysis.metrics import action_regions, energy_components, sparsity
+from regprim.analysis.scorer import Scorer
 
 
 def by_name(run):

@@ -40,6 +40,9 @@ LAYOUT = (
     "or transformer/, scheduler/, optionally vae/; or an AutoencoderKL folder (config.json)"
 )
 STOCHASTIC = ("DDPMScheduler", "DDPMWuerstchenScheduler")
+# Local files only (nothing is downloaded); low_cpu_mem_usage=False says what diffusers does
+# without the optional accelerate package, which it otherwise prints a paragraph about.
+LOCAL = {"local_files_only": True, "low_cpu_mem_usage": False}
 
 
 def parse_spec(spec: str) -> tuple[Path, dict[str, str]]:
@@ -81,7 +84,7 @@ def _component(folder: Path, key: str, entry: list[str]) -> Any:
     loader = getattr(diffusers, cls)
     if key == "scheduler":
         return loader.from_pretrained(where)
-    return loader.from_pretrained(where, local_files_only=True)
+    return loader.from_pretrained(where, **LOCAL)
 
 
 def _embeddings(path: str) -> dict[str, torch.Tensor]:
@@ -97,6 +100,20 @@ def _embeddings(path: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _vae_folder(folder: Path, layer: str | None) -> SplitGenerator:
+    """An AutoencoderKL folder (its config.json) as a generator: the decoder alone."""
+    config = folder / "config.json"
+    if not (
+        config.is_file() and json.loads(config.read_text()).get("_class_name") == "AutoencoderKL"
+    ):
+        msg = f"{folder} has no model_index.json; --model diffusers:DIR takes {LAYOUT}"
+        raise FileNotFoundError(msg)
+    import diffusers
+
+    vae = diffusers.AutoencoderKL.from_pretrained(folder, **LOCAL)
+    return vae_decoder(vae, layer or "mid_block", name=f"vae-decoder:{folder.name}")
+
+
 def load_folder(spec: str, layer: str | None = None) -> SplitGenerator:
     """The split generator of ``diffusers:DIR[?options]`` (module docstring)."""
     folder, options = parse_spec(spec)
@@ -105,17 +122,7 @@ def load_folder(spec: str, layer: str | None = None) -> SplitGenerator:
         raise FileNotFoundError(msg)
     index = folder / "model_index.json"
     if not index.is_file():
-        config = folder / "config.json"
-        if (
-            config.is_file()
-            and json.loads(config.read_text()).get("_class_name") == "AutoencoderKL"
-        ):
-            import diffusers
-
-            vae = diffusers.AutoencoderKL.from_pretrained(folder, local_files_only=True)
-            return vae_decoder(vae, layer or "mid_block", name=f"vae-decoder:{folder.name}")
-        msg = f"{folder} has no model_index.json; --model diffusers:DIR takes {LAYOUT}"
-        raise FileNotFoundError(msg)
+        return _vae_folder(folder, layer)
     entries = json.loads(index.read_text())
     found = [key for key in DENOISERS if key in entries]
     if not found or "scheduler" not in entries:
@@ -148,9 +155,7 @@ def load_folder(spec: str, layer: str | None = None) -> SplitGenerator:
         layer,
         vae=vae,
         num_classes=num_classes,
-        null_class=int(null)
-        if null is not None
-        else (num_classes if found[0] == "transformer" else None),
+        null_class=None if null is None else int(null),
         prompt_embeds=embeds.get("prompt_embeds"),
         negative_embeds=embeds.get("negative_prompt_embeds"),
         guidance=float(options.get("guidance", 1.0)),

@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from regprim.analysis.metrics import Metric, metric_warnings
+from regprim.analysis.metrics import metric_warnings
+from regprim.analysis.scorer import Metric
 from regprim.core.reconstruction import reconstruct_features, selection
 from regprim.explanation.run import Run
 from regprim.generators.base import SplitGenerator

@@ -175,7 +175,7 @@ def update_run(run: Run, files: dict[str, Content]) -> None:
 
 
 def metrics_file(metrics: list[Any]) -> str:
-    from regprim.analysis.metrics import metrics_json
+    from regprim.analysis.scorer import metrics_json
 
     return _json(metrics_json(metrics))
 
@@ -308,7 +308,7 @@ def load_run(path: str | Path, derived: bool = True) -> Run:
     check_run(path, config, summary, tensors)
     metrics = None
     if derived and (path / METRICS).is_file():
-        from regprim.analysis.metrics import Metric
+        from regprim.analysis.scorer import Metric
 
         try:
             metrics = [Metric(**m) for m in _read_json(path, METRICS)["metrics"]]
