@@ -29,6 +29,9 @@ Sections:
              objective, leakage, energy, Fig. 6/7a worst points, stability; --figure draws the
              Pareto figure of docs/faithfulness.md
   denoise    noise removal: projected Adam against the exact linear program (scipy HiGHS)
+  paths      the native SIMD path and the AVX2 one side by side: sgemm, the generator pass in
+             each memory format with oneDNN on and off, n = 9 default and paper, the whole grid
+             (benchmarks/paths.py)
 """
 
 from __future__ import annotations
@@ -705,6 +708,15 @@ SECTIONS = {
     "choices": section_choices,
     "denoise": section_denoise,
 }
+
+
+def section_paths(args) -> None:
+    from paths import section_paths as paths
+
+    paths(args)
+
+
+SECTIONS["paths"] = section_paths
 
 
 def main() -> None:
