@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared GPU check: CUDA tests, then BigGAN-deep-128 timings (docs/performance.md).
 # The device has no network: carry the wheels of pytorch-pretrained-biggan, boto3, botocore,
-# s3transfer, jmespath and gan-face-generate in .whl (see docs/performance.md).
+# s3transfer, jmespath and gan-face-generate in .whl (see docs/performance.md); with diffusers and
+# huggingface_hub there too, the diffusion family's CUDA test runs (else it is skipped).
 set -uo pipefail
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"

@@ -39,3 +39,21 @@ def test_dcgan_on_cuda_with_auto_chunk_and_bf16():
     run = explain(cfg, progress=False)
     assert run.summary["chunk"] >= 1
     assert run.summary["subsets_meeting_constraint"] == 1.0
+
+
+def test_diffusion_family_on_cuda():
+    """faces-ddim (the shipped diffusion U-Net) on the device: the split is exact there and a
+    small run meets the constraint."""
+    pytest.importorskip("diffusers")
+    from regprim import load_model
+
+    gen = load_model("faces-ddim")
+    code = gen.sample_codes(1, 0)
+    with torch.no_grad():
+        want = gen.sample(code)
+        gen.to("cuda")
+        got = gen.g(gen.d(code.cuda()), code.cuda()).cpu()
+    assert (got - want).abs().max() < 1e-3
+    cfg = ExplainConfig(model="faces-ddim", n=4, baseline_count=50, device="cuda")
+    run = explain(cfg, progress=False)
+    assert run.summary["subsets_meeting_constraint"] == 1.0
