@@ -432,6 +432,19 @@ def pareto_figure(rows, path: Path) -> None:
     print(f"figure: {path}")
 
 
+def explain_command(args: list[str], env: dict | None = None) -> tuple[float, dict]:
+    """``regprim explain ARGS --quiet --no-verify`` in a fresh process (into a temporary
+    folder): the command's wall seconds and the run's summary.json."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "regprim.app.cli", "explain", "--out", f"{tmp}/run"]
+        start = time.perf_counter()
+        subprocess.run(
+            [*cmd, "--quiet", "--no-verify", *args], check=True, capture_output=True, env=env
+        )
+        wall = time.perf_counter() - start
+        return wall, json.loads(Path(f"{tmp}/run/summary.json").read_text())
+
+
 def section_demo(args) -> None:
     print(
         "\n## make demo's run, side by side (dcgan-faces block3, n = 9, `--no-verify`, "
@@ -451,24 +464,7 @@ def section_demo(args) -> None:
     inside = {}
     for name, extra, src in runs:
         env = os.environ | ({"PYTHONPATH": src} if src else {})
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [
-                sys.executable,
-                "-m",
-                "regprim.app.cli",
-                "explain",
-                "--n",
-                "9",
-                "--out",
-                f"{tmp}/run",
-                "--quiet",
-                "--no-verify",
-                *extra,
-            ]
-            start = time.perf_counter()
-            subprocess.run(cmd, check=True, capture_output=True, env=env)
-            walls[name] = time.perf_counter() - start
-            s = json.loads(Path(f"{tmp}/run/summary.json").read_text())
+        walls[name], s = explain_command(["--n", "9", *extra], env)
         inside[name] = s["wall_seconds"]
         print(f"{name:<40} {walls[name]:>12.1f} {inside[name]:>15.1f} {len(s['salient']):>8}")
     first = next(iter(walls))

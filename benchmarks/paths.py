@@ -23,8 +23,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 PATHS = {
@@ -61,22 +59,24 @@ def child_pass() -> dict:
         once(feature)
     flops = counter.get_total_flops()
     out = {"capability": torch.backends.cpu.get_cpu_capability(), "sgemm": sgemm}
-    for fmt_name, onednn in VARIANTS:
+
+    def use(fmt_name: str, onednn: bool) -> torch.Tensor:
+        """Put the generator and a batch in one variant; the batch, warmed up."""
         fmt = torch.channels_last if fmt_name == "channels-last" else torch.contiguous_format
         torch.backends.mkldnn.enabled = onednn
         for module in gen.modules():
             module.to(memory_format=fmt)
         x0 = feature.contiguous(memory_format=fmt)
         once(x0)
+        return x0
+
+    for fmt_name, onednn in VARIANTS:
+        x0 = use(fmt_name, onednn)
         seconds = best_of(lambda x0=x0: once(x0), repeats=5)
         out[f"{fmt_name}, oneDNN {'on' if onednn else 'off'}"] = (seconds, flops / seconds)
-    torch.backends.mkldnn.enabled = True  # the default again: channels-last, oneDNN
-    for module in gen.modules():
-        module.to(memory_format=torch.channels_last)
-    x0 = feature.contiguous(memory_format=torch.channels_last)
+    x0 = use(*VARIANTS[0])  # the default again: channels-last, oneDNN
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two threads on SMT siblings of one core gain little over one
-    once(x0)
     out["one thread"] = best_of(lambda: once(x0), repeats=3)
     out["threads"] = threads
     torch.set_num_threads(threads)
@@ -87,14 +87,6 @@ def siblings() -> str:
     """How the CPUs torch uses share physical cores (Linux): the threads of cpu0's core."""
     path = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list")
     return path.read_text().strip() if path.is_file() else "unknown"
-
-
-def explain_seconds(env: dict, *args: str) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "regprim.app.cli", "explain", "--out", f"{tmp}/run"]
-        cmd += ["--quiet", "--no-verify", *args]
-        subprocess.run(cmd, check=True, capture_output=True, env=env)
-        return json.loads(Path(f"{tmp}/run/summary.json").read_text())["wall_seconds"]
 
 
 def run_child(env: dict) -> dict:
@@ -110,6 +102,8 @@ def run_child(env: dict) -> dict:
 
 
 def section_paths(args=None) -> None:
+    from bench import explain_command
+
     print("\n## The SIMD paths side by side (dcgan-faces block3)")
     envs = {name: os.environ | extra for name, extra in PATHS.items()}
     measured: dict[str, dict] = {name: {} for name in PATHS}
@@ -121,12 +115,10 @@ def section_paths(args=None) -> None:
         "whole grid (n = 36)": ["--players", "all", "--seed", "0"],
     }
     for env in envs.values():  # fill the baseline cache outside the timings
-        explain_seconds(env, "--n", "2")
+        explain_command(["--n", "2"], env)
     for job, job_args in jobs.items():
         for name, env in envs.items():
-            start = time.perf_counter()
-            measured[name][job] = explain_seconds(env, *job_args)
-            measured[name][job + " (command)"] = time.perf_counter() - start
+            measured[name][job] = explain_command(job_args, env)[1]["wall_seconds"]
     names = list(PATHS)
     print(
         "| measure | "

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -391,6 +393,35 @@ def test_explain_a_latent_diffusion_folder(latent_folder, tmp_path):
     assert run.image.shape == (3, 16, 16)  # the grid is on the decoded image
     assert run.summary["universal_matching_max_rel_residual"] <= 1e-5
     assert load_run(tmp_path / "run").config["model_sha256"]
+
+
+def test_a_dit_folder_takes_its_null_class_from_the_label_table(tmp_path):
+    """A class-conditional DiT folder (transformer/, vae/, scheduler/): guidance uses the extra
+    row of the label table as "no class", as DiTPipeline does, and the split is exact."""
+    folder = tmp_path / "dit"
+    parts = {"transformer": tiny_dit(), "vae": tiny_vae(), "scheduler": ddim()}
+    index = {"_class_name": "DiTPipeline", "_diffusers_version": diffusers.__version__}
+    for key, part in parts.items():
+        part.save_pretrained(folder / key)
+        index[key] = ["diffusers", type(part).__name__]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    gen = load_model(f"diffusers:{folder}?steps=2&guidance=2")
+    assert (gen.num_classes, gen.null_class, gen.guidance) == (3, 3, 2.0)
+    want = DiffusionSplit(
+        tiny_dit(), ddim(), 2, vae=tiny_vae(), num_classes=3, null_class=3, guidance=2.0
+    ).freeze()
+    code = gen.sample_codes(1, 0, class_index=1)
+    with torch.no_grad():
+        assert (gen.g(gen.d(code), code) - want.sample(code)).abs().max() <= TOL
+    assert load_model(f"diffusers:{folder}?steps=2&null_class=0").null_class == 0
+
+
+def test_loading_a_folder_prints_nothing_about_accelerate(ddim_folder):
+    """diffusers prints a paragraph recommending accelerate (an optional package) unless told
+    to load without it; in a fresh process, as a user's first load would be."""
+    code = f"from regprim import load_model; load_model('diffusers:{ddim_folder}')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "accelerate" not in done.stderr + done.stdout
 
 
 def test_folder_errors_name_the_layout_and_the_options(tmp_path, ddim_folder):
