@@ -510,8 +510,8 @@ def section_grid(args) -> None:
         # the weighted mean over subsets of ||u(S) - f0||_1, against the reach reference's
         obj = Objective(build_target(cfg, gen), cfg.solver)
         rule, support, df = cfg.solver.subset_weights, obj.reach_sets, (run.f - run.f0).abs()
-        l1 = float((mean_alpha(run.tensors["beta"], rule, support) * df).sum())
-        l1_reach = float((mean_alpha(support.float(), rule, support) * df).sum())
+        l1 = float((mean_alpha(run.tensors["beta"], rule, obj.reach_order) * df).sum())
+        l1_reach = float((mean_alpha(support.float(), rule, obj.reach_order) * df).sum())
         top = table.top_k(10)
         print(
             f"  metrics in {time.perf_counter() - start:.0f} s: leakage "

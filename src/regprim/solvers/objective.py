@@ -19,6 +19,7 @@ masked squared error over the baseline image's on the same pixels).
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from regprim.config import SolverConfig
 from regprim.core.regions import subset_masks
-from regprim.solvers.reach import reach_bits, reach_sets
+from regprim.solvers.reach import reach_bits, reach_order, reach_sets
 from regprim.solvers.window import find_window
 
 if TYPE_CHECKING:
@@ -73,6 +74,11 @@ class Objective:
         self.cell_base = per.clamp_min(1e-12 * float(per.max()) + 1e-30)  # (n,)
         self.reach_sets = sets  # (n, *shape): numbers with a path to each player's pixels
         self.reach_bits = reach_bits(sets)  # per number, the players it reaches (bitmask)
+
+    @functools.cached_property
+    def reach_order(self) -> tuple[Tensor, int]:
+        """Each number's players, those of its reach set first (:func:`reach_order`)."""
+        return reach_order(self.reach_sets)
 
     def crop(self, t: Tensor) -> Tensor:
         """A full-size ``(B, *feature_shape)`` tensor restricted to the window."""

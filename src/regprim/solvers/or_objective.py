@@ -58,7 +58,7 @@ def size_weights(n: int, rule: str) -> Tensor:
     return counts / counts.sum()
 
 
-def mean_alpha(beta: Tensor, rule: str, support: Tensor | None = None) -> Tensor:
+def mean_alpha(beta: Tensor, rule: str, order: tuple[Tensor, int] | None = None) -> Tensor:
     """Per number, the mean of ``alpha(S)`` over the non-empty subsets weighted by ``rule``
     (:func:`size_weights`), exactly, for any n: with ``c_i = 1 - beta_i``,
 
@@ -67,31 +67,30 @@ def mean_alpha(beta: Tensor, rule: str, support: Tensor | None = None) -> Tensor
     - ``sizes``: ``mean_k (1 - e_k(c) / C(n, k))`` with ``e_k`` the elementary symmetric
       polynomials (:func:`size_mean_of_products`).
 
-    ``support`` (bool, like ``beta``): the players whose beta may be non-zero at each number
-    (its reach set; beta is 0 elsewhere); it makes the ``sizes`` rule cost the square of the
-    largest support instead of the square of n (n = 36: 81 ms -> a few ms a step).
+    ``order`` (:func:`~regprim.solvers.reach.reach_order` of the players whose beta may be
+    non-zero at each number, its reach set; beta is 0 elsewhere) makes the ``sizes`` rule cost
+    the square of the largest support instead of the square of n (n = 36: 81 ms -> a few ms a
+    step).
     """
     n = beta.shape[0]
     if weight_rule(n, rule) == "subsets":
         return (1 - (1 - beta / 2).prod(dim=0)) * (2**n / (2**n - 1))
-    return 1 - size_mean_of_products(1 - beta, support)
+    return 1 - size_mean_of_products(1 - beta, order)
 
 
-def size_mean_of_products(c: Tensor, support: Tensor | None = None) -> Tensor:
+def size_mean_of_products(c: Tensor, order: tuple[Tensor, int] | None = None) -> Tensor:
     """``mean_{k=1..n} e_k(c) / C(n, k)`` per number, for ``c`` ``(n, *shape)`` that is 1 outside
-    ``support``. Outside the support each factor of ``prod_i (1 + c_i x)`` is ``(1 + x)``, so with
+    the support that ``order`` puts first (:func:`~regprim.solvers.reach.reach_order`; None:
+    every player). Outside the support each factor of ``prod_i (1 + c_i x)`` is ``(1 + x)``, so with
     the ``M`` players of the largest support gathered first (support players, then any others),
     ``e_k = sum_j q_j C(n - M, k - j)`` where ``q`` are the coefficients of the product over those
     ``M`` players: an ``O(M^2)`` recursion per number and a fixed table of weights."""
     n = c.shape[0]
     flat = c.flatten(1)
-    if support is None:
-        order, m = torch.arange(n, device=c.device)[:, None].expand(n, flat.shape[1]), n
-    else:
-        inside = support.flatten(1)
-        m = max(int(inside.sum(0).max()), 1)
-        order = torch.argsort((~inside).to(torch.int8), dim=0, stable=True)[:m]
-    gathered = flat.gather(0, order)  # (m, D): each number's support players first
+    if order is None:
+        order = torch.arange(n, device=c.device)[:, None].expand(n, flat.shape[1]), n
+    first, m = order
+    gathered = flat.gather(0, first)  # (m, D): each number's support players first
     q = torch.zeros(m + 1, flat.shape[1], dtype=c.dtype, device=c.device)
     q[0] = 1
     for i in range(m):
@@ -181,7 +180,7 @@ def singles(n: int, batch: int, rng: torch.Generator) -> Tensor:
 
 def sparsity(obj: Objective, beta: Tensor) -> Tensor:
     """The sparsity part of the OR objective, exact: the weighted mean of ``||u(S) - f0||_1``."""
-    mean = mean_alpha(beta, obj.cfg.subset_weights, obj.reach_sets)
+    mean = mean_alpha(beta, obj.cfg.subset_weights, obj.reach_order)
     return (mean * obj.df.abs()).sum() * obj.l1_scale
 
 

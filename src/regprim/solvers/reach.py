@@ -53,3 +53,12 @@ def live_for(bits: Tensor, subsets: Tensor) -> Tensor:
     """Bool ``(B, *shape)``: the numbers that reach a player of each subset."""
     subsets = subsets.to(bits.device).view(-1, *[1] * bits.dim())
     return (bits[None] & subsets) != 0
+
+
+def reach_order(sets: Tensor) -> tuple[Tensor, int]:
+    """Per number, its players with those of its reach set first: ``(order, m)`` with ``order``
+    ``(m, D)`` (long) the first ``m`` of them, ``m`` the largest reach set (at least 1). Fixed
+    for a solve, so it is sorted once (sorting it every step took 3 of the whole grid's 20 s)."""
+    inside = sets.flatten(1)
+    m = max(int(inside.sum(0).max()), 1)
+    return torch.argsort((~inside).to(torch.int8), dim=0, stable=True)[:m], m
