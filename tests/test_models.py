@@ -248,3 +248,51 @@ def test_a_changed_model_file_is_refused_by_commands_that_rebuild_it(tmp_path, c
     for command in (["verify"], ["report"], ["reconstruct", "--cells", str(run.players[0])]):
         assert main([command[0], str(tmp_path / "run"), *command[1:]]) == 2
         assert "changed since this run was made" in capsys.readouterr().err
+
+
+def test_a_changed_helper_module_of_the_model_file_is_refused_too(tmp_path, capsys):
+    """A model file that imports a module beside it (helper.py, pkg/sub.py) is read from those
+    files too: the run hashes them all, and a change to any of them is refused by name."""
+    from regprim.app.cli import main
+    from regprim.generators.registry import model_sources
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "sub.py").write_text("from helper import WIDTH\nKERNEL = 4\n")
+    helper = tmp_path / "helper.py"
+    helper.write_text("WIDTH = 8\nSEED = 0\n")
+    (tmp_path / "unrelated.py").write_text("X = 1\n")
+    path = tmp_path / "mygen.py"
+    path.write_text(
+        "import sys, pathlib\nsys.path.insert(0, str(pathlib.Path(__file__).parent))\n"
+        "import torch\nfrom torch import nn\nfrom regprim import split_sequential\n"
+        "import helper\nfrom pkg.sub import KERNEL\n"
+        "def build(layer='1', weights=None):\n"
+        "    torch.manual_seed(helper.SEED)\n"
+        "    w = helper.WIDTH\n"
+        "    seq = nn.Sequential(nn.ConvTranspose2d(6, w, KERNEL, 1, 0), nn.ReLU(),\n"
+        "                        nn.ConvTranspose2d(w, 3, 4, 2, 1), nn.Tanh())\n"
+        "    return split_sequential(seq, layer, name='mygen', code_dim=6)\n"
+    )
+    _, sources = model_sources(f"{path}:build")
+    names = sorted(p.relative_to(tmp_path).as_posix() for p in sources)
+    assert names == ["helper.py", "mygen.py", "pkg/__init__.py", "pkg/sub.py"]
+    cfg = ExplainConfig(
+        model=f"{path}:build", grid=(4, 4), n=3, baseline_count=8, solver=SolverConfig(or_steps=3)
+    )
+    explain(cfg, out=tmp_path / "run", progress=False, verify=False)
+    run = load_run(tmp_path / "run")
+    run.generator()  # unchanged: fine
+    (tmp_path / "unrelated.py").write_text("X = 2\n")
+    run.generator()  # not imported: not a source
+    # a run made before model files' imports were hashed recorded the model file alone
+    from regprim.files import content_hash
+
+    old = load_run(tmp_path / "run")
+    old.config["model_sha256"] = content_hash(path)
+    old.generator()
+    helper.write_text("WIDTH = 8\nSEED = 1\n")  # the factory's own file is unchanged
+    assert main(["verify", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "changed since this run was made" in err
+    assert "helper.py" in err and "unrelated.py" not in err  # the files it is read from

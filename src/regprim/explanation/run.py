@@ -194,7 +194,8 @@ class Run:
                 where = gone[0] if gone else c["model"]
                 msg = f"the {what} of this run, {where}, is gone; restore it to use the run"
                 raise ValueError(msg)
-            if sources_hash(paths) != recorded:
+            # runs before regprim 0.3's fifth round hashed a model file alone, not its imports
+            if sources_hash(paths) != recorded and sources_hash(paths[:1]) != recorded:
                 where = ", ".join(str(p) for p in paths)
                 msg = (
                     f"the {what} {where} changed since this run was made (SHA-256 "

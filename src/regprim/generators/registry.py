@@ -10,6 +10,7 @@ factory ``path/to/file.py:function`` or ``package.module:function``. A factory i
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import inspect
@@ -132,8 +133,37 @@ def model_sources(spec: str) -> tuple[str, list[Path]]:
         return sources(spec)
     target, _, function = spec.rpartition(":")
     if target.endswith(".py") and Path(target).is_file():
-        return f"{Path(target).resolve()}:{function}", [Path(target).resolve()]
+        return f"{Path(target).resolve()}:{function}", local_imports(Path(target).resolve())
     return spec, []
+
+
+def local_imports(path: Path) -> list[Path]:
+    """``path`` and the Python files of its folder that it imports, and those they import, in
+    turn (``import helper``, ``from helper import x``, ``from pkg.sub import y`` resolve to
+    ``helper.py``, ``pkg/__init__.py``, ``pkg/sub.py`` beside ``path``): what a model file is
+    read from. Read from the source text (``ast``), not by importing; installed packages are
+    not in it (their versions are in the run's config)."""
+    folder, found, todo = path.parent, [path], [path]
+    while todo:
+        try:
+            tree = ast.parse(todo.pop().read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):  # load_model says what is wrong with it
+            continue
+        names = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level <= 1:
+                names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            for k in range(1, len(parts) + 1):
+                base = folder.joinpath(*parts[:k])
+                for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+                    if candidate.is_file() and candidate not in found:
+                        found.append(candidate)
+                        todo.append(candidate)
+    return found
 
 
 def _call_user_factory(spec: str, factory: Callable[..., SplitGenerator], kwargs: dict):
