@@ -252,7 +252,7 @@ def test_a_changed_model_file_is_refused_by_commands_that_rebuild_it(tmp_path, c
 
 def test_a_changed_helper_module_of_the_model_file_is_refused_too(tmp_path, capsys):
     """A model file that imports a module beside it (helper.py, pkg/sub.py) is read from those
-    files too: the run hashes them all, and a change to any of them is refused by name."""
+    files too: the run records and hashes them all, and a change to any of them is refused."""
     from regprim.app.cli import main
     from regprim.generators.registry import model_sources
 
@@ -285,12 +285,17 @@ def test_a_changed_helper_module_of_the_model_file_is_refused_too(tmp_path, caps
     run.generator()  # unchanged: fine
     (tmp_path / "unrelated.py").write_text("X = 2\n")
     run.generator()  # not imported: not a source
-    # a run made before model files' imports were hashed recorded the model file alone
+    assert run.config["model_files"] == [str(p) for p in sources]
+    # a run written before it recorded model_files hashed the model file alone
     from regprim.files import content_hash
 
     old = load_run(tmp_path / "run")
+    del old.config["model_files"]
     old.config["model_sha256"] = content_hash(path)
     old.generator()
+    old.config["model_sha256"] = run.config["model_sha256"]  # not what such a run hashed
+    with pytest.raises(ValueError, match="changed since this run was made"):
+        old.generator()
     helper.write_text("WIDTH = 8\nSEED = 1\n")  # the factory's own file is unchanged
     assert main(["verify", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err

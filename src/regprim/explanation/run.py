@@ -182,8 +182,12 @@ class Run:
         from regprim.generators.registry import model_sources
 
         c = self.config
+        if "model_files" in c:  # the files the run hashed
+            model_files = [Path(p) for p in c["model_files"]]
+        else:  # a run written before it recorded them hashed the spec's own paths
+            model_files = model_sources(c["model"], imports=False)[1]
         sources = {
-            "model file": (model_sources(c["model"])[1], c.get("model_sha256")),
+            "model file": (model_files, c.get("model_sha256")),
             "weights": ([Path(c["weights"])] if c.get("weights") else [], c.get("weights_sha256")),
         }
         for what, (paths, recorded) in sources.items():
@@ -194,8 +198,7 @@ class Run:
                 where = gone[0] if gone else c["model"]
                 msg = f"the {what} of this run, {where}, is gone; restore it to use the run"
                 raise ValueError(msg)
-            # runs before regprim 0.3's fifth round hashed a model file alone, not its imports
-            if sources_hash(paths) != recorded and sources_hash(paths[:1]) != recorded:
+            if sources_hash(paths) != recorded:
                 where = ", ".join(str(p) for p in paths)
                 msg = (
                     f"the {what} {where} changed since this run was made (SHA-256 "

@@ -10,11 +10,11 @@ factory ``path/to/file.py:function`` or ``package.module:function``. A factory i
 
 from __future__ import annotations
 
-import ast
 import importlib
 import importlib.util
 import inspect
 import json
+import modulefinder
 import os
 import sys
 from collections.abc import Callable
@@ -126,44 +126,33 @@ def load_model(
     return gen.freeze().to(device)
 
 
-def model_sources(spec: str) -> tuple[str, list[Path]]:
+def model_sources(spec: str, imports: bool = True) -> tuple[str, list[Path]]:
     """The spec with the paths it names made absolute, and the files and folders the model is
-    read from (a run hashes them into ``model_sha256``; built-in models: none)."""
+    read from (a run records them as ``model_files`` and hashes them into ``model_sha256``;
+    built-in models: none). ``imports=False``: a model file alone, without the files beside it
+    that it imports (what runs hashed before they recorded ``model_files``)."""
     if spec.startswith(PREFIX):
         return sources(spec)
     target, _, function = spec.rpartition(":")
     if target.endswith(".py") and Path(target).is_file():
-        return f"{Path(target).resolve()}:{function}", local_imports(Path(target).resolve())
+        path = Path(target).resolve()
+        return f"{path}:{function}", local_imports(path) if imports else [path]
     return spec, []
 
 
 def local_imports(path: Path) -> list[Path]:
     """``path`` and the Python files of its folder that it imports, and those they import, in
-    turn (``import helper``, ``from helper import x``, ``from pkg.sub import y`` resolve to
-    ``helper.py``, ``pkg/__init__.py``, ``pkg/sub.py`` beside ``path``): what a model file is
-    read from. Read from the source text (``ast``), not by importing; installed packages are
-    not in it (their versions are in the run's config)."""
-    folder, found, todo = path.parent, [path], [path]
-    while todo:
-        try:
-            tree = ast.parse(todo.pop().read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError):  # load_model says what is wrong with it
-            continue
-        names = []
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names += [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level <= 1:
-                names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        for name in names:
-            parts = name.split(".")
-            for k in range(1, len(parts) + 1):
-                base = folder.joinpath(*parts[:k])
-                for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-                    if candidate.is_file() and candidate not in found:
-                        found.append(candidate)
-                        todo.append(candidate)
-    return found
+    turn (``import helper``, ``from pkg.sub import y``: ``helper.py``, ``pkg/__init__.py``,
+    ``pkg/sub.py`` beside ``path``): what a model file is read from. Found by the standard
+    library's :mod:`modulefinder` from the code, without running it, searching that folder only;
+    installed packages are not in it."""
+    finder = modulefinder.ModuleFinder(path=[str(path.parent)])
+    try:
+        finder.run_script(str(path))
+    except (SyntaxError, ImportError):  # load_model says what is wrong with the file
+        return [path]
+    found = {Path(m.__file__).resolve() for m in finder.modules.values() if m.__file__}
+    return [path, *sorted(found - {path})]
 
 
 def _call_user_factory(spec: str, factory: Callable[..., SplitGenerator], kwargs: dict):

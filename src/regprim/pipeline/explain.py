@@ -90,6 +90,7 @@ def resolved_config(cfg: ExplainConfig, target: Target) -> dict[str, Any]:
     spec, paths = model_sources(cfg.model)
     if paths:
         resolved["model"] = spec
+        resolved["model_files"] = [str(p) for p in paths]
         resolved["model_sha256"] = sources_hash(paths)
     if cfg.weights not in (None, "random") and Path(cfg.weights).exists():
         resolved["weights"] = str(Path(cfg.weights).resolve())
