@@ -23,6 +23,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from regprim import ExplainConfig, SolverConfig, explain, load_model, load_run  # noqa: E402
 from regprim.generators.diffusion import DiffusionSplit  # noqa: E402
+from regprim.generators.families import Conditioning  # noqa: E402
 from regprim.generators.planted_family import FeatureHead, planted_family, recovery  # noqa: E402
 from regprim.generators.stages import units  # noqa: E402
 from regprim.generators.vae import vae_decoder  # noqa: E402
@@ -178,9 +179,10 @@ def test_a_class_conditional_dit_with_guidance_lays_tokens_on_the_patch_grid():
 def test_prompt_embeddings_and_guidance_are_held_fixed():
     unet = tiny_cond_unet()
     prompt, negative = torch.randn(1, 5, 6), torch.randn(1, 5, 6)
-    gen = DiffusionSplit(
-        unet, ddim(), 2, prompt_embeds=prompt, negative_embeds=negative, guidance=4.0
-    ).freeze()
+    held = Conditioning(
+        {"encoder_hidden_states": prompt}, {"encoder_hidden_states": negative}, guidance=4.0
+    )
+    gen = DiffusionSplit(unet, ddim(), 2, conditioning=held).freeze()
     code = gen.sample_codes(1, 3)
     want = reference(
         unet,
@@ -192,8 +194,6 @@ def test_prompt_embeddings_and_guidance_are_held_fixed():
         null={"encoder_hidden_states": negative},
     )
     exact_everywhere(gen, code, want, ["step=1", "mid_block@step=1", "up_blocks.1@step=0"])
-    with pytest.raises(ValueError, match="negative_embeds"):
-        DiffusionSplit(unet, ddim(), 2, prompt_embeds=prompt, guidance=4.0)
 
 
 def test_an_euler_scheduler_resumes_at_the_right_step():
@@ -310,7 +310,9 @@ def explained(member, gen):
 def test_a_planted_member_behind_a_block_cut_is_recovered(seed):
     member = planted_family(seed)
     sched = ddim(prediction_type="sample", set_alpha_to_one=True)
-    gen = DiffusionSplit(PlantedDenoiser(member, latent=False), sched, 1, "features@step=0")
+    gen = DiffusionSplit(
+        PlantedDenoiser(member, latent=False), sched, 1, "features@step=0", skips="hold"
+    )
     result = recovery(member, explained(member, gen))
     assert result["passed"], result
 
@@ -406,7 +408,7 @@ def test_a_dit_folder_takes_its_null_class_from_the_label_table(tmp_path):
         index[key] = ["diffusers", type(part).__name__]
     (folder / "model_index.json").write_text(json.dumps(index))
     gen = load_model(f"diffusers:{folder}?steps=2&guidance=2")
-    assert (gen.num_classes, gen.null_class, gen.guidance) == (3, 3, 2.0)
+    assert (gen.num_classes, gen.null_class, gen.cond.guidance) == (3, 3, 2.0)
     want = DiffusionSplit(
         tiny_dit(), ddim(), 2, vae=tiny_vae(), num_classes=3, null_class=3, guidance=2.0
     ).freeze()

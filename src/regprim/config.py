@@ -210,6 +210,10 @@ class ExplainConfig:
         layer: the layer to cut the generator at (default: the model's default).
         weights: weights file or folder for the model (BigGAN: a folder; ``random``: a random
             initialisation).
+        prompt: the text prompt of a ``diffusers:DIR`` model, encoded by the folder's own text
+            encoders (the same as its ``?prompt=``; default: the empty prompt).
+        negative_prompt: the negative prompt of a ``diffusers:DIR`` model (the unconditional
+            pass of its guidance; the same as ``?negative_prompt=``).
         seed: seed of the target image's code.
         class_index: class of the target image, by index or name (conditional models).
         grid: rows x cols of the grid of cells over the image.
@@ -246,6 +250,8 @@ class ExplainConfig:
     model: str = DEFAULT_MODEL
     layer: str | None = None
     weights: str | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
     seed: int = 0
     class_index: int | str | None = field(default=None, metadata={"cli": "class"})
     grid: tuple[int, int] = (6, 6)
@@ -290,6 +296,14 @@ class ExplainConfig:
             raise ValueError(msg)
         self._check_ranges()
         check_device(self.device)
+        if (self.prompt is not None or self.negative_prompt is not None) and not (
+            self.model.startswith("diffusers:")
+        ):
+            msg = (
+                f"a prompt is for diffusers:DIR models; {self.model!r} takes none (drop --prompt "
+                "and --negative-prompt)"
+            )
+            raise ValueError(msg)
         if self.denoise and self.players_count > DENSE_MAX_N:
             msg = (
                 f"noise removal works on the minimal features of every subset; with "

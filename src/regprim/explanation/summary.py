@@ -60,6 +60,7 @@ def summarise(
         "salient": salient.tolist(),
         "salient_norms": [table.norm(k) for k in salient.tolist()],
         "feature_change_norm": float((target.f - target.f0).norm()),
+        "split_check": target.split_check,
         **mf.summary(),
         "device": str(gen.device),
         "wall_seconds": time.perf_counter() - start,
@@ -118,4 +119,5 @@ def run_metadata(target: Target) -> dict[str, Any]:
         "feature_shape": list(target.feature_shape),
         "code_shape": list(target.gen.code_shape),
         "value_range": list(target.gen.value_range),
+        "model_info": target.gen.info(),
     }

@@ -8,7 +8,7 @@ the image, computes the baseline ``f0`` and its image, and chooses the players. 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -34,6 +34,8 @@ class Target:
         grid: the grid of cells over the image.
         players: player cells (grid ids) in bit order.
         class_index: the target's class (None for unconditional models).
+        split_check: the generator's check that its split reproduces the model's own output
+            (:meth:`SplitGenerator.check_split`; {} where it has none).
     """
 
     gen: SplitGenerator
@@ -45,6 +47,7 @@ class Target:
     grid: Grid
     players: list[int]
     class_index: int | None = None
+    split_check: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -95,6 +98,7 @@ def build_target(cfg: ExplainConfig, gen: SplitGenerator) -> Target:
         x = gen.g(f[None], code)[0]
     check_finite("feature f", f, gen)
     check_finite("image g(f)", x, gen)
+    split_check = gen.check_split(code, f[None], x[None])
     grid = Grid(*cfg.grid, *x.shape[1:])
     players = check_players(cfg, grid)
 
@@ -109,4 +113,4 @@ def build_target(cfg: ExplainConfig, gen: SplitGenerator) -> Target:
     if players is None:
         n = cfg.players_count
         players = choose_players(cfg.player_rule, grid, n, x, baseline_image, cfg.player_seed)
-    return Target(gen, code, f, f0, x, baseline_image, grid, players, class_index)
+    return Target(gen, code, f, f0, x, baseline_image, grid, players, class_index, split_check)

@@ -106,6 +106,18 @@ class SplitGenerator:
         layers after the cut); ``--dry-run`` prints it."""
         return ""
 
+    def info(self) -> dict:
+        """What a run records about the model beyond its name and cut (a diffusion model's
+        sampler, prompt and guidance: config.json's ``model_info``)."""
+        return {}
+
+    def check_split(self, code: Tensor, f: Tensor, x: Tensor) -> dict:
+        """Check, before any expensive work, that the split reproduces the model's own output
+        for ``code`` (whose feature is ``f`` and image ``x = g(f)``); raise a ValueError with
+        the measured error and the fix if not. Returns what a run records (summary.json's
+        ``split_check``; {} where there is nothing to check)."""
+        return {}
+
     # -- shared -------------------------------------------------------------------------------
     def to(self, device: str | torch.device) -> SplitGenerator:
         self.device = torch.device(device)
@@ -153,13 +165,7 @@ class SplitGenerator:
             msg = f"model {self.name!r} is unconditional; drop the class ({value!r})"
             raise ValueError(msg)
         if isinstance(value, str) and not value.lstrip("-").isdigit():
-            if value not in self.class_names:
-                msg = (
-                    f"unknown class {value!r} for model {self.name!r}; "
-                    f"use an index 0..{self.num_classes - 1} or one of {list(self.class_names)}"
-                )
-                raise ValueError(msg)
-            return self.class_names.index(value)
+            return self._class_by_name(value)
         index = int(value)
         if not 0 <= index < self.num_classes:
             msg = (
@@ -168,6 +174,27 @@ class SplitGenerator:
             )
             raise ValueError(msg)
         return index
+
+    def _class_by_name(self, value: str) -> int:
+        """The class one of whose comma-separated names is ``value`` (any case)."""
+        wanted = value.strip().lower()
+        found = [
+            i
+            for i, names in enumerate(self.class_names)
+            if wanted in (n.strip().lower() for n in names.split(","))
+        ]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            msg = f"class {value!r} names classes {found} of model {self.name!r}; give the index"
+            raise ValueError(msg)
+        named = [n for n in self.class_names if n and not n.isdigit()]
+        shown = ", ".join(repr(n) for n in named[:12]) + (", ..." if len(named) > 12 else "")
+        msg = (
+            f"unknown class {value!r} for model {self.name!r}; use an index "
+            f"0..{self.num_classes - 1}" + (f" or a name: {shown}" if named else "")
+        )
+        raise ValueError(msg)
 
     def sample_codes(self, count: int, seed: int, class_index: int | None = None) -> Tensor:
         """``count`` codes from ``seed``; class-balanced (cycling all classes) when

@@ -27,7 +27,7 @@ from regprim.config import DEFAULT_MODEL as DEFAULT_MODEL
 from regprim.generators.base import ModelError, SplitGenerator
 from regprim.generators.biggan import biggan
 from regprim.generators.dcgan import EYE_CLASSES, dcgan_faces, eyes_128
-from regprim.generators.pipelines import PREFIX, load_folder, sources
+from regprim.generators.pipelines import PREFIX, load_folder, sources, with_options
 from regprim.generators.planted import planted
 
 FACES_DDIM = Path(__file__).with_name("data") / "faces-ddim"
@@ -91,6 +91,14 @@ def _user_factory(spec: str) -> Callable[..., SplitGenerator]:
         )
         raise ValueError(msg)
     return getattr(module, func)
+
+
+def model_spec(model: str, prompt: str | None = None, negative_prompt: str | None = None) -> str:
+    """The model's spec with a prompt given apart from it (``--prompt``) written into it, as
+    ``?prompt=`` would be (``diffusers:DIR`` models only)."""
+    if prompt is None and negative_prompt is None:
+        return model
+    return with_options(model, prompt=prompt, negative_prompt=negative_prompt)
 
 
 def load_model(

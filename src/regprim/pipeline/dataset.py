@@ -101,11 +101,13 @@ def items_of(seeds: list[int], classes: list[str] | None = None) -> list[Item]:
 
 
 def _generator(cfg: ExplainConfig):
-    from regprim.generators.registry import load_model
-
-    key = json.dumps([cfg.model, cfg.layer, cfg.weights, cfg.device])
+    key = json.dumps(
+        [cfg.model, cfg.prompt, cfg.negative_prompt, cfg.layer, cfg.weights, cfg.device]
+    )
     if key not in _GENERATORS:
-        _GENERATORS[key] = load_model(cfg.model, cfg.layer, cfg.device, cfg.weights)
+        from regprim.pipeline.explain import load_generator  # model code only in workers
+
+        _GENERATORS[key] = load_generator(cfg)
     return _GENERATORS[key]
 
 

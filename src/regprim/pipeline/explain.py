@@ -70,9 +70,10 @@ def load_generator(cfg: ExplainConfig, generator: SplitGenerator | None = None) 
         torch.cuda.reset_peak_memory_stats(device)
     if generator is not None:
         return generator.freeze().to(device)
-    from regprim.generators.registry import load_model  # model code only when a model is named
+    from regprim.generators.registry import load_model, model_spec  # model code when named
 
-    return load_model(cfg.model, cfg.layer, device, cfg.weights)
+    spec = model_spec(cfg.model, cfg.prompt, cfg.negative_prompt)
+    return load_model(spec, cfg.layer, device, cfg.weights)
 
 
 def resolved_config(cfg: ExplainConfig, target: Target) -> dict[str, Any]:
@@ -85,9 +86,9 @@ def resolved_config(cfg: ExplainConfig, target: Target) -> dict[str, Any]:
         "n": target.n,
         "class_index": target.class_index,
     }
-    from regprim.generators.registry import model_sources
+    from regprim.generators.registry import model_sources, model_spec
 
-    spec, paths = model_sources(cfg.model)
+    spec, paths = model_sources(model_spec(cfg.model, cfg.prompt, cfg.negative_prompt))
     if paths:
         resolved["model"] = spec
         resolved["model_files"] = [str(p) for p in paths]
