@@ -94,12 +94,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
         p = plan(cfg)
         s = p["settings"]
         print(f"{s['model']} cut at {s['layer']}, n = {s['n']}, solver {s['solver']['method']}")
+        baseline = (
+            f"; the baseline of {cfg.baseline_count} codes about {p['baseline_seconds']:.0f} s"
+            if p["baseline_seconds"]
+            else "; the baseline is cached"
+        )
         print(
             f"time: about {p['estimated_solve_seconds']:.0f} s to solve ({p['expected_passes']:.0f}"
-            f" generator passes at {p['seconds_per_pass'] * 1e3:.2f} ms, measured here); "
-            "nothing was solved or written"
+            f" generator passes at {p['seconds_per_pass'] * 1e3:.2f} ms, {p['timed']})"
+            f"{baseline}; nothing was solved or written"
         )
-        print(f"memory: about {p['memory_bytes'] / 2**20:.0f} MiB for the solver's tensors")
+        print(
+            f"memory: about {p['memory_bytes'] / 2**20:.0f} MiB at the peak ("
+            f"{p['held_bytes'] / 2**20:.0f} MiB held now, {p['bytes_per_feature'] / 2**20:.1f} "
+            f"MiB per feature in a pass of {p['micro_batch']} of the step's {p['batch']}, "
+            f"{p['solver_memory_bytes'] / 2**20:.0f} MiB for the solver's tensors)"
+        )
         print(f"each pass: {p['g_runs']}")
         print(f"players on the {cfg.grid[0]}x{cfg.grid[1]} grid (bit index; . = not a player):")
         print(p["players"])

@@ -46,17 +46,27 @@ def compute_baseline(gen: SplitGenerator, count: int, seed: int, batch: int = 25
     return (total / count).float()
 
 
-def baseline(gen: SplitGenerator, count: int = 1000, seed: int = 1, cache: bool = True) -> Tensor:
-    """``f0`` for ``gen``, read from or written to the cache."""
+def cached(gen: SplitGenerator, count: int, seed: int) -> Tensor | None:
+    """The cached ``f0`` of ``gen``, or None (none yet, or a damaged entry: never trusted)."""
     path = cache_path(gen, count, seed)
-    if cache and path.is_file():
-        try:
-            f0 = load_file(path)["f0"]
-        except Exception:  # a damaged cache entry is recomputed, never trusted
-            f0 = None
-        if f0 is not None:
-            return f0.to(gen.device)
-    f0 = compute_baseline(gen, count, seed)
+    if not path.is_file():
+        return None
+    try:
+        return load_file(path)["f0"].to(gen.device)
+    except Exception:
+        return None
+
+
+def baseline(
+    gen: SplitGenerator, count: int = 1000, seed: int = 1, cache: bool = True, batch: int = 250
+) -> Tensor:
+    """``f0`` for ``gen``, read from or written to the cache (computed ``batch`` codes at a
+    time)."""
+    found = cached(gen, count, seed) if cache else None
+    if found is not None:
+        return found
+    path = cache_path(gen, count, seed)
+    f0 = compute_baseline(gen, count, seed, batch)
     if not torch.isfinite(f0).all():
         msg = f"baseline feature of {gen.name}/{gen.layer} has NaN or inf; check the model"
         raise ValueError(msg)

@@ -18,6 +18,7 @@ from regprim.config import ExplainConfig
 from regprim.core.regions import Grid, choose_players
 from regprim.explanation.baseline import baseline
 from regprim.generators.base import SplitGenerator
+from regprim.solvers.memory import batch_that_fits, peak
 
 
 @dataclass
@@ -87,14 +88,17 @@ def check_players(cfg: ExplainConfig, grid: Grid) -> list[int] | None:
     return None
 
 
-def build_target(cfg: ExplainConfig, gen: SplitGenerator) -> Target:
-    """The target of ``cfg`` on ``gen``; grid and players are checked before the baseline."""
+def build_target(cfg: ExplainConfig, gen: SplitGenerator, f0: Tensor | None = None) -> Target:
+    """The target of ``cfg`` on ``gen``; the split's own check, the grid and the players before
+    the baseline, whose batches are sized by the target's measured feature pass (``f0``: a
+    baseline computed elsewhere, for ``--dry-run``'s stand-in)."""
     device = gen.device
     class_index = gen.class_index(cfg.class_index)
     code = gen.sample_codes(1, cfg.seed, class_index)
     with torch.no_grad():
         gen.set_memory_format(gen.d(code).dim() - 1)  # before the passes that count
-        f = gen.d(code)[0]
+        with peak(device) as used:
+            f = gen.d(code)[0]
         x = gen.g(f[None], code)[0]
     check_finite("feature f", f, gen)
     check_finite("image g(f)", x, gen)
@@ -102,7 +106,10 @@ def build_target(cfg: ExplainConfig, gen: SplitGenerator) -> Target:
     grid = Grid(*cfg.grid, *x.shape[1:])
     players = check_players(cfg, grid)
 
-    f0 = baseline(gen, cfg.baseline_count, cfg.baseline_seed).to(device)
+    if f0 is None:
+        batch = batch_that_fits(used.bytes, device, 250)
+        f0 = baseline(gen, cfg.baseline_count, cfg.baseline_seed, batch=batch)
+    f0 = f0.to(device)
     if cfg.f0_noise:  # perturbed baseline, for stability studies
         rng = torch.Generator().manual_seed(cfg.solver.perturb_seed)
         noise = torch.randn(f0.shape, generator=rng).to(device)

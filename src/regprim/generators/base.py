@@ -84,6 +84,7 @@ class SplitGenerator:
     code_shape: tuple[int, ...] = ()
     around_cut: str = ""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    max_batch: int = 64  # the most features one forward-only call of g takes (a run lowers it)
 
     # -- to implement -------------------------------------------------------------------------
     def d(self, code: Tensor) -> Tensor:
@@ -217,6 +218,7 @@ class SplitGenerator:
     def render(self, features: Tensor, code: Tensor, batch: int = 64) -> Tensor:
         """Images ``(B, C, H, W)`` of features ``(B, *feature_shape)``, ``batch`` at a time,
         without gradients (the one batch renderer: metrics, figures, report, salient rules)."""
+        batch = max(1, min(batch, self.max_batch))
         parts = [
             self.g(features[i : i + batch].to(self.device), code)
             for i in range(0, len(features), batch)

@@ -128,7 +128,7 @@ def solve_minimal_features(
             last_save = time.perf_counter()
 
     try:
-        return solve(target, cfg.solver, resume, checkpoint, progress)
+        return solve(target, cfg.solver, resume, checkpoint, progress, cfg.memory_budget_gb)
     except KeyboardInterrupt:  # keep the work done so far, then stop
         if out is not None and latest:
             rf.save_checkpoint(out, key, latest)

@@ -21,17 +21,17 @@ MinimalFeatures``, registered in ``SOLVERS`` and named in ``regprim.config.SOLVE
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
 
 from regprim.config import SolverConfig
 from regprim.core.components import ComponentTable
 from regprim.core.interactions import or_interactions
 from regprim.solvers.base import CompactResult, DenseResult, MinimalFeatures, Solver
+from regprim.solvers.memory import available_bytes
 from regprim.solvers.objective import Objective
 from regprim.solvers.or_structured import ORSolver, ReachSolver
 from regprim.solvers.paper import PaperSolver
@@ -43,21 +43,10 @@ if TYPE_CHECKING:
 SOLVERS: dict[str, Solver] = {s.name: s for s in (ORSolver(), PaperSolver(), ReachSolver())}
 
 
-def available_memory_bytes() -> int:
-    """MemAvailable from /proc/meminfo (physical memory where that is missing)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def check_memory(cfg: SolverConfig, n: int, numel: int, budget_gb: float | None) -> None:
     """Refuse a solve whose tensors would not fit in memory (with the estimate)."""
     need = SOLVERS[cfg.method].memory_bytes(n, numel)
-    have = int(budget_gb * 2**30) if budget_gb is not None else available_memory_bytes()
+    have = budget_bytes(budget_gb, torch.device("cpu"))
     if need > have:
         msg = (
             f"n={n} needs about {need / 2**30:.1f} GiB for its 2**{n} x {numel} tensors, "
@@ -81,16 +70,25 @@ def expected_passes(cfg: SolverConfig, n: int) -> float:
     return SOLVERS[cfg.method].expected_passes(cfg, n)
 
 
+def budget_bytes(budget_gb: float | None, device: torch.device) -> int:
+    """A memory budget in bytes: the one given, else what the machine has free."""
+    return int(budget_gb * 2**30) if budget_gb is not None else available_bytes(device)
+
+
 def solve(
     target: Target,
     cfg: SolverConfig,
     resume: dict[str, Tensor] | None = None,
     on_chunk: Callable[[dict[str, Tensor]], None] | None = None,
     progress: bool = True,
+    memory_budget_gb: float | None = None,
 ) -> MinimalFeatures:
     """The minimal features of ``target`` by ``cfg.method``, with their component table (Eq. 10
-    by the fast Moebius transform when the solver stores every subset)."""
-    mf = SOLVERS[cfg.method].solve(Objective(target, cfg), resume, on_chunk, progress)
+    by the fast Moebius transform when the solver stores every subset); the generator's passes
+    in micro-batches that fit in ``memory_budget_gb`` (None: the machine's free memory)."""
+    budget = None if memory_budget_gb is None else int(memory_budget_gb * 2**30)
+    obj = Objective(target, cfg, budget)
+    mf = SOLVERS[cfg.method].solve(obj, resume, on_chunk, progress)
     if isinstance(mf, DenseResult) and mf.table is None:
         mf.table = ComponentTable.from_dense(or_interactions(mf.u))
     return mf

@@ -39,11 +39,15 @@ def constraint_warnings(meets: Tensor, checked: str, constraint: float) -> list[
 
 
 def _checked_summary(
-    rel: Tensor, meets: Tensor, solved: slice, failing: list[int], checked: str, cfg
+    rel: Tensor, meets: Tensor, solved: slice, failing: list[int], checked: str, objective
 ) -> dict[str, Any]:
     """The constraint numbers of ``summary.json`` over the checked subsets (``solved``: the
-    ones a solver worked on, for the median and the warnings)."""
+    ones a solver worked on, for the median and the warnings), and the passes' memory: the
+    micro-batch that fit and the measurements it came from (:meth:`Objective.fit`)."""
+    cfg = objective.cfg
     return {
+        "micro_batch": objective.micro,
+        "pass_memory": objective.pass_bytes,
         "subsets_meeting_constraint": float(meets.float().mean()),
         "subsets_failing_constraint": failing,
         "subsets_checked": checked,
@@ -113,10 +117,12 @@ class DenseResult:
     def summary(self) -> dict[str, Any]:
         """The solver's numbers of ``summary.json``; the empty set (``u = f0`` by definition,
         nothing solved) is left out of every mean."""
-        cfg = self.objective.cfg
         per = slice(1, None)
         failing = torch.nonzero(~self.meets).flatten().cpu().tolist()
-        return _checked_summary(self.rel_error, self.meets, per, failing, "every subset", cfg) | {
+        checked = _checked_summary(
+            self.rel_error, self.meets, per, failing, "every subset", self.objective
+        )
+        return checked | {
             "rounded_numbers": 0,
             "mean_passes_per_subset": float(self.passes[per].float().mean()),
             "mean_forward_passes_per_subset": float(self.forward_passes[per].float().mean()),
@@ -183,8 +189,10 @@ class CompactResult:
         one set of diagnostics for the one optimisation."""
         failing = self.heldout_masks[torch.nonzero(~self.meets).flatten().cpu()].tolist()
         checked = f"{len(self.meets)} held-out subsets"
-        cfg = self.objective.cfg
-        return _checked_summary(self.rel_error, self.meets, slice(None), failing, checked, cfg) | {
+        summary = _checked_summary(
+            self.rel_error, self.meets, slice(None), failing, checked, self.objective
+        )
+        return summary | {
             "rounded_numbers": self.rounded_numbers,
             "mean_passes_per_subset": float(self.passes),
             "mean_forward_passes_per_subset": 1.0,  # each held-out subset checked once

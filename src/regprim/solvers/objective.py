@@ -25,15 +25,18 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from regprim.config import SolverConfig
 from regprim.core.regions import subset_masks
+from regprim.solvers.memory import Peak, available_bytes, peak, resident_bytes
 from regprim.solvers.reach import reach_bits, reach_order, reach_sets
 from regprim.solvers.window import find_window
 
 if TYPE_CHECKING:
     from regprim.explanation.target import Target
 
+SLOW_PASS = 5.0  # seconds of a pass of one feature beyond which fit() runs no second one
 CHECK_PASS = 0.56  # a forward-only pass (the constraint check) in forward-and-gradient passes
 
 
@@ -46,9 +49,21 @@ def sparsity_minimiser(f0: Tensor, df: Tensor, sparsity: str) -> Tensor:
 
 
 class Objective:
-    """Eq. 8 for one target: fixed tensors (in the window), masks, weights and errors."""
+    """Eq. 8 for one target: fixed tensors (in the window), masks, weights and errors.
 
-    def __init__(self, target: Target, cfg: SolverConfig) -> None:
+    ``memory_budget``: bytes the run may hold in all (None: what it holds now and what the
+    machine has free). The generator's passes are split into micro-batches of ``micro``
+    features that fit in it, measured before anything else runs (:meth:`fit`). ``probe=False``
+    skips the receptive-field probe and the window (every number reaches every player), for a
+    plan that must not spend its passes."""
+
+    def __init__(
+        self,
+        target: Target,
+        cfg: SolverConfig,
+        memory_budget: int | None = None,
+        probe: bool = True,
+    ) -> None:
         self.gen, self.code, self.cfg = target.gen, target.code, cfg
         self.f0, self.x = target.f0, target.x
         self.df = target.f - target.f0
@@ -60,8 +75,13 @@ class Objective:
         self.memory_format = self.gen.set_memory_format(self.df.dim())  # as build_target set it
         self.numel = self.df.numel()
         self.full_minimiser = sparsity_minimiser(self.f0, self.df, cfg.sparsity)
-        sets = reach_sets(self)
-        self.window = find_window(self, sets) if cfg.crop else None
+        self.micro: int | None = None  # features per pass; None: a whole batch at once
+        self.pass_bytes = self.fit(memory_budget)
+        if probe:
+            sets = reach_sets(self)
+        else:
+            sets = torch.ones(self.n, *self.df.shape, dtype=torch.bool, device=self.df.device)
+        self.window = find_window(self, sets) if cfg.crop and probe else None
         if self.window is not None:
             w = self.window
             self.f0, self.df, sets = w.crop(self.f0), w.crop(self.df), w.crop(sets)
@@ -99,6 +119,84 @@ class Objective:
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[self.cfg.precision]
         return torch.autocast(self.x.device.type, dtype=dtype)
 
+    def _g(self, u: Tensor) -> Tensor:
+        with self.autocast():
+            return self.gen.g(u, self.code).float()
+
+    def render(self, u: Tensor) -> Tensor:
+        """``g`` of features ``u`` ``(B, ...)`` (window size) in micro-batches of ``micro``:
+        with gradients, each micro-batch is recomputed in the backward pass (checkpointed), so
+        one micro-batch's activations are held at a time (the gradient is the whole batch's,
+        accumulated); without, plain chunks. Images in float32 whatever ``precision``."""
+        m = self.micro
+        if m is None or len(u) <= m:
+            return self._g(u)
+        grad = torch.is_grad_enabled() and u.requires_grad
+        return torch.cat(
+            [
+                checkpoint(self._g, u[i : i + m], use_reentrant=False)
+                if grad
+                else self._g(u[i : i + m])
+                for i in range(0, len(u), m)
+            ]
+        )
+
+    def measure(self, batch: int) -> tuple[float, Peak]:
+        """Seconds and peak memory of one pass (forward and input gradient) of ``batch``
+        random features in the box, whole (no micro-batches)."""
+        rng = torch.Generator().manual_seed(2)
+        alpha = torch.rand(batch, *self.df.shape, generator=rng).to(self.df.device)
+        u = (self.f0 + alpha * self.df).contiguous(memory_format=self.memory_format)
+        u.requires_grad_(True)
+        with peak(self.x.device) as found:
+            start = time.perf_counter()
+            torch.autograd.grad(self._g(u).square().sum(), u)
+            seconds = time.perf_counter() - start
+        return seconds, found
+
+    def fit(self, budget: int | None) -> dict[str, float]:
+        """Set ``micro`` to the most features one pass may take within ``budget`` bytes (None:
+        what the run holds now and the machine's free memory, less a tenth), from two measured
+        passes of 1 and 2 features: their peaks give the bytes per feature and the fixed
+        bytes (a pass of one feature slower than ``SLOW_PASS`` seconds is taken as all
+        per-feature work, its double not run). An error when one feature does not fit.
+        Returns the measurements."""
+        device = self.x.device
+        held = resident_bytes(device)
+        if budget is None:
+            budget = held + int(0.9 * available_bytes(device))
+        one = self.measure(1)
+        if one[0] < SLOW_PASS:
+            two = self.measure(2)
+            per = max(two[1].bytes - one[1].bytes, 1)
+            fixed = max(one[1].bytes - per, 0)
+        else:  # a pass this slow is all per-feature work: no second, costlier measurement
+            per, fixed = max(one[1].bytes, 1), 0
+            two = (2 * one[0], one[1])
+        free = budget - held - fixed
+        if free < per:
+            msg = (
+                f"one pass of one feature needs about {(fixed + per) / 2**30:.1f} GiB above the "
+                f"{held / 2**30:.1f} GiB the run holds, more than the budget of "
+                f"{budget / 2**30:.1f} GiB allows: raise --memory-budget-gb, cut later (fewer "
+                "steps after the cut), recompute the steps (?checkpoint=1) or use a GPU"
+            )
+            raise MemoryError(msg)
+        self.micro = int(free // per)
+        if self.micro >= 1024:  # every batch a solver makes fits whole
+            self.micro = None
+        else:  # forward-only renders (metrics, figures) in batches no larger
+            self.gen.max_batch = min(self.gen.max_batch, self.micro)
+        return {
+            "bytes_per_feature": float(per),
+            "fixed_bytes": float(fixed),
+            "held_bytes": float(held),
+            "budget_bytes": float(budget),
+            "seconds_one": one[0],
+            "seconds_two": two[0],
+            "exact": float(one[1].exact and two[1].exact),
+        }
+
     def masks(self, subsets: Tensor) -> tuple[Tensor, Tensor]:
         """Pixel masks ``(B, 1, H, W)`` (float) and the weight of the squared error ``(B,)``."""
         masks = subset_masks(self.player_masks, subsets.to(self.player_masks.device))
@@ -130,7 +228,7 @@ class Objective:
         that of the baseline image (the constraint), and the objective value of Eq. 8 (the
         sparsity term of the window: outside it, every solver leaves the minimiser)."""
         masks, weight = self.masks(subsets)
-        err = self.errors(self.gen.g(u, self.code), masks)
+        err = self.errors(self.render(u), masks)
         base = self.errors(self.baseline_image[None], masks)
         return err / base.clamp_min(1e-30), weight * err + self.sparsity(u)
 

@@ -131,9 +131,7 @@ def reconstruction(
     alpha = alpha_of(beta, bits.to(beta.device))
     u = torch.addcmul(obj.f0[None], alpha, obj.df[None]).contiguous(memory_format=obj.memory_format)
     masks, weight = obj.masks(to_bitmasks(bits))
-    with obj.autocast():
-        images = obj.gen.g(u, obj.code)
-    rec = weight * obj.errors(images.float(), masks)
+    rec = weight * obj.errors(obj.render(u), masks)
     if not full:
         return rec.mean()
     sizes = bits.sum(1)
@@ -157,9 +155,7 @@ def exclusivity(obj: Objective, beta: Tensor, players: Tensor) -> Tensor:
     share = (1 - beta[players]) * alpha_of(beta, others.to(beta.device))
     v = torch.addcmul(obj.f0[None], share, obj.df[None]).contiguous(memory_format=obj.memory_format)
     masks, weight = obj.masks(1 << players.cpu())
-    with obj.autocast():
-        images = obj.gen.g(v, obj.code)
-    change = ((images.float() - obj.baseline_image) ** 2 * masks).flatten(1).sum(1)
+    change = ((obj.render(v) - obj.baseline_image) ** 2 * masks).flatten(1).sum(1)
     base = obj.cell_base
     return obj.cfg.or_exclusive * (weight * change * base.mean() / base[players]).mean()
 

@@ -75,8 +75,7 @@ class Chunk:
     def value_grad(self, alpha: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         obj = self.obj
         u = torch.addcmul(self.f0, alpha, self.df).requires_grad_(True)
-        with obj.autocast():
-            images = obj.gen.g(u, obj.code)
+        images = obj.render(u)
         rows = self.rows
         rec = rows(self.weight, idx) * obj.errors(images.float(), rows(self.masks, idx))
         (grad_u,) = torch.autograd.grad(rec.sum(), u)
@@ -89,7 +88,7 @@ class Chunk:
         masked pixels), floored at 1e-6 of each row's largest."""
         rng = torch.Generator(device=alpha.device).manual_seed(0)
         u = torch.addcmul(self.f0, alpha, self.df).requires_grad_(True)
-        images = self.obj.gen.g(u, self.obj.code)
+        images = self.obj.render(u)
         total = torch.zeros_like(alpha)
         for k in range(probes):
             signs = torch.randint(0, 2, images.shape, generator=rng, device=images.device)

@@ -37,7 +37,7 @@ def reach_sets(obj: Objective, points: int = POINTS, seed: int = 0) -> Tensor:
             alpha = torch.rand(n, *obj.df.shape, generator=rng, device=device)
         alpha.requires_grad_(True)
         u = (obj.f0 + alpha * obj.df).contiguous(memory_format=obj.memory_format)
-        out = (obj.gen.g(u, obj.code) * probe * masks).sum()
+        out = (obj.render(u) * probe * masks).sum()
         (grad,) = torch.autograd.grad(out, alpha)
         found |= grad != 0
     return found
