@@ -22,10 +22,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from bench import machine  # noqa: E402
 
 from regprim import HookSplit, load_model  # noqa: E402
-from regprim.generators.diffusion import DiffusionSplit  # noqa: E402
+from regprim.generators.diffusion import DiffusionSplit, clone_scheduler  # noqa: E402
 from regprim.generators.vae import DecoderSplit, vae_decoder  # noqa: E402
 
 BATCH = 32
@@ -41,11 +42,34 @@ class WholeSampler(nn.Module):
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         s = self.split
-        noise, labels = s._split_code(code)
-        x = noise
-        for t in s._timesteps():
-            x = self.tap(s._update(s._call(x, t, labels), t, x))
+        x, labels = s._split_code(code)
+        sched = clone_scheduler(s.template)
+        for t in s.timesteps:
+            x = self.tap(s._update(sched, s._call(sched, x, t, labels), t, x))
         return s._decode(x)
+
+
+def plain_loop(split: DiffusionSplit):
+    """The steps after a ``step=K`` cut of a DDIM sampler written directly with the diffusers
+    API (the denoiser, the guidance combination, ``scheduler.step``, the decoder), its fixed
+    inputs prepared once: what a pass of ``g`` costs without regprim around it."""
+    sched = type(split.scheduler).from_config(split.scheduler.config)
+    sched.set_timesteps(split.steps)
+    kwargs = split.cond.kwargs(BATCH)
+    cfg = split.cond.passes == 2
+    scale = split.vae.config.scaling_factor if split.vae is not None else None
+
+    def g(x: torch.Tensor) -> torch.Tensor:
+        for t in sched.timesteps[split.k :]:
+            x_in = torch.cat([x, x]) if cfg else x
+            out = split.denoiser(x_in, t.expand(len(x_in)), **kwargs).sample
+            if cfg:
+                uncond, cond = out.chunk(2)
+                out = uncond + split.cond.guidance * (cond - uncond)
+            x = sched.step(out[:, : x.shape[1]], t, x).prev_sample
+        return x if scale is None else split.vae.decode(x / scale).sample
+
+    return g
 
 
 def hooked(split: DiffusionSplit) -> HookSplit:
@@ -206,6 +230,87 @@ def main() -> None:
         f"\nbatch {BATCH}; median of 3 passes after a warm-up; {math.prod(faces.latent_shape)} "
         "numbers in the faces-ddim latent"
     )
+    overhead(faces)
+    families()
+
+
+def timed(fn, repeat: int = 3) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def overhead(faces: DiffusionSplit) -> None:
+    """A pass of g against the same steps written directly with the diffusers API."""
+    import tempfile
+    from pathlib import Path
+
+    import tiny_pipelines
+
+    print("\n| model | cut | pass (regprim's g) | pass (plain loop) | g / plain |")
+    print("| --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        sd = load_model(f"diffusers:{tiny_pipelines.sd(Path(tmp) / 'sd')}?steps=4&guidance=3")
+    cases = [("faces-ddim", faces, "step=2"), ("faces-ddim", faces, "step=3")]
+    cases += [("tiny SD, guidance 3", sd, "step=2")]
+    for name, gen, layer in cases:
+        split = gen.cut_at(layer)
+        split.skips = "hold"
+        code = split.sample_codes(1, 0)
+        with torch.no_grad():
+            f = split.d(code).expand(BATCH, *split.latent_shape).clone()
+        plain = plain_loop(split)
+
+        def ours(split=split, f=f, code=code) -> None:
+            x = f.clone().requires_grad_(True)
+            split.g(x, code).square().sum().backward()
+
+        def theirs(plain=plain, f=f) -> None:
+            x = f.clone().requires_grad_(True)
+            plain(x).square().sum().backward()
+
+        a, b = timed(ours), timed(theirs)
+        print(f"| {name} | `{layer}` | {a * 1e3:.0f} ms | {b * 1e3:.0f} ms | {a / b:.2f} |")
+
+
+def families() -> None:
+    """Every family's tiny folder (tests/tiny_pipelines.py): a pass at the default cut and at a
+    block cut, and what the backward keeps."""
+    import tempfile
+    from pathlib import Path
+
+    import tiny_pipelines
+
+    options = {
+        "sd": "?steps=4&guidance=3&prompt=a cat",
+        "sdxl": "?steps=4&guidance=3&prompt=a cat",
+        "sd3": "?steps=4&guidance=3&prompt=a cat",
+        "flux": "?steps=4&prompt=a cat&size=16",
+        "pixart": "?steps=4&guidance=3&prompt=a cat",
+        "dit": "?steps=4&guidance=3",
+        "pixel": "?steps=4",
+        "turbo": "?steps=1&guidance=0&prompt=a cat",
+    }
+    print("\n| family (tiny, random) | cut | exact against its pipeline | pass | backward keeps |")
+    print("| --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, build in tiny_pipelines.FAMILIES.items():
+            gen = load_model(f"diffusers:{build(Path(tmp) / name)}{options[name]}")
+            block = "mid_block" if "mid_block" in gen.blocks else "transformer_blocks.0"
+            for layer in dict.fromkeys([gen.layer, f"{block}@step=0"]):
+                split = gen.cut_at(layer)
+                code = split.sample_codes(1, 0, 1 if split.num_classes else None)
+                error = split.check_split(code)["max_rel_error"]
+                seconds, kept = pass_seconds(split, code)
+                print(
+                    f"| {name} | `{layer}` | {error:.1e} | {seconds * 1e3:.0f} ms | "
+                    f"{kept / 2**20:.0f} MiB |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -147,7 +147,9 @@ def test_dry_run_plans_without_solving(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "run").exists()
     args = "explain --model planted --players 7,8,14 --baseline-count 20 --dry-run --json"
     assert main(args.split()) == 0
-    assert '"players": [\n  7,' in capsys.readouterr().out
+    planned = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert planned["settings"]["players"] == [7, 8, 14]
+    assert planned["memory_bytes"] > 0 and planned["estimated_solve_seconds"] > 0
 
 
 def test_stages_are_timed_and_announced(tmp_path, capsys):

@@ -51,6 +51,33 @@ def test_alpha_is_one_minus_the_product_over_the_subset():
     assert float(alpha_of(half, torch.tensor([[True, True]]))[0, 0]) == pytest.approx(0.75)
 
 
+def test_the_product_over_players_has_its_exact_gradient_at_one():
+    """alpha's gradient equals the direct product's, also where a beta is exactly 1 (the
+    product of the other factors); without ``exact``, 0 there and the same elsewhere."""
+    beta = random_beta(n=5, seed=3)
+    beta[1, 0] = 1.0  # one factor 0
+    beta[2, 1] = beta[3, 1] = 1.0  # two factors 0 in some rows
+    n = beta.shape[0]
+    bits = all_subsets(n)
+    weights = torch.randn(len(bits), *beta.shape[1:], dtype=beta.dtype)
+
+    def direct(b, bits):
+        keep = torch.where(bits.view(*bits.shape, *[1] * (b.dim() - 1)), 1 - b[None], 1.0)
+        return 1 - keep.prod(1)
+
+    grads = {}
+    for name, fn in (("exact", alpha_of), ("direct", direct)):
+        b = beta.clone().requires_grad_(True)
+        (grads[name],) = torch.autograd.grad((fn(b, bits) * weights).sum(), b)
+    torch.testing.assert_close(grads["exact"], grads["direct"])
+    assert (grads["exact"][1, 0] != 0).all()  # the reconstruction still pulls a number at 1
+    b = beta.clone().requires_grad_(True)
+    (pushed,) = torch.autograd.grad((alpha_of(b, bits, exact=False) * weights).sum(), b)
+    at_one = beta >= 1
+    assert not pushed[at_one].any()
+    torch.testing.assert_close(pushed[~at_one], grads["direct"][~at_one])
+
+
 @pytest.mark.parametrize("rule", ["subsets", "sizes"])
 def test_mean_alpha_equals_the_weighted_mean_over_enumerated_subsets(rule):
     beta = random_beta(n=5, seed=1)

@@ -37,7 +37,11 @@ def _explain_parser(sub) -> None:
         action="store_true",
         help="print the time and memory estimates and the players; solve nothing",
     )
-    p.add_argument("--json", action="store_true", help="with --dry-run: every resolved setting")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="with --dry-run: every resolved setting and prediction, as one line of JSON",
+    )
     p.add_argument(
         "--no-verify",
         action="store_true",
@@ -113,10 +117,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"each pass: {p['g_runs']}")
         print(f"players on the {cfg.grid[0]}x{cfg.grid[1]} grid (bit index; . = not a player):")
         print(p["players"])
-        if args.json:
-            print(json.dumps(s, indent=1))
+        if args.json:  # the settings, then every prediction
+            print(json.dumps({"settings": s} | {k: v for k, v in p.items() if k != "settings"}))
         else:
-            print("every resolved setting: add --json")
+            print("every resolved setting and prediction: add --json")
         return 0
     if args.out is None:
         msg = "--out FOLDER is required: the run folder to write (or pass --dry-run)"

@@ -138,13 +138,13 @@ def quiet() -> Iterator[None]:
     before = [log.get_verbosity() for log in logs]
     for log in logs:
         log.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
+        log.disable_progress_bar()
     try:
         yield
     finally:
         for log, level in zip(logs, before, strict=True):
             log.set_verbosity(level)
-        diffusers.utils.logging.enable_progress_bar()
+            log.enable_progress_bar()
 
 
 class Family:

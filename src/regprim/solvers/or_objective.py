@@ -29,13 +29,45 @@ from regprim.config import DENSE_MAX_N
 from regprim.solvers.objective import Objective
 
 
-def alpha_of(beta: Tensor, bits: Tensor) -> Tensor:
+class _Keep(torch.autograd.Function):
+    """``prod_{i in S} (1 - beta_i)`` for every row of ``bits`` and every number, by two
+    matrix products in log space (the logs of the non-zero factors, and how many factors are
+    exactly 0). Its gradient at a factor of exactly 0 (``beta_i = 1``), which a log cannot
+    give: with ``exact``, the product of the other factors (the true derivative); without, 0
+    (only the sparsity term then acts on that beta: it is pushed off its bound and pulled
+    back; see :data:`regprim.solvers.or_structured.EXACT_BETA2` for when each is used)."""
+
+    @staticmethod
+    def forward(ctx, beta: Tensor, bits: Tensor, exact: bool) -> Tensor:
+        flat = beta.flatten(1)
+        zero = flat >= 1
+        logs = torch.log(torch.where(zero, 1.0, 1 - flat))
+        rows = bits.to(flat.dtype)
+        others = torch.exp(rows @ logs)  # the product of the non-zero factors
+        zeros = rows @ zero.to(flat.dtype)  # how many factors are 0
+        ctx.save_for_backward(flat, zero, rows, others, zeros)
+        ctx.shape, ctx.exact = beta.shape, exact
+        return torch.where(zeros > 0, 0.0, others)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        flat, zero, rows, others, zeros = ctx.saved_tensors
+        # d keep / d beta_i = -(the product of the row's other factors)
+        free = rows.T @ (grad * others * (zeros == 0))  # rows without a zero: keep / (1 - b_i)
+        d = free / torch.where(zero, 1.0, 1 - flat)
+        if ctx.exact:  # rows whose one zero factor is beta_i's: the others' product
+            lone = rows.T @ (grad * others * (zeros == 1))
+            d = torch.where(zero, lone, d)
+        else:
+            d = torch.where(zero, 0.0, d)
+        return -d.view(ctx.shape), None, None
+
+
+def alpha_of(beta: Tensor, bits: Tensor, exact: bool = True) -> Tensor:
     """``alpha(S) = 1 - prod_{i in S} (1 - beta_i)`` for every row of ``bits`` ``(B, n)``
-    (bool): ``(B, *shape)``. The product is one matrix product in log space (a factor of
-    exactly 0 is taken as 1e-30: alpha = 1 to float precision, and the gradient of that
-    player's beta is 0 there, as the projection holds it at its bound anyway)."""
-    log_keep = torch.log((1 - beta).clamp_min(1e-30)).flatten(1)  # (n, D)
-    keep = torch.exp(bits.to(beta.dtype) @ log_keep)
+    (bool): ``(B, *shape)``, by :class:`_Keep` (``exact``: the true gradient also at
+    ``beta_i = 1``)."""
+    keep = _Keep.apply(beta, bits, exact)
     return (1 - keep).view(bits.shape[0], *beta.shape[1:])
 
 
@@ -122,13 +154,13 @@ def to_bitmasks(bits: Tensor) -> Tensor:
 
 
 def reconstruction(
-    obj: Objective, beta: Tensor, bits: Tensor, weights: Tensor, full: bool
+    obj: Objective, beta: Tensor, bits: Tensor, weights: Tensor, full: bool, exact: bool = True
 ) -> Tensor:
     """The reconstruction part of the OR objective on the subsets ``bits``: its exact share of
     the weighted mean when ``full`` (the rows are all the subsets), else the mean over a batch
     drawn from the weights (an unbiased estimate of the whole)."""
     n = obj.n
-    alpha = alpha_of(beta, bits.to(beta.device))
+    alpha = alpha_of(beta, bits.to(beta.device), exact)
     u = torch.addcmul(obj.f0[None], alpha, obj.df[None]).contiguous(memory_format=obj.memory_format)
     masks, weight = obj.masks(to_bitmasks(bits))
     rec = weight * obj.errors(obj.render(u), masks)
@@ -139,7 +171,7 @@ def reconstruction(
     return (rec * (weights[sizes - 1] / counts).to(rec.dtype).to(rec.device)).sum()
 
 
-def exclusivity(obj: Objective, beta: Tensor, players: Tensor) -> Tensor:
+def exclusivity(obj: Objective, beta: Tensor, players: Tensor, exact: bool = True) -> Tensor:
     """The exclusivity part of the OR objective on the single cells ``players`` (long).
 
     The components that do not cover player i sum to ``u(N) - u({i})``, so
@@ -152,7 +184,7 @@ def exclusivity(obj: Objective, beta: Tensor, players: Tensor) -> Tensor:
     the components that do not cover a cell change none of it."""
     others = torch.ones(len(players), obj.n, dtype=torch.bool)
     others[torch.arange(len(players)), players.cpu()] = False
-    share = (1 - beta[players]) * alpha_of(beta, others.to(beta.device))
+    share = (1 - beta[players]) * alpha_of(beta, others.to(beta.device), exact)
     v = torch.addcmul(obj.f0[None], share, obj.df[None]).contiguous(memory_format=obj.memory_format)
     masks, weight = obj.masks(1 << players.cpu())
     change = ((obj.render(v) - obj.baseline_image) ** 2 * masks).flatten(1).sum(1)
@@ -180,11 +212,14 @@ def sparsity(obj: Objective, beta: Tensor) -> Tensor:
     return (mean * obj.df.abs()).sum() * obj.l1_scale
 
 
-def beta_residual(obj: Objective, beta: Tensor, weights: Tensor, chunk: int) -> float:
+def beta_residual(
+    obj: Objective, beta: Tensor, weights: Tensor, chunk: int, exact: bool = True
+) -> float:
     """KKT residual of ``beta`` on the whole objective: the norm of its projected gradient
     (zero where a bound holds a beta whose gradient pushes it against that bound, and outside
-    the reach sets) over the norm of the sparsity term's gradient. Every subset when n <= 12,
-    else 16 batches drawn from the weights; the exclusivity term on every player."""
+    the reach sets) over the norm of the sparsity term's gradient, the gradient the solve
+    followed (``exact``, :func:`alpha_of`). Every subset when n <= 12, else 16 batches drawn
+    from the weights; the exclusivity term on every player."""
     n = obj.n
     full = n <= 12
     if full:
@@ -196,11 +231,12 @@ def beta_residual(obj: Objective, beta: Tensor, weights: Tensor, chunk: int) -> 
     (l1,) = torch.autograd.grad(sparsity(obj, beta), beta)
     grad = l1.clone()
     for bits in groups:
-        (g,) = torch.autograd.grad(reconstruction(obj, beta, bits, weights, full), beta)
+        rec = reconstruction(obj, beta, bits, weights, full, exact)
+        (g,) = torch.autograd.grad(rec, beta)
         grad += g if full else g / len(groups)
     if obj.cfg.or_exclusive:  # its mean over all players, in chunks
         for players in torch.arange(n).split(chunk):
-            (g,) = torch.autograd.grad(exclusivity(obj, beta, players), beta)
+            (g,) = torch.autograd.grad(exclusivity(obj, beta, players, exact), beta)
             grad += g * len(players) / n
     beta = beta.detach()
     held = ((beta <= 0) & (grad > 0)) | ((beta >= 1) & (grad < 0)) | ~obj.reach_sets
