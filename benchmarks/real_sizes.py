@@ -31,10 +31,12 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from bench import machine  # noqa: E402
 
 ROOT = Path(os.environ.get("REGPRIM_CACHE", Path.home() / ".cache" / "regprim")) / "real-size"
-OPTIONS = {  # steps, guidance and size as a user would start; the default cut
-    "sd15": "?steps=4&guidance=7.5&prompt=a photo of a face",
-    "sdxl": "?steps=4&guidance=5&prompt=a photo of a face&size=512",
-    "sd3": "?steps=4&guidance=7&prompt=a photo of a face&size=512",
+OPTIONS = {  # (folder, options, cut): as a user would start, at the default cut
+    "sd15": ("sd15", "?steps=4&guidance=7.5&prompt=a photo of a face", None),
+    # one denoiser step and the decoder after the cut, no unconditional pass: a lighter pass
+    "sd15-last-step": ("sd15", "?steps=4&guidance=1&prompt=a photo of a face", "step=3"),
+    "sdxl": ("sdxl", "?steps=4&guidance=5&prompt=a photo of a face&size=512", None),
+    "sd3": ("sd3", "?steps=4&guidance=7&prompt=a photo of a face&size=512", None),
 }
 
 
@@ -169,7 +171,7 @@ ONE_PASS = """
 import json, sys, time, torch
 from regprim import load_model
 from regprim.solvers.memory import peak
-gen = load_model(sys.argv[1])
+gen = load_model(sys.argv[1], sys.argv[3] or None)
 code = gen.sample_codes(1, 0)
 with torch.no_grad():
     f = gen.d(code)
@@ -190,30 +192,21 @@ def main() -> None:
     print(f"machine: {machine()}\n")
     print(
         "| model | denoiser parameters | dry run (whole command) | predicted peak | micro-batch "
-        "| predicted s / pass | measured one pass (peak, s) | predicted / measured peak |"
+        "| predicted s / pass | measured one pass (peak, s) | predicted / measured peak "
+        "| the dry run's stages |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
-        folder = ROOT / name
+        kind, options, layer = OPTIONS[name]
+        folder = ROOT / kind
         if not (folder / "model_index.json").is_file():
-            build(name, folder)
-        spec = f"diffusers:{folder}{OPTIONS[name]}"
+            build(kind, folder)
+        spec = f"diffusers:{folder}{options}"
+        cut = ["--layer", layer] if layer else []
         start = time.perf_counter()
+        command = ["explain", "--model", spec, "--n", "4", "--dry-run", "--json", *cut]
         done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "regprim.app.cli",
-                "explain",
-                "--model",
-                spec,
-                "--n",
-                "4",
-                "--dry-run",
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
+            [sys.executable, "-m", "regprim.app.cli", *command], capture_output=True, text=True
         )
         wall = time.perf_counter() - start
         if done.returncode != 0:
@@ -222,18 +215,21 @@ def main() -> None:
         plan = json.loads(done.stdout.strip().splitlines()[-1])
         micro = plan["micro_batch"]
         measured = subprocess.run(
-            [sys.executable, "-c", ONE_PASS, spec, str(micro)], capture_output=True, text=True
+            [sys.executable, "-c", ONE_PASS, spec, str(micro), layer or ""],
+            capture_output=True,
+            text=True,
         )
         if measured.returncode != 0:
             print(f"| {name} | one pass failed: {measured.stderr.strip()[-300:]} |")
             continue
         one = json.loads(measured.stdout.strip().splitlines()[-1])
-        params = one["params"] / 1e6
+        stages = ", ".join(f"{k} {v:.0f} s" for k, v in plan["plan_seconds"].items())
         print(
-            f"| {name} | {params:.0f} M | {wall:.0f} s | {plan['memory_bytes'] / 2**30:.1f} GiB | "
-            f"{micro} of {plan['batch']} | {plan['seconds_per_pass'] * micro:.0f} s | "
+            f"| {name} | {one['params'] / 1e6:.0f} M | {wall:.0f} s | "
+            f"{plan['memory_bytes'] / 2**30:.1f} GiB | {micro} of {plan['batch']} | "
+            f"{plan['seconds_per_pass'] * micro:.0f} s | "
             f"{one['peak_bytes'] / 2**30:.1f} GiB, {one['seconds']:.0f} s | "
-            f"{plan['memory_bytes'] / one['peak_bytes']:.2f} |",
+            f"{plan['memory_bytes'] / one['peak_bytes']:.2f} | {stages} |",
             flush=True,
         )
 

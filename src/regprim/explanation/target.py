@@ -88,21 +88,25 @@ def check_players(cfg: ExplainConfig, grid: Grid) -> list[int] | None:
     return None
 
 
-def build_target(cfg: ExplainConfig, gen: SplitGenerator, f0: Tensor | None = None) -> Target:
+def build_target(
+    cfg: ExplainConfig, gen: SplitGenerator, f0: Tensor | None = None, check: bool = True
+) -> Target:
     """The target of ``cfg`` on ``gen``; the split's own check, the grid and the players before
     the baseline, whose batches are sized by the target's measured feature pass (``f0``: a
-    baseline computed elsewhere, for ``--dry-run``'s stand-in)."""
+    baseline computed elsewhere, for ``--dry-run``'s stand-in; ``check=False`` skips the
+    split's check, which ``--dry-run`` leaves to the run)."""
     device = gen.device
     class_index = gen.class_index(cfg.class_index)
     code = gen.sample_codes(1, cfg.seed, class_index)
     with torch.no_grad():
-        gen.set_memory_format(gen.d(code).dim() - 1)  # before the passes that count
+        dims = gen.feature_dims()
+        gen.set_memory_format(gen.d(code).dim() - 1 if dims is None else dims)  # before f
         with peak(device) as used:
             f = gen.d(code)[0]
         x = gen.g(f[None], code)[0]
     check_finite("feature f", f, gen)
     check_finite("image g(f)", x, gen)
-    split_check = gen.check_split(code, f[None], x[None])
+    split_check = gen.check_split(code, f[None], x[None]) if check else {}
     grid = Grid(*cfg.grid, *x.shape[1:])
     players = check_players(cfg, grid)
 

@@ -112,6 +112,11 @@ class SplitGenerator:
         sampler, prompt and guidance: config.json's ``model_info``)."""
         return {}
 
+    def feature_dims(self) -> int | None:
+        """The number of dimensions of one feature where the split knows it without a pass
+        (then a run sets the memory format without computing ``d`` twice); None: unknown."""
+        return None
+
     def check_split(self, code: Tensor, f: Tensor, x: Tensor) -> dict:
         """Check, before any expensive work, that the split reproduces the model's own output
         for ``code`` (whose feature is ``f`` and image ``x = g(f)``); raise a ValueError with

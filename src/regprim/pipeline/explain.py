@@ -60,7 +60,7 @@ class StageClock:
             print(f"regprim: {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         yield
-        self.seconds[name] = time.perf_counter() - start
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 def load_generator(cfg: ExplainConfig, generator: SplitGenerator | None = None) -> SplitGenerator:

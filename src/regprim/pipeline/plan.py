@@ -2,11 +2,13 @@
 resolved settings, the players on the grid, and the time and peak memory a run would take,
 predicted from passes measured here.
 
-Nothing is extrapolated from shapes alone. The target's feature and image are computed and the
-split checked against the model's own output, as the run does; the baseline is the cached one
-or a stand-in of two codes (its own time for all the codes is extrapolated from theirs); one
-pass of one feature and one of two (forward and input gradient, whole) give the seconds and
-bytes per feature and the fixed bytes (:meth:`Objective.fit`). A cheap model is then measured
+Nothing is extrapolated from shapes alone. The target's feature and image are computed as the
+run computes them (the split's check against the model's own output, a whole sampling of a
+diffusion pipeline, is left to the run); the baseline is the cached one or a stand-in of one
+code (its own time for all the codes is extrapolated from it); one pass of one feature and one
+of two (forward and input gradient, whole; the second only for a pass under
+``objective.SLOW_PASS`` seconds) give the seconds and bytes per feature and the fixed bytes
+(:meth:`Objective.fit`). A cheap model is then measured
 at the solve's own batch, with its receptive-field window (:meth:`Solver.seconds_per_pass`); a
 model whose pass takes longer than ``CHEAP`` seconds is predicted from the pass of two features
 instead, so that the dry run costs a few passes (a real-size diffusion model: minutes, not the
@@ -24,13 +26,13 @@ from regprim.config import ExplainConfig
 from regprim.explanation.baseline import cached, compute_baseline
 from regprim.explanation.target import Target, build_target
 from regprim.generators.base import SplitGenerator
-from regprim.pipeline.explain import load_generator, resolved_config
+from regprim.pipeline.explain import StageClock, load_generator, resolved_config
 from regprim.solvers import SOLVERS, Objective, expected_passes
 from regprim.solvers.or_objective import singles_per_step
 from regprim.solvers.reach import POINTS
 
 CHEAP = 0.5  # seconds of a pass of two features below which the solve's own batch is timed
-STAND_IN = 2  # codes of the stand-in baseline
+STAND_IN = 1  # codes of the stand-in baseline
 RECOMPUTE = 4 / 3  # a checkpointed micro-batch runs its forward twice: about 4/3 of a pass
 
 
@@ -63,20 +65,25 @@ def _baseline(cfg: ExplainConfig, gen: SplitGenerator) -> tuple[torch.Tensor, fl
 
 def plan(cfg: ExplainConfig, generator: SplitGenerator | None = None) -> dict[str, Any]:
     """What :func:`explain` would do, without solving (module docstring)."""
-    gen = load_generator(cfg, generator)
-    with torch.no_grad():
+    clock = StageClock(progress=False)
+    with clock("load"):
+        gen = load_generator(cfg, generator)
+    with clock("baseline stand-in"), torch.no_grad():
         f0, baseline_seconds = _baseline(cfg, gen)
-    target = build_target(cfg, gen, f0=f0)
+    with clock("target"):
+        target = build_target(cfg, gen, f0=f0, check=False)
     solver = SOLVERS[cfg.solver.method]
     budget = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * 2**30)
     n = target.n
     batch = min(cfg.solver.or_batch, 2**n - 1) + singles_per_step(n, cfg.solver.or_batch)
-    probe = Objective(target, cfg.solver, budget, probe=False)
+    with clock("passes"):
+        probe = Objective(target, cfg.solver, budget, probe=False)
     fit = probe.pass_bytes
     micro = min(probe.micro or batch, batch)
     passes = expected_passes(cfg.solver, n) + POINTS * n  # the solve and its reach probe
     if fit["seconds_two"] < CHEAP:
-        per_pass = solver.seconds_per_pass(Objective(target, cfg.solver, budget))
+        with clock("passes"):
+            per_pass = solver.seconds_per_pass(Objective(target, cfg.solver, budget))
         how = f"timed at the solve's batch of {batch} features"
     else:
         per_pass = fit["seconds_two"] / 2 * (RECOMPUTE if micro < batch else 1.0)
@@ -98,6 +105,6 @@ def plan(cfg: ExplainConfig, generator: SplitGenerator | None = None) -> dict[st
         "expected_passes": passes,
         "estimated_solve_seconds": passes * per_pass,
         "baseline_seconds": baseline_seconds,
-        "split_check": target.split_check,
         "measured_exactly": bool(fit["exact"]),
+        "plan_seconds": dict(clock.seconds),
     }
