@@ -342,27 +342,64 @@ def test_folders_regprim_does_not_run_are_refused_with_what_it_found(folders, tm
     (bad / "model_index.json").write_text(json.dumps(index | {"unet": ["diffusers", "randn"]}))
     with pytest.raises(ValueError, match="not a diffusers model class"):
         load_model(f"diffusers:{bad}")
+    odd = [  # each component named as another kind of class, or as no class at all
+        ("scheduler", "diffusers", "UNet2DModel", "a diffusers scheduler"),
+        ("scheduler", "diffusers", "get_scheduler", "a diffusers scheduler"),
+        ("vae", "diffusers", "DDIMScheduler", "a diffusers autoencoder"),
+        ("vae", "diffusers", "UNet2DConditionModel", "a diffusers autoencoder"),
+        ("text_encoder", "transformers", "CLIPTokenizer", "a transformers model"),
+        ("text_encoder", "transformers", "randn", "a transformers model"),
+        ("tokenizer", "transformers", "CLIPTextModel", "a transformers tokenizer"),
+        ("tokenizer", "os", "system", "a transformers tokenizer"),
+    ]
+    for key, library, name, kind in odd:
+        (bad / "model_index.json").write_text(json.dumps(index | {key: [library, name]}))
+        with pytest.raises(ValueError, match=rf"names {library}\.{name} as its {key}, .*{kind}"):
+            load_model(f"diffusers:{bad}?prompt=a face")
     (bad / "model_index.json").write_text("{not json")
     with pytest.raises(ValueError, match="is not JSON"):
         load_model(f"diffusers:{bad}")
 
 
-def test_pickled_weights_are_refused_and_never_unpickled(folders, tmp_path):
-    """A folder whose U-Net is a .bin pickle is refused naming the fix; the pickle would run
-    code if loaded (here it would create a file)."""
+class Payload:
+    """Unpickled, it creates the file ``marker``: code that ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize(
+    ("family", "part", "weights"),
+    [
+        ("pixel", "unet", "diffusion_pytorch_model.bin"),
+        ("sd", "vae", "diffusion_pytorch_model.bin"),
+        ("sd", "text_encoder", "pytorch_model.bin"),
+    ],
+)
+def test_pickled_weights_are_refused_and_never_unpickled(folders, tmp_path, family, part, weights):
+    """A folder with a pickle in place of any component's safetensors is refused naming the
+    component and the fix; the pickle would run code if loaded (here: create a file)."""
     bad = tmp_path / "pickled"
-    shutil.copytree(folders["pixel"], bad)
-    for f in (bad / "unet").glob("*.safetensors"):
+    shutil.copytree(folders[family], bad)
+    for f in (bad / part).glob("*.safetensors"):
         f.unlink()
     marker = tmp_path / "ran"
+    torch.save({"weight": Payload(marker)}, bad / part / weights)
+    with pytest.raises(ValueError, match=rf"{part}/{weights} is a pickle.*save_pretrained"):
+        load_model(f"diffusers:{bad}?prompt=a face" if family == "sd" else f"diffusers:{bad}")
+    assert not marker.exists()
 
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
 
-    torch.save({"weight": Payload()}, bad / "unet" / "diffusion_pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"no safetensors weights.*save_pretrained"):
-        load_model(f"diffusers:{bad}")
+@pytest.mark.parametrize("name", ["embeds.pt", "embeds.safetensors"])
+def test_a_pickled_prompt_file_is_refused_and_never_unpickled(folders, tmp_path, name):
+    """A pickle given as prompt_embeds, named as one or disguised as safetensors."""
+    marker = tmp_path / "ran"
+    torch.save({"prompt_embeds": Payload(marker)}, tmp_path / name)
+    with pytest.raises(ValueError, match=rf"prompt_embeds=.*{name}.*safetensors"):
+        load_model(f"diffusers:{folders['sd']}?prompt_embeds={tmp_path / name}")
     assert not marker.exists()
 
 
@@ -434,3 +471,49 @@ def test_explain_a_prompted_folder_from_the_command_line(folders, family, tmp_pa
     rebuilt = run.generator()
     assert rebuilt.info()["prompt"] == PROMPT
     assert math.isclose(run.summary["universal_matching_max_rel_residual"], 0, abs_tol=1e-5)
+
+
+def test_a_folders_nested_weights_and_its_prompt_file_are_hashed(folders, tmp_path):
+    """A run's model_sha256 covers every file under the folder (the weights lie in unet/,
+    vae/, text_encoder/) and the prompt_embeds file: a change to any is a change of model."""
+    from safetensors.torch import load_file, save_file
+
+    from regprim.files import sources_hash
+    from regprim.generators.registry import model_sources
+
+    folder = tmp_path / "sd"
+    shutil.copytree(folders["sd"], folder)
+    embeds = tmp_path / "embeds.safetensors"
+    save_file({"prompt_embeds": torch.zeros(1, 4, 8)}, embeds)
+    spec, paths = model_sources(f"diffusers:{folder}?prompt_embeds={embeds}")
+    assert paths == [folder.resolve(), embeds.resolve()] and str(embeds.resolve()) in spec
+    before = sources_hash(paths)
+    weights = sorted(folder.glob("*/*.safetensors"))
+    assert {p.parent.name for p in weights} >= {"unet", "vae", "text_encoder"}
+    for changed in (*weights, embeds):
+        original = changed.read_bytes()
+        tensors = load_file(changed)
+        name = next(iter(tensors))
+        save_file(tensors | {name: tensors[name] + 1}, changed)
+        assert sources_hash(paths) != before, changed
+        changed.write_bytes(original)
+        assert sources_hash(paths) == before
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux", "sd3"])
+def test_every_block_a_family_lists_is_a_cut_of_one_row_per_image(folders, family):
+    """Every unit `regprim models` lists is a cut whose g(d(z)) is the sample; units whose
+    output is not one row per image (FLUX's rotary pos_embed, SDXL's flattened size ids) are
+    not listed, and one cut there anyway is refused with the reason."""
+    gen = load_model(f"diffusers:{folders[family]}?steps=2&guidance=2&prompt=a cat")
+    code = gen.sample_codes(1, 0)
+    with torch.no_grad():
+        want = gen.sample(code)
+        for layer in (cut for cut in gen.layers if cut.endswith("@step=0")):
+            split = gen.cut_at(layer)
+            assert relative(split.g(split.d(code), code), want) <= TOL, layer
+    shared = {"sdxl": "add_time_proj", "flux": "pos_embed"}.get(family)
+    if shared:
+        assert not any(cut.startswith(shared + "@") for cut in gen.layers)
+        with pytest.raises(ValueError, match=f"no block '{shared}'"):
+            gen.cut_at(f"{shared}@step=0")

@@ -226,7 +226,7 @@ class DiffusionSplit(SplitGenerator):
             self.iterations = len(self.timesteps)
             self.profile = self._profile()
         self._refuse_noise()
-        self.blocks = list(units(denoiser))
+        self.blocks = [b for b in units(denoiser) if b not in self.family.shared]
         self.latent_steps = range(1, self.iterations + (vae is not None))
         layers = [f"step={k}" for k in self.latent_steps] + [
             f"{b}@step={k}" for k in range(self.iterations) for b in self.blocks
@@ -490,6 +490,13 @@ class DiffusionSplit(SplitGenerator):
     def _pack(self, raw: Tensor, batch: int) -> Tensor:
         """A block's output -> the feature ``(B, C, h, w)``: tokens on their patch grid, the
         two guided passes on the channel axis."""
+        if len(raw) != self.cond.passes * batch:
+            msg = (
+                f"the output of {self.block} {tuple(raw.shape)} is not one row per image and "
+                f"guided pass ({self.cond.passes * batch}): no feature of an image; cut at "
+                "another block (regprim models --model DIR lists them)"
+            )
+            raise ValueError(msg)
         h, w = self._token_grid()
         if raw.dim() == 3 and raw.shape[1] == h * w:  # (N, tokens, dim): image tokens
             raw = raw.transpose(1, 2).reshape(len(raw), raw.shape[2], h, w)
@@ -530,6 +537,12 @@ class DiffusionSplit(SplitGenerator):
         calls = [o for _, o in p.calls] if p.calls is not None else []
         out = [p.out] if self.block else []
         return [p.x, *get_state(p.scheduler, self.history), *calls, *out]
+
+    def feature_dims(self) -> int | None:
+        """A carried state is flat; a latent is ``(C, h, w)``; a block's output: unknown."""
+        if self.skips == "carry" and (self.block or self.history):
+            return 1
+        return None if self.block else len(self.latent_shape)
 
     def d(self, code: Tensor) -> Tensor:
         p = self._capture(code)

@@ -162,6 +162,9 @@ class Family:
     init_sigma: ClassVar[bool] = True  # the starting noise times init_noise_sigma
     passes_eta: ClassVar[bool] = True  # eta = 0 to a scheduler step that takes it
     text: ClassVar[bool] = False  # conditioned on a prompt
+    # units whose output is not one row per image (shared rotary embeddings, flattened size
+    # ids): no feature of an image, so not cuts
+    shared: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, denoiser: nn.Module, vae: nn.Module | None, pipe: Any = None) -> None:
         self.denoiser, self.vae, self.pipe = denoiser, vae, pipe
@@ -404,6 +407,8 @@ class SDXLFamily(StableDiffusionFamily):
     """SDXL: two CLIP encoders, pooled embeddings and the size conditions (``text_embeds``,
     ``time_ids``) as added conditions."""
 
+    shared = ("add_time_proj",)  # the six size ids of every image, flattened
+
     name = "sdxl"
     pipelines = ("StableDiffusionXLPipeline",)
     begins_at_zero = True
@@ -491,6 +496,8 @@ class FluxFamily(Family):
     """FLUX.1: latents packed as 2x2 tokens with their ids, CLIP pooled + T5, the guidance
     embedding (``guidance_embeds``), flow-matching sigmas shifted by the image's token count;
     true classifier-free guidance only with a negative prompt and ``true_cfg`` above 1."""
+
+    shared = ("pos_embed",)  # rotary embeddings of the token ids, one for the whole batch
 
     name = "flux"
     pipelines = ("FluxPipeline",)
@@ -670,4 +677,4 @@ def family_of(pipeline: str | None, denoiser: str) -> type[Family] | None:
 
 def supported() -> str:
     """The pipeline classes regprim runs, for error messages."""
-    return ", ".join(p for fam in FAMILIES for p in fam.pipelines)
+    return ", ".join(dict.fromkeys(p for fam in FAMILIES for p in fam.pipelines))

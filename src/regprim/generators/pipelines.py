@@ -32,8 +32,10 @@ Options follow the folder after ``?``, joined by ``&``; values are read as writt
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -125,20 +127,40 @@ def sources(spec: str) -> tuple[str, list[Path]]:
     return with_options(f"{PREFIX}{paths[0]}", **options), paths
 
 
-def _diffusers_class(folder: Path, key: str, entry: Any, base: str) -> type:
-    """The diffusers class a component entry names, which must derive from ``base``."""
-    import diffusers
+# what each component of model_index.json must be: (library, base class, in words)
+KINDS = {
+    "unet": ("diffusers", "ModelMixin", "a diffusers model"),
+    "transformer": ("diffusers", "ModelMixin", "a diffusers model"),
+    "vae": ("diffusers", "ModelMixin", "a diffusers autoencoder"),
+    "scheduler": ("diffusers", "SchedulerMixin", "a diffusers scheduler"),
+    "text_encoder": ("transformers", "PreTrainedModel", "a transformers model"),
+    "tokenizer": ("transformers", "PreTrainedTokenizerBase", "a transformers tokenizer"),
+}
 
+
+def _component_class(folder: Path, key: str, entry: Any) -> type | None:
+    """The class a component entry of ``model_index.json`` names, which must be of its key's
+    kind (``KINDS``; ``text_encoder_2`` as ``text_encoder``; other keys: a class of diffusers or
+    transformers); None for an absent component (``[null, null]``)."""
     if not (isinstance(entry, list) and len(entry) == 2):
         msg = f"{folder}/model_index.json: {key} is {entry!r}, not [library, class]; {LAYOUT}"
         raise ValueError(msg)
     library, name = entry
-    cls = getattr(diffusers, name, None) if library == "diffusers" else None
-    if not (isinstance(cls, type) and issubclass(cls, getattr(diffusers, base))):
-        kind = {"ModelMixin": "a diffusers model", "SchedulerMixin": "a diffusers scheduler"}
+    if library is None and name is None:
+        return None
+    kind = re.sub(r"_\d+$", "", key)
+    want, base, words = KINDS.get(kind, (library, None, "a diffusers or transformers class"))
+    module = None
+    if library == want and library in ("diffusers", "transformers"):
+        module = importlib.import_module(library)
+    cls = getattr(module, str(name), None) if module is not None else None
+    fits = isinstance(cls, type) and (base is None or issubclass(cls, getattr(module, base)))
+    if fits and kind == "vae":
+        fits = "Autoencoder" in cls.__name__
+    if not fits:
         msg = (
             f"{folder}/model_index.json names {library}.{name} as its {key}, which is not "
-            f"{kind[base]} class; {LAYOUT}"
+            f"{words} class; {LAYOUT}"
         )
         raise ValueError(msg)
     if not (folder / key).is_dir():
@@ -147,17 +169,25 @@ def _diffusers_class(folder: Path, key: str, entry: Any, base: str) -> type:
     return cls
 
 
-def _loaded(what: str, load) -> Any:
-    """``load()``; a pickled weights file is refused with the fix."""
+PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _loaded(what: str | Path, load) -> Any:
+    """``load()``; a folder ``what`` whose weights are pickles is refused naming them and the
+    fix."""
     try:
         return load()
     except (OSError, ValueError) as err:
         text = str(err)
         if "safetensors" in text or ".bin" in text or "pickle" in text:
+            root = Path(what)
+            found = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix in PICKLES)
+            named = f": {', '.join(found)} {'is a pickle' if len(found) == 1 else 'are pickles'}"
             msg = (
-                f"{what} holds no safetensors weights (regprim does not load pickled .bin or "
-                f".pt files, which can run code): convert them, e.g. load the pipeline and "
-                f"save_pretrained(DIR, safe_serialization=True) ({type(err).__name__}: {text})"
+                f"{what} holds no safetensors weights{named if found else ''} (regprim does "
+                "not load pickled .bin or .pt files, which can run code): convert them, e.g. "
+                "load the pipeline and save_pretrained(DIR, safe_serialization=True) "
+                f"({type(err).__name__}: {text})"
             )
             raise ValueError(msg) from err
         raise
@@ -165,11 +195,12 @@ def _loaded(what: str, load) -> Any:
 
 def _bare(folder: Path, entries: dict[str, Any], key: str) -> Any:
     """The components of a folder that names no pipeline regprim knows, loaded one by one."""
-    denoiser_cls = _diffusers_class(folder, key, entries[key], "ModelMixin")
-    scheduler_cls = _diffusers_class(folder, "scheduler", entries["scheduler"], "SchedulerMixin")
+    denoiser_cls = _component_class(folder, key, entries[key])
+    scheduler_cls = _component_class(folder, "scheduler", entries["scheduler"])
+    assert denoiser_cls is not None and scheduler_cls is not None
     vae = None
-    if entries.get("vae"):
-        vae_cls = _diffusers_class(folder, "vae", entries["vae"], "ModelMixin")
+    vae_cls = _component_class(folder, "vae", entries["vae"]) if entries.get("vae") else None
+    if vae_cls is not None:
         vae = _loaded(f"{folder}/vae", lambda: vae_cls.from_pretrained(folder / "vae", **LOCAL))
     denoiser = _loaded(
         f"{folder}/{key}", lambda: denoiser_cls.from_pretrained(folder / key, **LOCAL)
@@ -207,7 +238,14 @@ def _embeddings(path: str) -> dict[str, Any]:
         raise ValueError(msg)
     from safetensors.torch import load_file
 
-    tensors = load_file(path)
+    try:
+        tensors = load_file(path)
+    except Exception as err:  # safetensors' own error: a file that is not one (a pickle?)
+        msg = (
+            f"prompt_embeds={path} is not a safetensors file ({err}); write it with "
+            "safetensors.torch.save_file (pickled tensors are not read)"
+        )
+        raise ValueError(msg) from err
     unknown = sorted(set(tensors) - set(EMBEDS))
     if "prompt_embeds" not in tensors or unknown:
         msg = (
@@ -391,14 +429,20 @@ def load_folder(spec: str, layer: str | None = None) -> SplitGenerator:
     except json.JSONDecodeError as err:
         msg = f"{index} is not JSON ({err}); {LAYOUT}"
         raise ValueError(msg) from None
-    found = [key for key in DENOISERS if entries.get(key)]
-    if not isinstance(entries, dict) or not found or not entries.get("scheduler"):
-        named = (
-            sorted(k for k in entries if not k.startswith("_")) if isinstance(entries, dict) else []
-        )
-        msg = f"{index} names {named}; {LAYOUT}; {WAY_ROUND}"
+    if not isinstance(entries, dict):
+        msg = f"{index} holds a {type(entries).__name__}, not the components; {LAYOUT}"
         raise ValueError(msg)
-    denoiser = _diffusers_class(folder, found[0], entries[found[0]], "ModelMixin")
+    classes = {  # components are [library, class]; other entries are settings
+        k: _component_class(folder, k, v)
+        for k, v in entries.items()
+        if k[0] != "_" and (isinstance(v, list) or re.sub(r"_\d+$", "", k) in KINDS)
+    }
+    found = [key for key in DENOISERS if classes.get(key)]
+    if not found or not classes.get("scheduler"):
+        msg = f"{index} names {sorted(classes)}; {LAYOUT}; {WAY_ROUND}"
+        raise ValueError(msg)
+    denoiser = classes[found[0]]
+    assert denoiser is not None
     pipeline = entries.get("_class_name")
     family_class(pipeline, denoiser.__name__)  # before loading anything
     import diffusers
