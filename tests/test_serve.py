@@ -14,8 +14,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from test_report import CHROMIUM, needs_browser
 
+import regprim.app.serve as serving
 from regprim import ExplainConfig, explain, load_run
-from regprim.app.serve import KEPT, QUEUE, create_app
+from regprim.app.serve import KEPT, QUEUE, create_app, server_config
 from regprim.storage.run_folder import load_edit
 
 
@@ -137,7 +138,7 @@ def server(runs, tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app = create_app(runs, edits=tmp_path_factory.mktemp("served-edits"), token=TOKEN)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(server_config(app, "127.0.0.1", port))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     for _ in range(100):
@@ -160,6 +161,7 @@ def test_the_live_page_in_headless_chromium(server, planted_run, grid_run):
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(server)
         page.wait_for_selector("#components input[type=checkbox]")
+        assert "token" not in page.url  # out of the address bar and the history, kept as cookie
         # the report's grid (static/grid.js): cells at the grid's own edges, only players live
         tops = page.evaluate(
             "[...document.querySelectorAll('#grid .cell')].map((e) => parseFloat(e.style.top))"
@@ -322,3 +324,55 @@ def test_fifty_concurrent_inversions_are_bounded(runs, tmp_path, monkeypatch):
         more.append(r.json()["job"])
     assert client.get(f"/api/jobs/{jobs[0]}").status_code == 404  # pruned, the oldest first
     assert client.get(f"/api/jobs/{more[-1]}").status_code == 200
+
+
+# -- a client that sends too much, too slowly, or never finishes ---------------------------------
+def raw(server: str, request: bytes, wait: float = 5.0) -> bytes:
+    """Send ``request`` to the live server as bytes; what comes back before it closes."""
+    host, port = server.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=wait) as s:
+        s.sendall(request)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
+def post(path: str, length: str, body: bytes, chunked: bool = False) -> bytes:
+    size = b"Transfer-Encoding: chunked" if chunked else f"Content-Length: {length}".encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Regprim-Token: {TOKEN}\r\n"
+        "Content-Type: application/json\r\nConnection: close\r\n"
+    ).encode()
+    return head + size + b"\r\n\r\n" + body
+
+
+def test_a_body_over_the_limit_gets_413_before_it_is_read(server):
+    start = time.perf_counter()
+    answer = raw(server, post("/api/reconstruct", str(10 * 2**20), b'{"run": 0, "cells": ['))
+    assert answer.startswith(b"HTTP/1.1 413") and b"over the limit of 1048576 bytes" in answer
+    assert time.perf_counter() - start < 2  # the 10 MB were never waited for
+    assert b"referrer-policy: no-referrer" in answer.lower()
+    chunk = b"8000\r\n" + b" " * 0x8000 + b"\r\n"  # no length given: counted as it arrives
+    answer = raw(server, post("/api/reconstruct", "", chunk * 40 + b"0\r\n\r\n", chunked=True))
+    assert answer.startswith(b"HTTP/1.1 413")
+    answer = raw(server, post("/api/reconstruct", "-5", b"{}"))
+    assert answer.startswith(b"HTTP/1.1 4")  # a length that is no number is not read either
+
+
+def test_slow_headers_and_bodies_are_cut_off(server, monkeypatch):
+    monkeypatch.setattr(serving, "HEADER_TIMEOUT", 0.5)
+    monkeypatch.setattr(serving, "BODY_TIMEOUT", 0.5)
+    start = time.perf_counter()
+    assert raw(server, b"GET /api/runs HTTP/1.1\r\nHost: 127") == b""  # closed, unanswered
+    assert 0.4 < time.perf_counter() - start < 3
+    answer = raw(server, post("/api/reconstruct", "100", b'{"run": 0'))  # 9 of 100 bytes
+    assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive whole within" in answer
+    # a whole request is still answered, and on time
+    answer = raw(
+        server,
+        b"GET /api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Regprim-Token: "
+        + TOKEN.encode()
+        + b"\r\nConnection: close\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 200") and b"no-referrer" in answer.lower()

@@ -19,13 +19,19 @@ server"): it binds to 127.0.0.1 unless told otherwise; a request whose ``Host`` 
 rebinding); every request but the page's script needs the per-start token, given once in the
 URL printed at start (``?token=...``, kept as a same-site cookie) or as ``X-Regprim-Token``
 (``--no-token`` opts out); requests are validated by schema with every list and number bounded
-(a bad one gets a 4xx JSON error that names the field); inversions run one at a time on one
+(a bad one gets a 4xx JSON error that names the field); a body over ``MAX_BODY`` bytes gets 413
+before it is read, one that does not arrive within ``BODY_TIMEOUT`` seconds 408, a connection
+whose request headers are not whole within ``HEADER_TIMEOUT`` seconds is closed, and at most
+``CONNECTIONS`` are served at once (503 beyond); every answer says ``Referrer-Policy:
+no-referrer`` and the page moves the token out of its address (``history.replaceState``) once
+the cookie holds it; inversions run one at a time on one
 worker thread with at most ``QUEUE`` waiting, and finished jobs beyond ``KEPT`` are dropped; a
 lock per generator makes concurrent requests safe.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import re
@@ -61,6 +67,10 @@ WEIGHT_RANGE = 10.0  # |weight| of a component: 0 drops it, 1 keeps it, 2 double
 QUEUE = 4  # inversions waiting behind the running one
 KEPT = 32  # finished inversion jobs kept for /api/jobs
 COOKIE = "regprim_token"
+MAX_BODY = 1 << 20  # bytes of a request body; the largest valid request is ~100 kB
+BODY_TIMEOUT = 10.0  # seconds for a request's body to arrive
+HEADER_TIMEOUT = 10.0  # seconds for a request's headers to arrive, from the connection or idle
+CONNECTIONS = 64  # connections and requests served at once
 Weight = Annotated[float, Field(ge=-WEIGHT_RANGE, le=WEIGHT_RANGE, allow_inf_nan=False)]
 
 
@@ -285,6 +295,7 @@ def create_app(
     api = FastAPI(title="regprim serve")
     if token is not None:
         api.middleware("http")(token_guard(token))
+    api.add_middleware(Limits)  # before the token guard reads anything
     allowed = sorted({"127.0.0.1", "localhost", "[::1]", *hosts})
     api.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed)  # checked first
 
@@ -341,6 +352,118 @@ def token_guard(token: str) -> Callable:
     return guard
 
 
+class Limits:
+    """ASGI middleware: a body over ``MAX_BODY`` bytes gets 413 (by its ``Content-Length``
+    before anything is read; a body sent without one is counted as it arrives and not kept
+    past the limit), a body that is not whole within ``BODY_TIMEOUT`` seconds 408; the app
+    gets the body whole. Every answer says ``Referrer-Policy: no-referrer``."""
+
+    HEADERS = [(b"referrer-policy", b"no-referrer")]
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > MAX_BODY:
+            await self.refuse(send, 413, f"a body of {length.decode(errors='replace')} bytes")
+            return
+        body, seen, more = b"", 0, True
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                while more:  # past the limit, read to the end unkept: the answer then arrives
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    seen += len(message.get("body", b""))
+                    body = body + message.get("body", b"") if seen <= MAX_BODY else b""
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            await self.refuse(send, 408, f"the request's body ({seen} bytes so far)")
+            return
+        if seen > MAX_BODY:
+            await self.refuse(send, 413, f"a body of {seen} bytes")
+            return
+        whole = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def replay() -> dict:
+            return whole.pop() if whole else await receive()
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.HEADERS]
+            await send(message)
+
+        await self.app(scope, replay, sending)
+
+    @classmethod
+    async def refuse(cls, send: Callable, status: int, what: str) -> None:
+        detail = (
+            f"{what} is over the limit of {MAX_BODY} bytes"
+            if status == 413
+            else f"{what} did not arrive whole within {BODY_TIMEOUT:g} s"
+        )
+        body = JSONResponse({"detail": detail}).body
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        start = {"type": "http.response.start", "status": status, "headers": headers + cls.HEADERS}
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
+
+
+def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8765) -> Any:
+    """uvicorn's settings for ``app``: request headers due within ``HEADER_TIMEOUT`` seconds of
+    the connection or of the last answer (:class:`Deadlines`), ``CONNECTIONS`` at once."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        http=deadlines(),
+        limit_concurrency=CONNECTIONS,
+        timeout_keep_alive=5,
+    )
+
+
+def deadlines() -> type:
+    """uvicorn's h11 protocol with a deadline for request headers: a connection that holds
+    none or half of them ``HEADER_TIMEOUT`` seconds after it opened or after its last answer,
+    with no request being answered, is closed."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Deadlines(H11Protocol):
+        due: asyncio.TimerHandle | None = None
+
+        def arm(self) -> None:
+            if self.due is not None:
+                self.due.cancel()
+            self.due = self.loop.call_later(HEADER_TIMEOUT, self.late)
+
+        def late(self) -> None:
+            answering = self.cycle is not None and not self.cycle.response_complete
+            if not answering and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self.arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.due is not None:
+                self.due.cancel()
+            super().connection_lost(exc)
+
+    return Deadlines
+
+
 def serve(
     runs: list[Run], host: str = "127.0.0.1", port: int = 8765, token: str | None = None, **kwargs
 ) -> None:
@@ -348,4 +471,4 @@ def serve(
     import uvicorn
 
     app = create_app(runs, token=token, hosts=(host,), **kwargs)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(server_config(app, host, port)).run()
