@@ -81,6 +81,7 @@ def test_local_run_tables_round_trip_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(ex, "explain", lambda *a, **k: calls.append(1) or real(*a, **k))
     rows = explain_many(CFG, items_of([0, 1, 2, 3]), out, progress=False)
     assert [r["status"] for r in rows] == ["done before"] * 3 + ["ok"] and len(calls) == 1
+    assert not list(tmp_path.rglob("*.lock"))  # a clean finish leaves no lock file
 
 
 def test_transfer_ratios_by_hand():
@@ -112,6 +113,7 @@ def test_a_failing_image_is_recorded_and_the_others_go_on(tmp_path, monkeypatch)
     rows = explain_many(CFG, [Item(0), Item(1)], tmp_path / "data", verify=False, progress=False)
     assert rows[0]["status"] == "ok"
     assert rows[1]["status"] == "failed" and "out of memory on this image" in rows[1]["error"]
+    assert not list(tmp_path.rglob("*.lock"))  # nor a refused or failed image
 
 
 def test_a_class_the_model_lacks_fails_before_any_image(tmp_path):
@@ -231,3 +233,52 @@ def test_a_second_explain_many_into_the_same_folder_is_refused(tmp_path):
     out = tmp_path / "d"
     with folders.lock(out), pytest.raises(folders.RunFolderBusy, match="another regprim process"):
         explain_many(CFG, items_of([0]), out, progress=False, verify=False)
+
+
+def test_a_disk_that_fills_fails_its_image_with_the_file_stops_the_rest_and_loses_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    """ENOSPC while seed 1 writes: its row names the file and the fix, seed 2 is not started,
+    the summary is printed and the exit is non-zero; tables that cannot be written are said so
+    after the summary; the same command later finishes every image."""
+    import errno
+
+    import regprim.files as files
+    from regprim.app.cli import main
+
+    real = files.save_file
+
+    def full(tensors, path, metadata=None):
+        if "seed-0001" in str(path):
+            raise OSError(errno.ENOSPC, "Error writing bytes to file")  # names no file
+        return real(tensors, path, metadata)
+
+    monkeypatch.setattr(files, "save_file", full)
+    out = tmp_path / "data"
+    args = ["explain-many", "--model", "planted", "--players", "7,8", "--baseline-count", "20"]
+    args += ["--or-steps", "5", "--seeds", "0-2", "--out", str(out), "--quiet", "--no-verify"]
+    assert main(args) == 1
+    text = capsys.readouterr().out
+    assert "1 of 3 images explained" in text
+    assert "failed: seed-0001: OSError: [Errno 28] Error writing bytes to file:" in text
+    assert "seed-0001" in text.split("Error writing bytes to file:")[1]  # the file
+    assert "free space on that disk" in text and "not started: seed-0002" in text
+    images, _ = load_tables(out)
+    assert [r["status"] for r in images] == ["ok", "failed", "not started"]
+    assert not list(tmp_path.rglob("*.lock")) and not list(tmp_path.rglob("*.tmp"))
+
+    import regprim.pipeline.dataset as dataset
+
+    def no_room(out, rows):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "images.parquet"))
+
+    monkeypatch.setattr(files, "save_file", real)
+    monkeypatch.setattr(dataset, "write_tables", no_room)
+    assert main(args) == 1
+    text = capsys.readouterr().out
+    assert "3 of 3 images explained" in text and "the tables were not written" in text
+    assert "images.parquet" in text
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert "3 of 3 images explained" in capsys.readouterr().out
+    assert [r["status"] for r in load_tables(out)[0]] == ["done before"] * 3

@@ -98,7 +98,7 @@ def test_a_second_process_cannot_write_a_folder_being_written(tmp_path):
     assert proc.wait(timeout=300) == 0
     run = load_run(out)  # whole, and the first process's
     assert run.config["seed"] == 0
-    assert not list(tmp_path.glob(".shared.writing*"))
+    assert not list(tmp_path.glob(".shared.*"))  # no staging, no lock file left
 
 
 # -- silent wrong results ------------------------------------------------------------------------

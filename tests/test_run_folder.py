@@ -30,7 +30,7 @@ def test_round_trip(saved):
     for name in ("config.json", "summary.json", TENSORS, "target.png", "baseline.png"):
         assert (out / name).is_file()
     assert not partial_dir(out).exists()
-    assert [p.name for p in out.parent.glob(".run.*")] == [".run.lock"]  # no staging left
+    assert [p.name for p in out.parent.glob(".run.*")] == []  # no staging, no lock file left
 
 
 def test_summary_has_documented_keys(saved):
@@ -266,3 +266,22 @@ def test_every_file_of_a_run_has_one_mode_and_the_api_says_overwrite_true(plante
     cfg = ExplainConfig(model="planted", players=[7, 8], baseline_count=20)
     with pytest.raises(FileExistsError, match=r"overwrite=True"):
         explain(cfg, out=out, progress=False, verify=False)
+
+
+def test_the_api_refuses_what_is_not_an_action_set_and_prints_short(saved):
+    out, _ = saved
+    run = load_run(out)
+    for bad in (2**run.n, -1, 0, 1.5, True, "3", torch.tensor(0.5)):
+        with pytest.raises(ValueError, match="not a bitmask of this run's"):
+            run.table.norm(bad)
+    with pytest.raises(ValueError, match=f"action set {2**run.n} is not a bitmask"):
+        run.component([2**run.n])
+    with pytest.raises(ValueError, match=rf"1\.\.{2**run.n - 1} "):
+        run.cells(2**run.n)
+    mask = run.ranked[0]
+    assert torch.equal(run.component(mask), run.component([mask])[0])
+    assert torch.equal(run.component(torch.tensor(mask)), run.component(mask))
+    assert all(run.cells(m) == sorted(run.cells(m)) for m in run.ranked)
+    assert len(repr(run)) < 400 and str(out) in repr(run)  # no tensors
+    with pytest.raises(FileNotFoundError, match=f"not a run folder.*the runs {out.name}"):
+        load_run(out.parent)

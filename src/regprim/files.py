@@ -29,6 +29,11 @@ def atomic_write(path: Path, content: Content) -> Path:
             content(tmp)  # safetensors writes 0600: every file of a folder gets the same mode
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as err:  # a full or failing disk: name the file (a writer may not)
+        tmp.unlink(missing_ok=True)
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

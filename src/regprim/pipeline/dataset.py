@@ -11,7 +11,11 @@ writes (format: docs/run-folder.md, "Dataset folders")::
                               the worst images linked to their own reports
 
 It resumes: an image whose run folder is complete is skipped, one that was killed restarts
-(from its checkpoint). A failing image is recorded with its error, and the others go on.
+(from its checkpoint). A failing image is recorded with its error, and the others go on; a disk
+that fills or fails (``DISK_ERRORS``) fails its image with the file and the fix and stops the
+images not yet started (``not started``), since each would fail the same way after its solve;
+tables that cannot be written raise :class:`TablesNotWritten`, which holds the rows. Nothing
+finished is lost: the same command, with room on the disk, goes on where it stopped.
 
 Execution: images one after another by default; ``workers`` processes on this machine; or Ray
 (``ray=True``, or ``RAY_ADDRESS`` set): every image a Ray task with its CPU/GPU request,
@@ -25,6 +29,7 @@ ordered pairs; with the cosine of the matched components' feature directions.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -48,6 +53,21 @@ SETTINGS = "dataset.json"  # the one configuration of a dataset folder; images d
 PER_IMAGE = ("seed", "class_index")  # settings that differ between the images of a dataset
 TRANSFER, DATASET_REPORT = "transfer.json", "report.html"
 TRANSFER_PAIRS = ((10, 10), (20, 100))
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}  # the disk, not the image
+DISK_FIX = (
+    "free space on that disk (or choose another --out) and run the same command again: "
+    "finished images are kept"
+)
+
+
+class TablesNotWritten(OSError):
+    """The images ran but the dataset's tables could not be written; ``rows`` holds them."""
+
+    def __init__(self, err: OSError, rows: list[dict[str, Any]]):
+        super().__init__(err.errno, f"{err.strerror or err}; {DISK_FIX}", err.filename)
+        self.rows = rows
+
+
 _GENERATORS: dict[str, Any] = {}  # per worker process: the generator, loaded once
 
 
@@ -141,10 +161,12 @@ def explain_one(config: dict[str, Any], item: Item, folder: str, verify: bool) -
             )
             status = "ok"
     except Exception as err:  # recorded; the other images go on
+        disk = isinstance(err, OSError) and err.errno in DISK_ERRORS
         return row | {
             "status": "failed",
-            "error": f"{type(err).__name__}: {err}",
+            "error": f"{type(err).__name__}: {err}" + (f"; {DISK_FIX}" if disk else ""),
             "wall_seconds": time.perf_counter() - start,
+            "disk": disk,  # read and dropped by run_items
         }
     s = run.summary
     row |= {
@@ -175,11 +197,24 @@ def run_items(
     use_ray: bool,
     progress: bool,
 ) -> Iterator[dict[str, Any]]:
-    """Rows of every image, as they finish (in this process, a local pool, or Ray)."""
+    """Rows of every image, as they finish (in this process, a local pool, or Ray); after a
+    disk error, the images not yet started as ``not started`` (Ray: the rest still run)."""
     from tqdm.auto import tqdm
 
     folders = [str(out / IMAGES / item.name) for item in items]
     bar = tqdm(total=len(items), desc="images", unit="image", disable=not progress)
+    full: dict[str, Any] = {}  # the first disk error's row
+
+    def finished(row: dict[str, Any]) -> dict[str, Any]:
+        bar.update(1)
+        if row.pop("disk", False) and not full:
+            full.update(row)
+        return row
+
+    def not_started(item: Item) -> dict[str, Any]:
+        error = f"not started: {full['image']} found the disk failing ({full['error']})"
+        return {"image": item.name, "seed": item.seed, "status": "not started", "error": error}
+
     if use_ray:
         import ray
 
@@ -199,8 +234,7 @@ def run_items(
         pending = [task.remote(config, i, f, verify) for i, f in zip(items, folders, strict=True)]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            bar.update(1)
-            yield ray.get(done[0])
+            yield finished(ray.get(done[0]))
     elif workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(workers, initializer=_pool_init, initargs=(threads,)) as pool:
@@ -208,13 +242,14 @@ def run_items(
                 pool.submit(explain_one, config, i, f, verify)
                 for i, f in zip(items, folders, strict=True)
             ]
-            for job in jobs:
-                bar.update(1)
-                yield job.result()
+            for item, job in zip(items, jobs, strict=True):
+                if full and job.cancel():
+                    yield not_started(item)
+                else:
+                    yield finished(job.result())
     else:
         for item, folder in zip(items, folders, strict=True):
-            bar.update(1)
-            yield explain_one(config, item, folder, verify)
+            yield not_started(item) if full else finished(explain_one(config, item, folder, verify))
     bar.close()
 
 
@@ -297,7 +332,10 @@ def explain_many(
         rows = list(run_items(cfg.to_dict(), items, out, verify, workers, use_ray, progress))
         order = {item.name: k for k, item in enumerate(items)}
         rows.sort(key=lambda r: order[r["image"]])
-        write_tables(out, rows)
+        try:
+            write_tables(out, rows)
+        except OSError as err:
+            raise TablesNotWritten(err, rows) from err
     return rows
 
 
@@ -311,7 +349,7 @@ def read_images(out: Path, rows: list[dict[str, Any]]) -> tuple[list[dict[str, A
     top: Top = {}
     deepest = max(max(pair) for pair in TRANSFER_PAIRS)
     for row in rows:
-        if row["status"] == "failed":
+        if row["status"] not in ("ok", "done before"):
             continue
         run = rf.load_run(out / row["path"])  # with metrics.json: the leakage column
         leak = next((m for m in run.metrics or [] if m.name == "leakage"), None)
@@ -350,7 +388,7 @@ def write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
         return lambda path: pq.write_table(pa.Table.from_pylist(table), path)
 
     components, top = read_images(out, rows)
-    n = max((row.get("n") or 0 for row in rows if row["status"] != "failed"), default=0)
+    n = max((row.get("n") or 0 for row in rows), default=0)
     transfer = transfer_ratios(top, n)
     rf.atomic_write(out / IMAGES_TABLE, parquet(rows))
     rf.atomic_write(out / COMPONENTS_TABLE, parquet(components))

@@ -34,7 +34,7 @@ def dataset_report(
     out: Path, rows: list[dict[str, Any]], components: list[dict[str, Any]], transfer: dict
 ) -> str:
     """One offline page over the images (module docstring)."""
-    ok = [r for r in rows if r["status"] != "failed"]
+    ok = [r for r in rows if r["status"] in ("ok", "done before")]
     figs = []
     keys = [
         k
@@ -68,7 +68,7 @@ def dataset_report(
     failed = "".join(
         f"<li>{html.escape(r['image'])}: {html.escape(r['error'] or '')}</li>"
         for r in rows
-        if r["status"] == "failed"
+        if r["status"] not in ("ok", "done before")
     )
     transfer_rows = "".join(
         f"<tr><td>{k}</td><td>{v['transfer_ratio']:.3f}</td><td>{v['chance']:.3f}</td>"

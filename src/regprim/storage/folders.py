@@ -24,25 +24,35 @@ class RunFolderBusy(RuntimeError):
 @contextlib.contextmanager
 def lock(out: Path) -> Iterator[None]:
     """Hold the exclusive lock of run folder ``out`` (a lock file beside it, ``.NAME.lock``,
-    with the holder's pid) for the block; refuse at once if another process holds it."""
+    with the holder's pid) for the block; refuse at once if another process holds it. The lock
+    file is removed when the block ends, however it ends: a holder that finds its file
+    replaced or removed (by a holder that just finished) takes the new one."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.parent / f".{out.name}.lock"
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(handle, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(handle)
             msg = (
                 f"another regprim process (pid {holder}) is writing {out}; wait for it to "
                 "finish or choose another --out"
             )
             raise RunFolderBusy(msg) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(handle).st_ino:
+                break
+        os.close(handle)  # unlinked by the holder before us: lock the file there now
+    try:
         os.ftruncate(handle, 0)
         os.pwrite(handle, str(os.getpid()).encode(), 0)
         yield
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # while still held, so no one locks a file about to go
         os.close(handle)  # closing releases the lock
 
 
