@@ -1,5 +1,7 @@
 """Built-in and user generators, end to end at small n."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -301,3 +303,48 @@ def test_a_changed_helper_module_of_the_model_file_is_refused_too(tmp_path, caps
     err = capsys.readouterr().err
     assert "changed since this run was made" in err
     assert "helper.py" in err and "unrelated.py" not in err  # the files it is read from
+
+
+def test_a_model_files_folder_is_importable_and_what_its_load_reads_is_hashed(tmp_path, capsys):
+    """A model file that imports a module beside it without touching sys.path, imports another
+    by name inside its factory and reads a data file there loads from the CLI; the run hashes
+    all of them, and a change to any is refused by verify, reconstruct and a resume."""
+    from regprim.app.cli import main
+
+    (tmp_path / "helper.py").write_text("WIDTH = 8\n")
+    (tmp_path / "late.py").write_text("KERNEL = 4\n")
+    (tmp_path / "table.json").write_text('{"seed": 0}')
+    (tmp_path / "unrelated.json").write_text("{}")
+    path = tmp_path / "mygen.py"
+    path.write_text(
+        "import importlib, json, pathlib\nimport torch\nfrom torch import nn\n"
+        "from regprim import split_sequential\nimport helper\n"
+        "def build(layer='1', weights=None):\n"
+        "    kernel = importlib.import_module('late').KERNEL\n"
+        "    table = json.loads((pathlib.Path(__file__).parent / 'table.json').read_text())\n"
+        "    torch.manual_seed(table['seed'])\n"
+        "    seq = nn.Sequential(nn.ConvTranspose2d(6, helper.WIDTH, kernel, 1, 0), nn.ReLU(),\n"
+        "                        nn.ConvTranspose2d(helper.WIDTH, 3, 4, 2, 1), nn.Tanh())\n"
+        "    return split_sequential(seq, layer, name='mygen', code_dim=6)\n"
+    )
+    out = tmp_path / "run"
+    common = ["--model", f"{path}:build", "--grid", "4x4", "--n", "3", "--baseline-count", "8"]
+    assert (
+        main(["explain", *common, "--or-steps", "3", "--no-verify", "--out", str(out), "--quiet"])
+        == 0
+    )
+    run = load_run(out)
+    names = sorted(Path(p).name for p in run.config["model_files"])
+    assert names == ["helper.py", "late.py", "mygen.py", "table.json"]
+    for name, changed in (("table.json", '{"seed": 1}'), ("late.py", "KERNEL = 4  # new\n")):
+        before = (tmp_path / name).read_text()
+        (tmp_path / name).write_text(changed)
+        for command in (["verify"], ["reconstruct", "--cells", str(run.players[0])]):
+            assert main([command[0], str(out), *command[1:]]) == 2
+            err = capsys.readouterr().err
+            assert "changed since this run was made" in err and name in err
+        args = ["explain", *common, "--or-steps", "3", "--no-verify", "--out", str(out)]
+        assert main(args) == 2  # resuming the run with other sources
+        capsys.readouterr()
+        (tmp_path / name).write_text(before)
+    assert main(["verify", str(out)]) == 0

@@ -16,8 +16,10 @@ import inspect
 import json
 import modulefinder
 import os
+import site
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -65,6 +67,57 @@ MODELS: dict[str, tuple[Callable[..., SplitGenerator], str]] = {
 }
 
 
+# -- a model file's load: its folder importable, what it reads from there recorded ---------------
+READ: dict[Path, set[Path]] = {}  # model file -> the files of its folder its loads read
+_READING: list[tuple[Path, set[Path]]] = []  # (folder, files) of the loads under way
+_INSTALLED = (Path(sys.prefix), Path(sys.base_prefix), *map(Path, site.getsitepackages()))
+
+
+def _inside(file: Path, folder: Path) -> bool:
+    """Whether ``file`` is in ``folder`` and not in an installed environment kept there."""
+    return file.is_relative_to(folder) and not any(file.is_relative_to(p) for p in _INSTALLED)
+
+
+def _opened(event: str, args: tuple) -> None:
+    """Audit hook: a file opened for reading during a model file's load is one it reads."""
+    if event != "open" or not _READING:
+        return
+    name, mode = args[0], args[1]
+    if not isinstance(name, str | os.PathLike) or (mode and set(str(mode)) & set("wax+")):
+        return
+    file = Path(os.fsdecode(name)).resolve()
+    for folder, read in _READING:
+        if _inside(file, folder) and file.is_file():
+            read.add(file)
+
+
+sys.addaudithook(_opened)
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """While a model file loads or its factory runs: the file's folder is importable (first on
+    ``sys.path``, as for a script run from there), and the files of that folder it reads are
+    recorded in ``READ``: modules however imported (``import``, ``importlib``) and files opened
+    from Python (``open``, ``torch.load``, ``numpy.load``). A file read by native code alone
+    (``safetensors``' own reader) is not seen: give it as ``--weights``, which is hashed."""
+    path = path.resolve()
+    folder, read = path.parent, READ.setdefault(path, {path})
+    sys.path.insert(0, str(folder))
+    _READING.append((folder, read))
+    try:
+        yield
+    finally:
+        _READING.remove((folder, read))
+        if str(folder) in sys.path:
+            sys.path.remove(str(folder))
+        for module in list(sys.modules.values()):
+            file = getattr(module, "__file__", None)  # torch._classes': "_classes.py"
+            if isinstance(file, str) and os.path.isabs(file) and os.path.isfile(file):
+                if _inside(Path(file).resolve(), folder):
+                    read.add(Path(file).resolve())
+
+
 def _user_factory(spec: str) -> Callable[..., SplitGenerator]:
     target, _, func = spec.rpartition(":")
     if target.endswith(".py"):
@@ -78,7 +131,8 @@ def _user_factory(spec: str) -> Callable[..., SplitGenerator]:
         module = importlib.util.module_from_spec(mod_spec)
         sys.modules[name] = module
         try:
-            mod_spec.loader.exec_module(module)
+            with _reading(path):
+                mod_spec.loader.exec_module(module)
         except Exception as err:  # a user's file: say which and why, not a traceback
             where = f" (line {err.lineno})" if isinstance(err, SyntaxError) else ""
             msg = f"model file {path} failed to load{where}: {type(err).__name__}: {err}"
@@ -137,14 +191,19 @@ def load_model(
 def model_sources(spec: str, imports: bool = True) -> tuple[str, list[Path]]:
     """The spec with the paths it names made absolute, and the files and folders the model is
     read from (a run records them as ``model_files`` and hashes them into ``model_sha256``;
-    built-in models: none). ``imports=False``: a model file alone, without the files beside it
-    that it imports (what runs hashed before they recorded ``model_files``)."""
+    built-in models: none): for a model file, those it imports (found in its code) and those
+    its loads in this process read (``READ``). ``imports=False``: a model file alone, without
+    the files beside it that it imports (what runs hashed before they recorded
+    ``model_files``)."""
     if spec.startswith(PREFIX):
         return sources(spec)
     target, _, function = spec.rpartition(":")
     if target.endswith(".py") and Path(target).is_file():
         path = Path(target).resolve()
-        return f"{path}:{function}", local_imports(path) if imports else [path]
+        if not imports:
+            return f"{path}:{function}", [path]
+        found = set(local_imports(path)) | READ.get(path, set())
+        return f"{path}:{function}", [path, *sorted(found - {path})]
     return spec, []
 
 
@@ -179,7 +238,11 @@ def _call_user_factory(spec: str, factory: Callable[..., SplitGenerator], kwargs
             "def build(layer=None, weights=None) -> regprim.SplitGenerator (docs/models.md)"
         )
         raise ModelError(msg)
+    target = spec.rpartition(":")[0]
     try:
+        if target.endswith(".py"):
+            with _reading(Path(target)):
+                return factory(**kwargs)
         return factory(**kwargs)
     except Exception as err:
         msg = f"the model factory {spec} raised {type(err).__name__}: {err}"
