@@ -258,3 +258,21 @@ def test_serve_without_its_extra_says_how_to_install_it(monkeypatch, capsys, tmp
     monkeypatch.setattr(builtins, "__import__", no_fastapi)
     assert main(["serve", str(tmp_path)]) == 2
     assert "pip install 'regprim[serve]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["explain", "--players", "14,abc"], "argument --players: cells '14,abc' must be"),
+        (["explain", "--grid", "6by6"], "argument --grid: grid '6by6' is not of the form"),
+        (["explain", "--seeds", "3"], "did you mean --seed (for --seeds)?"),
+        (["verify", "run", "--devise", "cpu"], "did you mean --device (for --devise)?"),
+    ],
+)
+def test_parse_errors_say_what_is_wrong_in_two_lines(args, said, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err and f"(see regprim {args[0]} --help)" in err
+    assert "usage" not in err and "parse_" not in err and len(err.splitlines()) == 2

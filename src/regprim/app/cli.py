@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from regprim.app.cli_control import cmd_edit, cmd_serve, control_parsers
-from regprim.app.cli_options import add_config_options, config_from, options_reference
+from regprim.app.cli_options import Parser, add_config_options, config_from, options_reference
 from regprim.config import ExplainConfig, SolverConfig
 from regprim.core.regions import parse_cells
 from regprim.generators.base import ModelError
@@ -60,34 +60,40 @@ def _explain_many_parser(sub) -> None:
         "--classes", help="classes (conditional models), comma-separated: each seed for each"
     )
     p.add_argument("--out", required=True, type=Path, help="dataset folder to write")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on this machine (default: 1, one image at a time)",
+    )
     p.add_argument("--ray", action="store_true", help="run on Ray (RAY_ADDRESS, else a local one)")
     p.add_argument("--no-verify", action="store_true", help="skip metrics and reports per image")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_explain_many(args: argparse.Namespace) -> int:
-    from regprim.pipeline.dataset import explain_many, items_of, parse_seeds
+    from regprim.pipeline.dataset import TablesNotWritten, explain_many, items_of, parse_seeds
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     items = items_of(parse_seeds(args.seeds), classes)
-    rows = explain_many(
-        config_from(args),
-        items,
-        args.out,
-        args.workers,
-        args.ray,
-        verify=not args.no_verify,
-        progress=not args.quiet,
-    )
-    failed = [r for r in rows if r["status"] == "failed"]
-    print(
-        f"{len(rows) - len(failed)} of {len(rows)} images explained in {args.out}/ "
-        "(images.parquet, components.parquet, transfer.json, report.html)"
-    )
+    tables, written = "(images.parquet, components.parquet, transfer.json, report.html)", True
+    try:
+        rows = explain_many(
+            config_from(args),
+            items,
+            args.out,
+            args.workers,
+            args.ray,
+            verify=not args.no_verify,
+            progress=not args.quiet,
+        )
+    except TablesNotWritten as err:  # the images' summary first, then what failed
+        rows, tables, written = err.rows, f"(the tables were not written: {err})", False
+    failed = [r for r in rows if r["status"] not in ("ok", "done before")]
+    print(f"{len(rows) - len(failed)} of {len(rows)} images explained in {args.out}/ {tables}")
     for r in failed:
-        print(f"  failed: {r['image']}: {r['error']}")
-    return 1 if failed else 0
+        print(f"  {r['status']}: {r['image']}: {r['error']}")
+    return 1 if failed or not written else 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -115,6 +121,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             f"{p['solver_memory_bytes'] / 2**20:.0f} MiB for the solver's tensors)"
         )
         print(f"each pass: {p['g_runs']}")
+        spent = ", ".join(f"{k} {v:.0f} s" for k, v in p["plan_seconds"].items())
+        print(f"this plan took {sum(p['plan_seconds'].values()):.0f} s ({spent})")
         print(f"players on the {cfg.grid[0]}x{cfg.grid[1]} grid (bit index; . = not a player):")
         print(p["players"])
         if args.json:  # the settings, then every prediction
@@ -257,7 +265,7 @@ def cmd_stability(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="regprim",
         description="Explain image generators by regional primitives (arXiv:2410.04421): "
         "disentangle an intermediate feature into components that each generate one set of "
@@ -300,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="top-k components compared (each matched among the other run's top 3k)",
     )
-    st.add_argument("--device", default="cpu")
-    st.add_argument("--quiet", action="store_true")
+    st.add_argument("--device", default="cpu", help="cpu or cuda")
+    st.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -329,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (sys.argv[1:] if argv is None else argv):  # no command: the help, not an error
         parser.print_help()
         return 0
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's own parser, which knows its options' names
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return HANDLERS[args.command](args)
     except KeyboardInterrupt:

@@ -93,13 +93,13 @@ def control_parsers(sub) -> None:
     e.add_argument("--invert", action="store_true", help="also find the code z* of the edit")
     e.add_argument("--out", required=True, type=Path, help="edit folder to write")
     e.add_argument("--overwrite", action="store_true", help="replace an edit already in --out")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="cpu", help="cpu or cuda (for --invert)")
     s = sub.add_parser("serve", help="a local web app: reconstruct, edit, transplant, invert")
     s.add_argument("runs", nargs="+", type=Path, help="run folders to load")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--port", type=int, default=8765, help="port on --host to serve at")
     s.add_argument("--edits", type=Path, default=Path("edits"), help="folder for saved edits")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default="cpu", help="cpu or cuda: where the generators run")
     s.add_argument(
         "--no-token",
         action="store_true",

@@ -6,14 +6,50 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import re
-from typing import Any
+from typing import Any, NoReturn
 
 from regprim.config import ExplainConfig, SolverConfig, field_docs
 from regprim.core.regions import parse_cells, parse_grid
 
+
+def said(parse: Any) -> Any:
+    """``parse`` for argparse: its ValueError's own message as the error (argparse would say
+    "invalid parse_cells value" instead)."""
+
+    def typed(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    typed.__name__ = parse.__name__
+    return typed
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with short errors: the error, a close option name for an unknown one, and
+    where the help is; not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        unknown = re.match(r"unrecognized arguments: (.*)", message)
+        hint = ""
+        if unknown:
+            options = [o for a in self._actions for o in a.option_strings]
+            for word in unknown.group(1).split():
+                close = difflib.get_close_matches(word.split("=")[0], options, n=1)
+                if close:
+                    hint += f"; did you mean {close[0]} (for {word})?"
+        self.exit(2, f"{self.prog}: error: {message}{hint}\n(see {self.prog} --help)\n")
+
+
 # fields whose command-line text is not a plain number or word
-PARSERS: dict[str, Any] = {"grid": parse_grid, "players": parse_cells, "class_index": str}
+PARSERS: dict[str, Any] = {
+    "grid": said(parse_grid),
+    "players": said(parse_cells),
+    "class_index": str,
+}
 SCALARS = {"int": int, "float": float, "str": str}
 
 

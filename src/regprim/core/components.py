@@ -14,7 +14,9 @@ Indexing: every method that takes or returns components speaks bitmasks. The ali
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -95,18 +97,35 @@ class ComponentTable:
             object.__setattr__(self, "_row_of", rows)
         return rows
 
+    def check(self, mask: Any) -> int:
+        """``mask`` as an action set of this table's players: an integer bitmask in
+        ``1 .. 2**n - 1``; anything else is a ValueError that says so."""
+        try:
+            value = None if isinstance(mask, bool) else operator.index(mask)  # ints of any kind
+        except TypeError:
+            value = None
+        if value is None or not 1 <= value < 2**self.n:
+            msg = (
+                f"action set {mask!r} is not a bitmask of this run's {self.n} players: give an "
+                f"integer in 1..{2**self.n - 1} (bit i = player i), e.g. from cells: "
+                "run.bitmask([14, 15])"
+            )
+            raise ValueError(msg)
+        return value
+
     def row(self, mask: int) -> int | None:
         """The row of action set ``mask`` (None when the table holds no such component)."""
-        return self._rows().get(int(mask))
+        return self._rows().get(self.check(mask))
 
     def norm(self, mask: int) -> float:
-        """L2 norm of the component of ``mask`` (0 for one not held)."""
+        """L2 norm of the component of ``mask`` (0 for a valid action set not held)."""
         j = self.row(mask)
         return 0.0 if j is None else float(self.norms[j])
 
     def value(self, masks: list[int] | Tensor) -> Tensor:
-        """The components of ``masks`` ``(B, *feature_shape)`` (zero for one not held)."""
-        masks = [int(m) for m in masks]
+        """The components of ``masks`` ``(B, *feature_shape)`` (zero for a valid action set
+        not held)."""
+        masks = [self.check(m) for m in masks]
         out = self.values.new_zeros(len(masks), *self.feature_shape)
         for j, mask in enumerate(masks):
             row = self.row(mask)

@@ -118,8 +118,12 @@ class Run:
         :attr:`table`, for n <= 16)."""
         return self.table.dense()
 
-    def component(self, masks: list[int] | Tensor) -> Tensor:
-        """The components of ``masks`` ``(B, *feature_shape)`` (zero for one not held)."""
+    def component(self, masks: int | list[int] | Tensor) -> Tensor:
+        """The components of ``masks`` ``(B, *feature_shape)``, or of one bitmask
+        ``(*feature_shape)`` (zero for a valid action set not held; anything that is not a
+        bitmask of the players is a ValueError)."""
+        if isinstance(masks, int) or (isinstance(masks, Tensor) and masks.dim() == 0):
+            return self.table.value([masks])[0]
         return self.table.value(masks)
 
     @property
@@ -162,8 +166,8 @@ class Run:
         return bitmask(self.players, cells)
 
     def cells(self, mask: int) -> list[int]:
-        """Grid cells of a bitmask."""
-        return cells_of(mask, self.players)
+        """Grid cells of a bitmask, in increasing order."""
+        return sorted(cells_of(self.table.check(mask), self.players))
 
     # -- using it ---------------------------------------------------------------------------------
     def generator(self, device: str | torch.device = "cpu"):
@@ -227,6 +231,9 @@ class Run:
         feature = reconstruct_features(self.component(masks), self.f0, chosen)
         image = gen.render(feature, self.code.to(gen.device))[0]
         return image, int(chosen.sum())
+
+    def __repr__(self) -> str:  # not the tensors: typing `run` in a notebook prints this
+        return f"{self}{f' at {self.path}' if self.path else ''}"
 
     def __str__(self) -> str:
         s = self.summary

@@ -291,6 +291,14 @@ def load_run(path: str | Path, derived: bool = True) -> Run:
     if not path.is_dir():
         msg = f"run folder {path} does not exist; give the --out folder of `regprim explain`"
         raise FileNotFoundError(msg)
+    if not any((path / name).exists() for name in (CONFIG, SUMMARY, TENSORS, MANIFEST)):
+        runs = sorted(p.name for p in path.iterdir() if (p / MANIFEST).is_file())
+        held = f"; it holds the runs {', '.join(runs[:5])}{', ...' if len(runs) > 5 else ''}"
+        msg = (
+            f"{path} is not a run folder (no {CONFIG}, {SUMMARY} or {TENSORS})"
+            f"{held if runs else ''}; give the --out folder of `regprim explain`"
+        )
+        raise FileNotFoundError(msg)
     for name in (CONFIG, SUMMARY, TENSORS):
         if not (path / name).is_file():
             raise _corrupt(path, f"{name} is missing")
