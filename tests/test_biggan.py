@@ -55,8 +55,8 @@ def test_end_to_end_tiny_on_cpu(tiny):
         model="biggan-deep-128",
         class_index=207,
         n=3,
-        baseline_count=1000,
-        solver=SolverConfig(or_steps=10),
+        baseline_count=64,
+        solver=SolverConfig(or_steps=3),
     )
     run = explain(cfg, generator=tiny, progress=False)
     assert run.summary["universal_matching_max_rel_residual"] < 1e-4

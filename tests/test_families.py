@@ -379,15 +379,23 @@ class Payload:
         ("sd", "text_encoder", "pytorch_model.bin"),
     ],
 )
-def test_pickled_weights_are_refused_and_never_unpickled(folders, tmp_path, family, part, weights):
+def test_pickled_weights_are_refused_and_never_unpickled(
+    folders, tmp_path, monkeypatch, family, part, weights
+):
     """A folder with a pickle in place of any component's safetensors is refused naming the
-    component and the fix; the pickle would run code if loaded (here: create a file)."""
+    component and the fix, without torch.load being called at all (not even with
+    weights_only); the pickle would run code if loaded (here: create a file)."""
     bad = tmp_path / "pickled"
     shutil.copytree(folders[family], bad)
     for f in (bad / part).glob("*.safetensors"):
         f.unlink()
     marker = tmp_path / "ran"
     torch.save({"weight": Payload(marker)}, bad / part / weights)
+
+    def unpickled(*args, **kwargs):
+        raise AssertionError(f"torch.load called on {args[0] if args else kwargs}")
+
+    monkeypatch.setattr(torch, "load", unpickled)
     with pytest.raises(ValueError, match=rf"{part}/{weights} is a pickle.*save_pretrained"):
         load_model(f"diffusers:{bad}?prompt=a face" if family == "sd" else f"diffusers:{bad}")
     assert not marker.exists()

@@ -149,6 +149,7 @@ class PlantedSynthesis(nn.Module):
         return self.decoder(self.head(ws[:, 0, : self.numel]))
 
 
+@pytest.mark.slow  # 27 s; the split's exactness is tested above at every cut
 @pytest.mark.parametrize("seed", [1200])
 def test_a_planted_member_in_the_synthesis_signature_is_recovered(seed):
     member = planted_family(seed)

@@ -113,9 +113,9 @@ def _reading(path: Path) -> Iterator[None]:
             sys.path.remove(str(folder))
         for module in list(sys.modules.values()):
             file = getattr(module, "__file__", None)  # torch._classes': "_classes.py"
-            if isinstance(file, str) and os.path.isabs(file) and os.path.isfile(file):
-                if _inside(Path(file).resolve(), folder):
-                    read.add(Path(file).resolve())
+            real = isinstance(file, str) and os.path.isabs(file) and os.path.isfile(file)
+            if real and _inside(Path(file).resolve(), folder):
+                read.add(Path(file).resolve())
 
 
 def _user_factory(spec: str) -> Callable[..., SplitGenerator]:
