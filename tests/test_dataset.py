@@ -105,14 +105,16 @@ def test_a_failing_image_is_recorded_and_the_others_go_on(tmp_path, monkeypatch)
     real = ex.explain
 
     def flaky(cfg, **kwargs):
-        if cfg.seed == 1:
+        if cfg.seed == 0:
             raise RuntimeError("out of memory on this image")
         return real(cfg, **kwargs)
 
     monkeypatch.setattr(ex, "explain", flaky)
     rows = explain_many(CFG, [Item(0), Item(1)], tmp_path / "data", verify=False, progress=False)
-    assert rows[0]["status"] == "ok"
-    assert rows[1]["status"] == "failed" and "out of memory on this image" in rows[1]["error"]
+    assert rows[1]["status"] == "ok"
+    assert rows[0]["status"] == "failed" and "out of memory on this image" in rows[0]["error"]
+    images, _ = load_tables(tmp_path / "data")  # a failed first row drops no column
+    assert images[1]["n"] == rows[1]["n"] and images[0]["n"] is None
     assert not list(tmp_path.rglob("*.lock"))  # nor a refused or failed image
 
 
@@ -265,6 +267,7 @@ def test_a_disk_that_fills_fails_its_image_with_the_file_stops_the_rest_and_lose
     assert "free space on that disk" in text and "not started: seed-0002" in text
     images, _ = load_tables(out)
     assert [r["status"] for r in images] == ["ok", "failed", "not started"]
+    assert images[0]["n"] == 2 and images[2]["n"] is None  # every row has every column
     assert not list(tmp_path.rglob("*.lock")) and not list(tmp_path.rglob("*.tmp"))
 
     import regprim.pipeline.dataset as dataset

@@ -213,7 +213,9 @@ def run_items(
 
     def not_started(item: Item) -> dict[str, Any]:
         error = f"not started: {full['image']} found the disk failing ({full['error']})"
-        return {"image": item.name, "seed": item.seed, "status": "not started", "error": error}
+        label = None if item.class_index is None else str(item.class_index)
+        row = {"image": item.name, "seed": item.seed, "class": label}
+        return row | {"status": "not started", "error": error}
 
     if use_ray:
         import ray
@@ -385,7 +387,9 @@ def write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
     import pyarrow.parquet as pq
 
     def parquet(table: list[dict[str, Any]]) -> Callable[[Path], None]:
-        return lambda path: pq.write_table(pa.Table.from_pylist(table), path)
+        keys = dict.fromkeys(k for row in table for k in row)  # a failed row has fewer
+        whole = [{k: row.get(k) for k in keys} for row in table]
+        return lambda path: pq.write_table(pa.Table.from_pylist(whole), path)
 
     components, top = read_images(out, rows)
     n = max((row.get("n") or 0 for row in rows), default=0)
