@@ -29,6 +29,22 @@ def test_planted_metrics_have_their_exact_values(planted_run):
         assert metric.description and metric.higher_is_better in (True, False, None)
 
 
+def test_a_curves_worst_point_is_over_the_points_that_add_components(planted_run):
+    """Before any component is added the image is the baseline's (relative error 1 by
+    definition): the worst point is taken where components were added, by brute force here."""
+    from regprim.analysis.scorer import RATIOS
+
+    s = Scorer(planted_run, load_model("planted"))
+    targets = [1 << i for i in range(s.n)]
+    details, _ = s.curves(targets, meeting=True)
+    assert all(abs(c[0] - 1) < 1e-4 for c in details["curves"])  # p = 0: the baseline image
+    points = []
+    for target, curve in zip(details["targets"], details["curves"], strict=True):
+        _, chosen = s.ratio_images(target, RATIOS, True)
+        points += [v for v, n in zip(curve, chosen.sum(1).tolist(), strict=True) if n > 0]
+    assert details["worst"] == max(points) < 1  # the planted cells only get better
+
+
 def test_sparsity_and_action_regions_on_hand_made_components(planted_run):
     comps = torch.zeros_like(planted_run.components)
     comps[0b1, 0, 0] = 3.0  # norm 3, order 1, L1 3
