@@ -35,6 +35,8 @@ def test_quickstart_notebook_runs(executed):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 4  # target, primitives, reconstruction, Fig. 7a, inline
     assert (tmp_path / "run" / "report.html").is_file()
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "locality" in text and "lower is better" in text  # a number says which way is good
 
 
 def test_the_notebook_prints_the_true_norms(executed):
