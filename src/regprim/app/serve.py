@@ -415,7 +415,7 @@ class Limits:
 
 def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8765) -> Any:
     """uvicorn's settings for ``app``: request headers due within ``HEADER_TIMEOUT`` seconds of
-    the connection or of the last answer (:class:`Deadlines`), ``CONNECTIONS`` at once."""
+    the connection or of the last answer (:func:`deadlines`), ``CONNECTIONS`` at once."""
     import uvicorn
 
     return uvicorn.Config(
