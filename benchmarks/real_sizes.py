@@ -41,38 +41,28 @@ OPTIONS = {  # (folder, options, cut): as a user would start, at the default cut
 
 
 def clip(tok, hidden: int, projection: bool, seed: int):
-    import transformers
+    """A CLIP text encoder of the real width and vocabulary, with two layers."""
+    import tiny_pipelines
 
-    torch.manual_seed(seed)
-    cfg = transformers.CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=hidden // 64,
-        max_position_embeddings=77,
-        projection_dim=hidden,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+    return tiny_pipelines.clip_encoder(
+        tok, hidden, projection, seed, heads=hidden // 64, widen=4, vocab=49408
     )
-    cls = transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel
-    return cls(cfg).eval()
 
 
 def vae(latent_channels: int, **config):
-    import diffusers
+    """The real Stable Diffusion VAE's shape."""
+    import tiny_pipelines
 
-    torch.manual_seed(1)
-    return diffusers.AutoencoderKL(
+    return tiny_pipelines.vae(
+        latent_channels,
         block_out_channels=(128, 256, 512, 512),
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=2,
-        latent_channels=latent_channels,
+        norm_num_groups=32,
         sample_size=512,
         **config,
-    ).eval()
+    )
 
 
 def tokenizer():

@@ -276,13 +276,13 @@ def test_a_changed_helper_module_of_the_model_file_is_refused_too(tmp_path, caps
         "                        nn.ConvTranspose2d(w, 3, 4, 2, 1), nn.Tanh())\n"
         "    return split_sequential(seq, layer, name='mygen', code_dim=6)\n"
     )
-    _, sources = model_sources(f"{path}:build")
-    names = sorted(p.relative_to(tmp_path).as_posix() for p in sources)
-    assert names == ["helper.py", "mygen.py", "pkg/__init__.py", "pkg/sub.py"]
     cfg = ExplainConfig(
         model=f"{path}:build", grid=(4, 4), n=3, baseline_count=8, solver=SolverConfig(or_steps=3)
     )
     explain(cfg, out=tmp_path / "run", progress=False, verify=False)
+    _, sources = model_sources(f"{path}:build")  # what the load read, the model loaded
+    names = sorted(p.relative_to(tmp_path).as_posix() for p in sources)
+    assert names == ["helper.py", "mygen.py", "pkg/__init__.py", "pkg/sub.py"]
     run = load_run(tmp_path / "run")
     run.generator()  # unchanged: fine
     (tmp_path / "unrelated.py").write_text("X = 2\n")
@@ -348,3 +348,29 @@ def test_a_model_files_folder_is_importable_and_what_its_load_reads_is_hashed(tm
         capsys.readouterr()
         (tmp_path / name).write_text(before)
     assert main(["verify", str(out)]) == 0
+
+
+def test_two_model_files_with_their_own_helper_each_get_theirs(tmp_path):
+    """`import helper` in a second model file loads that file's helper.py, not the one a first
+    model file's load left in sys.modules; and each run hashes its own."""
+    from regprim.generators.registry import load_model, model_sources
+
+    code = (
+        "import torch\nfrom torch import nn\nfrom regprim import split_sequential\nimport helper\n"
+        "def build(layer='1', weights=None):\n"
+        "    torch.manual_seed(0)\n"
+        "    seq = nn.Sequential(nn.ConvTranspose2d(6, helper.WIDTH, 4, 1, 0), nn.ReLU(),\n"
+        "                        nn.ConvTranspose2d(helper.WIDTH, 3, 4, 2, 1), nn.Tanh())\n"
+        "    return split_sequential(seq, layer, name='mygen', code_dim=6)\n"
+    )
+    widths = {}
+    for name, width in (("a", 8), ("b", 12)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "helper.py").write_text(f"WIDTH = {width}\n")
+        (tmp_path / name / "mygen.py").write_text(code)
+        gen = load_model(f"{tmp_path / name / 'mygen.py'}:build")
+        widths[name] = gen.d(gen.sample_codes(1, 0)).shape[1]
+        _, sources = model_sources(f"{tmp_path / name / 'mygen.py'}:build")
+        assert tmp_path / name / "helper.py" in sources
+        assert not any(p.is_relative_to(tmp_path / ("b" if name == "a" else "a")) for p in sources)
+    assert widths == {"a": 8, "b": 12}

@@ -73,17 +73,27 @@ def t5_tokenizer():
     )
 
 
-def clip_encoder(tok, hidden: int = 8, projection: bool = False, seed: int = 10):
+def clip_encoder(
+    tok,
+    hidden: int = 8,
+    projection: bool = False,
+    seed: int = 10,
+    heads: int = 2,
+    widen: int = 2,
+    vocab: int | None = None,
+):
+    """A CLIP text encoder of two layers (``benchmarks/real_sizes.py``: of a real width, with
+    CLIP's 49408-token vocabulary and 64-wide heads)."""
     import transformers
 
     torch.manual_seed(seed)
     cfg = transformers.CLIPTextConfig(
-        vocab_size=len(tok),
+        vocab_size=vocab or len(tok),
         hidden_size=hidden,
-        intermediate_size=2 * hidden,
+        intermediate_size=widen * hidden,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=MAX_TOKENS,
+        num_attention_heads=heads,
+        max_position_embeddings=tok.model_max_length,
         projection_dim=hidden,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -112,20 +122,21 @@ def t5_encoder(tok, d_model: int = 8, seed: int = 11):
 
 
 def vae(latent_channels: int = 4, seed: int = 1, **config):
+    """A two-block AutoencoderKL; ``config`` overrides any setting (real sizes: the benchmark)."""
     import diffusers
 
     torch.manual_seed(seed)
-    return diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=latent_channels,
-        norm_num_groups=4,
-        sample_size=16,
-        **config,
-    ).eval()
+    tiny = {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        "block_out_channels": (8, 16),
+        "latent_channels": latent_channels,
+        "norm_num_groups": 4,
+        "sample_size": 16,
+    }
+    return diffusers.AutoencoderKL(**(tiny | config)).eval()
 
 
 def cond_unet(cross: int = 8, seed: int = 3, **config):

@@ -14,7 +14,6 @@ import importlib
 import importlib.util
 import inspect
 import json
-import modulefinder
 import os
 import site
 import sys
@@ -22,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -103,6 +103,11 @@ def _reading(path: Path) -> Iterator[None]:
     (``safetensors``' own reader) is not seen: give it as ``--weights``, which is hashed."""
     path = path.resolve()
     folder, read = path.parent, READ.setdefault(path, {path})
+    others = {p.parent for p in READ} - {folder}
+    for name, module in list(sys.modules.items()):  # another model's helper.py is not ours
+        file = _module_file(module)
+        if file and any(_inside(file, other) for other in others) and not _inside(file, folder):
+            del sys.modules[name]
     sys.path.insert(0, str(folder))
     _READING.append((folder, read))
     try:
@@ -112,10 +117,17 @@ def _reading(path: Path) -> Iterator[None]:
         if str(folder) in sys.path:
             sys.path.remove(str(folder))
         for module in list(sys.modules.values()):
-            file = getattr(module, "__file__", None)  # torch._classes': "_classes.py"
-            real = isinstance(file, str) and os.path.isabs(file) and os.path.isfile(file)
-            if real and _inside(Path(file).resolve(), folder):
-                read.add(Path(file).resolve())
+            file = _module_file(module)
+            if file and _inside(file, folder):
+                read.add(file)
+
+
+def _module_file(module: Any) -> Path | None:
+    """The file a module was loaded from (None for one without: builtins, namespaces, or
+    torch._classes, whose ``__file__`` is a bare "_classes.py")."""
+    file = getattr(module, "__file__", None)
+    real = isinstance(file, str) and os.path.isabs(file) and os.path.isfile(file)
+    return Path(file).resolve() if real else None
 
 
 def _user_factory(spec: str) -> Callable[..., SplitGenerator]:
@@ -191,10 +203,10 @@ def load_model(
 def model_sources(spec: str, imports: bool = True) -> tuple[str, list[Path]]:
     """The spec with the paths it names made absolute, and the files and folders the model is
     read from (a run records them as ``model_files`` and hashes them into ``model_sha256``;
-    built-in models: none): for a model file, those it imports (found in its code) and those
-    its loads in this process read (``READ``). ``imports=False``: a model file alone, without
-    the files beside it that it imports (what runs hashed before they recorded
-    ``model_files``)."""
+    built-in models: none): for a model file, it and the files of its folder its loads in this
+    process read (``READ``: the modules it imported, however, and the files it opened; a run
+    loads its model before it records them). ``imports=False``: a model file alone (what runs
+    hashed before they recorded ``model_files``)."""
     if spec.startswith(PREFIX):
         return sources(spec)
     target, _, function = spec.rpartition(":")
@@ -202,24 +214,8 @@ def model_sources(spec: str, imports: bool = True) -> tuple[str, list[Path]]:
         path = Path(target).resolve()
         if not imports:
             return f"{path}:{function}", [path]
-        found = set(local_imports(path)) | READ.get(path, set())
-        return f"{path}:{function}", [path, *sorted(found - {path})]
+        return f"{path}:{function}", [path, *sorted(READ.get(path, set()) - {path})]
     return spec, []
-
-
-def local_imports(path: Path) -> list[Path]:
-    """``path`` and the Python files of its folder that it imports, and those they import, in
-    turn (``import helper``, ``from pkg.sub import y``: ``helper.py``, ``pkg/__init__.py``,
-    ``pkg/sub.py`` beside ``path``): what a model file is read from. Found by the standard
-    library's :mod:`modulefinder` from the code, without running it, searching that folder only;
-    installed packages are not in it."""
-    finder = modulefinder.ModuleFinder(path=[str(path.parent)])
-    try:
-        finder.run_script(str(path))
-    except (SyntaxError, ImportError):  # load_model says what is wrong with the file
-        return [path]
-    found = {Path(m.__file__).resolve() for m in finder.modules.values() if m.__file__}
-    return [path, *sorted(found - {path})]
 
 
 def _call_user_factory(spec: str, factory: Callable[..., SplitGenerator], kwargs: dict):
