@@ -79,6 +79,22 @@ def report_page(path):
 def test_report_in_headless_chromium(planted_run):
     with report_page(planted_run.path / rf.REPORT) as (page, errors, requests):
         data = json.loads(page.locator("#data").text_content())
+        # the picture first: the run's target and components above the explorer, the paper's
+        # figures after the metrics, the settings folded at the end
+        order = page.evaluate(
+            "[...document.querySelectorAll('figcaption, h2, details')]"
+            ".map((e) => e.tagName === 'DETAILS' ? 'settings' : e.textContent)"
+        )
+        assert order[:3] == [rf.TARGET_PNG, rf.BASELINE_PNG, rf.COMPONENTS_PNG]
+        assert order.index("Explorer (Algorithm 2)") < order.index("Metrics")
+        assert order.index("Metrics") < order.index(rf.FIG3) and order[-1] == "settings"
+        assert not page.is_visible("#settings table")  # folded
+        assert page.evaluate(  # every image shown, none broken
+            "[...document.images].filter((i) => i.src).every((i) => i.naturalWidth > 0)"
+        )
+        # player cells carry their grid id, the id of every list
+        assert page.text_content('#target-pane .cell[data-cell="14"]') == "14"
+        assert page.text_content('#target-pane .cell[data-cell="0"]') == ""
         # click players 7 and 14 (bits 0 and 4): the reconstruction must be that subset's image
         page.click('#target-pane .cell[data-cell="7"]')
         page.click('#target-pane .cell[data-cell="14"]')

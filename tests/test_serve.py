@@ -112,6 +112,15 @@ def test_edit_invert_and_save_through_the_api(client, planted_run):
     assert (op["kind"], op["masks"], op["factor"]) == ("scale", [mask], 0.0)
     want = planted_run.f + (0 - 1) * planted_run.component([mask])[0]
     assert torch.allclose(tensors["f_edit"], want, atol=1e-6)
+    assert "inversion" not in record
+    # the finished inversion saved with its edit, and only with its own edit
+    body = {"run": 0, "weights": {str(mask): 0}, "job": job}
+    kept = client.post("/api/save", json=body | {"name": "e2"})
+    assert kept.status_code == 200 and kept.json()["inversion"]
+    record, tensors = load_edit(kept.json()["folder"])
+    assert record["inversion"]["residual"] == status["residual"] and "code" in tensors
+    other = client.post("/api/save", json=body | {"name": "e3", "weights": {str(mask): 0.5}})
+    assert other.status_code == 409 and "another edit" in other.json()["detail"]
 
 
 def test_concurrent_requests_get_their_own_answers(client, planted_run):
@@ -151,17 +160,27 @@ def server(runs, tmp_path_factory):
 
 
 @needs_browser
-def test_the_live_page_in_headless_chromium(server, planted_run, grid_run):
+def test_the_live_page_in_headless_chromium(server, planted_run, planted_donor, grid_run):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page()
-        errors = []
+        errors, failed = [], []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
         page.goto(server)
         page.wait_for_selector("#components input[type=checkbox]")
         assert "token" not in page.url  # out of the address bar and the history, kept as cookie
+        # on load: no broken image (result and difference wait, saying what will appear there)
+        assert page.evaluate(
+            "[...document.images].filter((i) => !i.hidden).every((i) => i.naturalWidth > 0)"
+        )
+        assert not page.is_visible("#result") and page.is_visible("#result-empty")
+        # the donor is shown; the slider values are written beside the sliders
+        assert page.get_attribute("#donor-image", "src") == page.evaluate("runs[1].image")
+        assert page.text_content("#components output") == "x1.0"
         # the report's grid (static/grid.js): cells at the grid's own edges, only players live
         tops = page.evaluate(
             "[...document.querySelectorAll('#grid .cell')].map((e) => parseFloat(e.style.top))"
@@ -172,12 +191,26 @@ def test_the_live_page_in_headless_chromium(server, planted_run, grid_run):
         assert tops == [
             pytest.approx(edges[i // cols] * scale, abs=0.01) for i in range(rows * cols)
         ]
+        # a click on a cell that is no player: nothing chosen, and the page says why
         other = next(c for c in range(rows * cols) if c not in planted_run.players)
         page.click(f"#grid .cell[data-cell='{other}']")
         assert page.get_attribute(f"#grid .cell[data-cell='{other}']", "class") == "cell"
+        assert f"cell {other} is not a player" in page.inner_text("#message")
+        # an empty selection: said in the page, no request sent
+        page.click("#reconstruct")
+        assert "choose at least one player cell" in page.inner_text("#message")
+        # a player cell, labelled by its grid id; the components that meet it marked
         player = planted_run.players[0]
+        assert page.text_content(f"#grid .cell[data-cell='{player}']") == str(player)
         page.click(f"#grid .cell[data-cell='{player}']")
         assert "on" in page.get_attribute(f"#grid .cell[data-cell='{player}']", "class")
+        assert page.inner_text("#message") == ""
+        marked = page.evaluate(
+            "[...document.querySelectorAll('#components label.meets input[type=checkbox]')]"
+            ".map((e) => +e.dataset.mask)"
+        )
+        listed = planted_run.table.top_k(serving.LISTED)
+        assert marked == [m for m in listed if player in planted_run.cells(m)] and marked
         page.click("#clear")
         # toggle the largest primitive off: the image changes only in its cells
         mask = planted_run.ranked[0]
@@ -189,6 +222,23 @@ def test_the_live_page_in_headless_chromium(server, planted_run, grid_run):
         inside = planted_run.grid.cell_masks()[planted_run.cells(mask)].any(0).numpy()
         assert change[inside].sum() > 100 and change[~inside].max() <= 1  # 8-bit rounding
         assert "locality" in page.inner_text("#metrics")
+        assert not page.is_visible("#result-empty") and not page.is_visible("#difference-empty")
+        # save during an inversion: said, and the edit is saved with its inversion once done
+        page.click("#invert")
+        page.fill("#name", "during")
+        page.click("#save")
+        assert "inver" in page.inner_text("#status")  # "... once the inversion has finished"
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('saved')", timeout=60000
+        )
+        assert "with its inversion" in page.inner_text("#status")
+        folder = page.inner_text("#status").split()[1]
+        record, tensors = load_edit(folder)
+        assert record["inversion"]["residual"] < 0.05 and "code" in tensors
+        # the same name again: 409, and the status says it was not saved
+        page.click("#save")
+        page.wait_for_function("document.getElementById('message').textContent.includes('409')")
+        assert page.inner_text("#status").startswith("not saved")
         # three cells of the n = 36 run, reconstructed live
         page.select_option("#run", "2")
         for cell in (14, 15, 21):
@@ -210,12 +260,15 @@ def test_the_live_page_in_headless_chromium(server, planted_run, grid_run):
         ).astype(float)
         got = decode(page.get_attribute("#result", "src"))
         assert np.abs(got - want).max() <= 1
-        # a bad request: no cells selected
-        page.click("#clear")
-        page.click("#reconstruct")
-        page.wait_for_function("document.getElementById('message').textContent.includes('422')")
-        assert "cells" in page.inner_text("#message")
-        assert not errors
+        # a transplant shows the donor's cells
+        page.select_option("#run", "0")
+        page.click(f"#grid .cell[data-cell='{player}']")
+        page.click("#transplant")
+        page.wait_for_function("document.getElementById('result-title').textContent === 'edited'")
+        assert f"transplanted cells: {player}" in page.inner_text("#donor-note")
+        assert "on" in page.get_attribute(f"#donor-grid .cell[data-cell='{player}']", "class")
+        assert len(failed) == 1 and failed[0].endswith("/api/save")  # the 409, and only it
+        assert [e for e in errors if "409 (Conflict)" not in e] == []
         browser.close()
 
 

@@ -9,6 +9,7 @@ together with the images the paper's figures show (:class:`Evaluation`), so that
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,9 +155,12 @@ def leakage(
 def sparsity(s: Scorer, salient: list[int]) -> Metric:
     count = 2**s.n - 1
     values, norms = s.run.table.values, s.run.table.norms
-    mags = values.abs().flatten().sort(descending=True).values
-    steps = torch.arange(400, dtype=torch.float64) * (len(mags) - 1) / 399
-    points = steps.round().long()  # float64: float32 rounds past the end for 2**25 elements
+    mags = values.abs().flatten()
+    mags = mags[mags > 0].sort(descending=True).values
+    elements = count * math.prod(s.run.table.feature_shape)  # the components not held are 0
+    # 400 ranks spaced evenly on a log axis (float64: float32 rounds past 2**24)
+    ranks = torch.logspace(0, math.log10(max(len(mags), 1)), 400, dtype=torch.float64)
+    points = (ranks.round().long().unique() - 1).clamp(0, max(len(mags) - 1, 0))
     return Metric(
         "sparsity",
         "Fig. 5: fraction of the components that carry 90% of the total squared norm "
@@ -167,8 +171,10 @@ def sparsity(s: Scorer, salient: list[int]) -> Metric:
             "fraction_salient": len(salient) / count,
             "components": count,
             "sorted_magnitudes": {
-                "rank_fraction": (points.float() / len(mags)).tolist(),
-                "magnitude": mags[points.to(mags.device)].tolist(),
+                "elements": elements,
+                "nonzero": len(mags),
+                "rank": (points + 1).tolist() if len(mags) else [],
+                "magnitude": mags[points.to(mags.device)].tolist() if len(mags) else [],
             },
             "norms_sorted": norms.sort(descending=True).values[: len(s.order)].tolist(),
         },

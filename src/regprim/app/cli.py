@@ -20,6 +20,7 @@ from regprim.core.regions import parse_cells
 from regprim.generators.base import ModelError
 from regprim.generators.registry import MODELS
 from regprim.pipeline.explain import explain, verification_files
+from regprim.present.figures import left_out
 from regprim.storage import folders
 from regprim.storage import run_folder as rf
 from regprim.version import __version__
@@ -173,7 +174,7 @@ def rebuild_report(run, device: str = "cpu") -> list:
     gen = run.generator(device)
     ev = evaluate(run, gen)
     shown = {n: (run.path / n).read_bytes() for n in rf.RUN_FIGURES if (run.path / n).is_file()}
-    rf.update_run(run, verification_files(run, gen, ev, shown))
+    rf.update_run(run, verification_files(run, gen, ev, shown), remove=tuple(left_out(ev)))
     return ev.metrics
 
 
@@ -239,6 +240,29 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_components(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        msg = f"--top {args.top}: give how many components to list, at least 1"
+        raise ValueError(msg)
+    run = rf.load_run(args.run, derived=False)
+    masks = run.salient if not args.all else run.ranked
+    rows = [
+        {"rank": i, "cells": run.cells(k), "order": k.bit_count(), "norm": run.norm(k), "mask": k}
+        for i, k in enumerate(masks[: args.top], start=1)
+    ]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(run)
+    kind = "non-zero" if args.all else "salient"
+    print(f"{min(args.top, len(masks))} of {len(masks)} {kind} components, by decreasing norm:")
+    print(f"{'rank':>4}  {'cells (grid ids)':<24} {'|S|':>3} {'norm':>9}  bitmask")
+    for r in rows:
+        cells = ",".join(map(str, r["cells"]))
+        print(f"{r['rank']:>4}  {cells:<24} {r['order']:>3} {r['norm']:>9.4g}  {r['mask']}")
+    return 0
+
+
 def cmd_stability(args: argparse.Namespace) -> int:
     from regprim.pipeline.stability import stability
 
@@ -285,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cells", required=True, help="player cells to reconstruct, e.g. 7,8")
     r.add_argument("--all-components", action="store_true", help="not only the salient ones")
     r.add_argument("--out", type=Path, help="PNG to write (default: in the run folder)")
+    c = sub.add_parser(
+        "components", help="list a run's salient components as sorted cell lists (grid ids)"
+    )
+    c.add_argument("run", type=Path, help="run folder written by `regprim explain`")
+    c.add_argument("--top", type=int, default=20, help="how many, largest norm first")
+    c.add_argument("--all", action="store_true", help="every non-zero component, not only salient")
+    c.add_argument("--json", action="store_true", help="one JSON list instead of the table")
     for name, text in (
         ("verify", "compute the faithfulness metrics of a run (and its report)"),
         ("report", "rebuild the figures and report.html of a run"),
@@ -318,6 +349,7 @@ HANDLERS = {
     "explain-many": cmd_explain_many,
     "models": cmd_models,
     "reconstruct": cmd_reconstruct,
+    "components": cmd_components,
     "verify": cmd_verify,
     "report": cmd_verify,
     "stability": cmd_stability,

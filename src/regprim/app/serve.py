@@ -11,7 +11,7 @@ package) asks the JSON API below, and every answer is rendered live:
 - ``POST /api/invert`` and ``GET /api/jobs/{id}``: code inversion in the background, with
   progress;
 - ``POST /api/save``: the edit as an edit folder under the ``--edits`` folder (a plain name,
-  never a path the request chooses).
+  never a path the request chooses), with the inversion of a finished ``job`` of the same edit.
 
 Guarded as the trusted local servers of this field are (docs/reliability.md, "The local
 server"): it binds to 127.0.0.1 unless told otherwise; a request whose ``Host`` is not
@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import re
 import secrets
 import threading
@@ -122,7 +123,16 @@ class EditRequest(BaseModel):
 
 class SaveRequest(EditRequest):
     name: str = Field(description="folder name under the edits folder (letters, digits, _.-)")
-    invert: bool = False
+    invert: bool = Field(default=False, description="invert the edit to a code and save it")
+    job: str | None = Field(
+        default=None, max_length=64, description="a finished inversion of this edit to save"
+    )
+
+
+def edit_key(req: EditRequest) -> str:
+    """What makes an edit: its run, weights and transplant (an inversion belongs to one)."""
+    transplant = req.transplant.model_dump() if req.transplant else None
+    return json.dumps([req.run, sorted(req.weights.items()), transplant])
 
 
 class App:
@@ -135,6 +145,7 @@ class App:
         self.loaded = [Loaded(run, run.generator(device)) for run in runs]
         self.edits = edits
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.inversions: dict[str, tuple[str, Any]] = {}  # job: (edit key, Inversion)
         self.jobs_lock = threading.Lock()
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regprim-invert")
 
@@ -221,16 +232,17 @@ class App:
             finished = [k for k, j in self.jobs.items() if j["done"]]
             for old in finished[: max(len(finished) - KEPT + 1, 0)]:  # the oldest first
                 del self.jobs[old]
+                self.inversions.pop(old, None)
             job = uuid.uuid4().hex[:12]
             self.jobs[job] = {"progress": 0.0, "done": False}
-        self.worker.submit(self._invert, job, item, e)
+        self.worker.submit(self._invert, job, item, e, edit_key(req))
         return {"job": job}
 
     def _update(self, job: str, **values: Any) -> None:
         with self.jobs_lock:
             self.jobs[job] |= values
 
-    def _invert(self, job: str, item: Loaded, edit: Edit) -> None:
+    def _invert(self, job: str, item: Loaded, edit: Edit, key: str) -> None:
         try:
             with item.lock:
                 run = item.run
@@ -243,6 +255,8 @@ class App:
                     progress=False,
                     on_progress=lambda p: self._update(job, progress=p),
                 )
+            with self.jobs_lock:
+                self.inversions[job] = (key, inv)
             self._update(
                 job,
                 done=True,
@@ -261,6 +275,21 @@ class App:
                 raise HTTPException(404, f"job: no job {job!r} (finished jobs are kept {KEPT})")
             return dict(self.jobs[job])
 
+    def finished_inversion(self, req: SaveRequest) -> Any:
+        """The inversion of job ``req.job``, which must have finished and be of this edit."""
+        state = self.job(str(req.job))
+        if not state["done"]:
+            raise HTTPException(409, "job: the inversion is still running; save when it is done")
+        if "error" in state:
+            raise HTTPException(409, f"job: the inversion failed ({state['error']}); invert again")
+        with self.jobs_lock:
+            key, inv = self.inversions[str(req.job)]
+        if key != edit_key(req):
+            msg = "job: that inversion is of another edit (weights or transplant changed since)"
+            msg += "; invert again"
+            raise HTTPException(409, msg)
+        return inv
+
     def save(self, req: SaveRequest) -> dict[str, Any]:
         if not NAME.fullmatch(req.name):
             raise HTTPException(
@@ -268,17 +297,24 @@ class App:
             )
         item, e = self.edit_of(req)
         run = item.run
+        inv = self.finished_inversion(req) if req.job is not None else None
         with item.lock:
             result = apply(e, item.gen)
-            inv = None
-            if req.invert:
-                inv = invert(item.gen, result.feature, run.f0, run.code, progress=False)
+            if req.invert and inv is None:
+                inv = invert(
+                    item.gen,
+                    result.feature,
+                    run.f0,
+                    run.code,
+                    class_index=run.class_index,
+                    progress=False,
+                )
             try:
                 out = save_edit(e, result, self.edits / req.name, inversion=inv)
             except FileExistsError:
                 msg = f"name: an edit named {req.name!r} exists already; choose another name"
                 raise HTTPException(409, msg) from None
-        return {"folder": str(out)}
+        return {"folder": str(out), "inversion": inv is not None}
 
 
 def create_app(

@@ -171,5 +171,6 @@ def bitmask(players: list[int], cells: list[int]) -> int:
 
 
 def cells_of(mask: int, players: list[int]) -> list[int]:
-    """Grid cells of a bitmask."""
-    return [p for i, p in enumerate(players) if mask >> i & 1]
+    """Grid cells of a bitmask, sorted: the cell list a person reads (grid ids, ``row * cols +
+    col``); the bitmask stays the program's key."""
+    return sorted(p for i, p in enumerate(players) if mask >> i & 1)

@@ -167,7 +167,7 @@ class Run:
 
     def cells(self, mask: int) -> list[int]:
         """Grid cells of a bitmask, in increasing order."""
-        return sorted(cells_of(self.table.check(mask), self.players))
+        return cells_of(self.table.check(mask), self.players)
 
     # -- using it ---------------------------------------------------------------------------------
     def generator(self, device: str | torch.device = "cpu"):

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from regprim.config import ExplainConfig
 from regprim.core.components import ComponentTable
+from regprim.core.regions import cells_of
 from regprim.explanation.target import Target
 from regprim.generators.base import SplitGenerator
 from regprim.solvers import MinimalFeatures, convergence_note
@@ -58,6 +59,7 @@ def summarise(
         "salient_rule": cfg.salient_rule,
         "salient_counts": {rule: len(ks) for rule, ks in rules.items()},
         "salient": salient.tolist(),
+        "salient_cells": [cells_of(k, target.players) for k in salient.tolist()],
         "salient_norms": [table.norm(k) for k in salient.tolist()],
         "feature_change_norm": float((target.f - target.f0).norm()),
         "split_check": target.split_check,

@@ -33,6 +33,7 @@ from regprim.generators.base import SplitGenerator
 from regprim.present.figures import (
     components_figure,
     image_figure,
+    left_out,
     paper_figures,
     png,
     target_figure,
@@ -230,7 +231,7 @@ def verification_files(
     are the run's own figures, shown first in the report."""
     figures = {name: png(fig) for name, fig in paper_figures(run, ev).items()}
     stability = rf.read_stability(run.path) if run.path is not None else None
-    page = report_html(run, gen, ev.metrics, shown | figures, stability)
+    page = report_html(run, gen, ev.metrics, shown, figures, stability, left_out(ev))
     return {rf.METRICS: rf.metrics_file(ev.metrics), **figures, rf.REPORT: page}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from matplotlib import patheffects
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
@@ -17,10 +18,17 @@ from torch import Tensor
 from regprim.core.regions import Grid, cells_of
 
 
-def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs):
+def subplots(
+    nrows: int = 1,
+    ncols: int = 1,
+    *,
+    figsize: tuple[float, float],
+    layout: str | None = None,
+    **kwargs,
+):
     """A :class:`~matplotlib.figure.Figure` and its axes, made without pyplot: no backend is
     switched and no figure is kept open (a notebook user's backend stays theirs)."""
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize, layout=layout)
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
@@ -39,38 +47,68 @@ def to_rgb(image: Tensor, value_range: tuple[float, float]) -> np.ndarray:
     return np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr
 
 
-def draw_grid(ax, grid: Grid, players: list[int], highlight: list[int] | None = None) -> None:
-    """Grid lines, player cells outlined with their bit index, ``highlight`` cells filled."""
+def draw_grid(
+    ax, grid: Grid, players: list[int], highlight: list[int] | None = None, labels: bool = False
+) -> None:
+    """Faint grid lines, the player cells outlined in blue and ``highlight`` cells outlined in
+    yellow (never filled: what is highlighted stays visible); ``labels`` writes each player
+    cell's grid id (``row * cols + col``, the id every list and page uses)."""
     for r in grid.row_edges()[1:-1]:
-        ax.axhline(r - 0.5, color="white", lw=0.5, alpha=0.6)
+        ax.axhline(r - 0.5, color="white", lw=0.4, alpha=0.3)
     for c in grid.col_edges()[1:-1]:
-        ax.axvline(c - 0.5, color="white", lw=0.5, alpha=0.6)
-    for bit, cell in enumerate(players):
+        ax.axvline(c - 0.5, color="white", lw=0.4, alpha=0.3)
+    marked = set(highlight or [])
+    for cell in sorted(players, key=lambda c: c in marked):  # the highlight drawn on top
         t, b, left, right = grid.cell_box(cell)
-        filled = highlight is not None and cell in highlight
+        on = cell in marked
         ax.add_patch(
             Rectangle(
                 (left - 0.5, t - 0.5),
                 right - left,
                 b - t,
-                fill=filled,
-                facecolor=(1.0, 0.85, 0.0, 0.35),
-                edgecolor="yellow" if filled or highlight is None else "deepskyblue",
-                lw=1.5 if filled or highlight is None else 0.8,
+                fill=False,
+                edgecolor="yellow" if on else "deepskyblue",
+                lw=2.0 if on else 0.8,
             )
         )
-        if highlight is None:
-            ax.text(left + 1, t + 1, str(bit), color="yellow", fontsize=7, va="top", ha="left")
+        if labels:
+            ax.text(
+                left + 0.5,
+                t + 0.5,
+                str(cell),
+                color="white",
+                fontsize=7,
+                va="top",
+                ha="left",
+                path_effects=[patheffects.withStroke(linewidth=1.5, foreground="black")],
+            )
 
 
 def target_figure(image: Tensor, value_range, grid: Grid, players: list[int], title: str):
-    """The target image with the grid and the players (labelled with their bit index)."""
-    fig, ax = subplots(figsize=(4, 4))
-    ax.imshow(to_rgb(image, value_range), interpolation="nearest")
-    draw_grid(ax, grid, players)
-    ax.set_title(title, fontsize=9)
-    ax.axis("off")
-    return fig, ax
+    """The target image, plain and with the grid and the player cells labelled by grid id."""
+    fig, axes = subplots(1, 2, figsize=(6.4, 3.5))
+    rgb = to_rgb(image, value_range)
+    for ax in axes:
+        ax.imshow(rgb, interpolation="nearest")
+        ax.axis("off")
+    draw_grid(axes[1], grid, players, labels=True)
+    axes[0].set_title(title, fontsize=8)
+    axes[1].set_title(f"players (blue), by grid id; {grid.rows}x{grid.cols} grid", fontsize=8)
+    fig.tight_layout()
+    return fig, axes
+
+
+def change_map(image: Tensor, before: Tensor, value_range) -> np.ndarray:
+    """Absolute change summed over channels, in units of the value range."""
+    lo, hi = value_range
+    return ((image - before).abs().sum(0) / (hi - lo)).cpu().numpy()
+
+
+def colorbar(fig, mappable, axes, label: str) -> None:
+    """One colorbar for ``axes`` that share ``mappable``'s scale."""
+    bar = fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.01)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
 
 
 def image_figure(image: Tensor, value_range, title: str):
@@ -93,38 +131,32 @@ def components_figure(
 ):
     """Top components: action region on the target, ``g(f0 + Delta f_k)``, and its change.
 
-    One column per component; rows: (1) the target with the action region S_k filled,
+    One column per component; rows: (1) the target with the action region S_k outlined,
     (2) the image rendered from the baseline plus this component alone, (3) the absolute
-    change from the baseline image, summed over channels (brighter = larger change).
+    change from the baseline image, summed over channels, on one colour scale for all columns.
     """
     k = len(masks)
-    fig, axes = subplots(3, k, figsize=(1.9 * k + 0.8, 6.2), squeeze=False)
-    lo, hi = value_range
-    for j, (mask, image, norm) in enumerate(zip(masks, rendered, norms, strict=True)):
+    fig, axes = subplots(3, k, figsize=(1.9 * k + 1.2, 6.2), squeeze=False, layout="constrained")
+    changes = [change_map(image, baseline_image, value_range) for image in rendered]
+    top = max(float(c.max()) for c in changes) or 1.0
+    for j, (mask, image, norm, change) in enumerate(
+        zip(masks, rendered, norms, changes, strict=True)
+    ):
         cells = cells_of(mask, players)
-        ax = axes[0, j]
-        ax.imshow(to_rgb(target, value_range) * 0.6, interpolation="nearest")
-        draw_grid(ax, grid, players, highlight=cells)
-        ax.set_title(f"#{j + 1} S={cells}\n|Δf|={norm:.3g}", fontsize=7)
-        axes[1, j].imshow(to_rgb(image, value_range), interpolation="nearest")
-        change = ((image - baseline_image).abs().sum(0) / (hi - lo)).cpu().numpy()
-        axes[2, j].imshow(change, cmap="magma", vmin=0, interpolation="nearest")
-        for row in range(3):
-            axes[row, j].axis("off")
-    for row, label in enumerate(("action region", "g(f0 + Δf_k)", "|change| vs g(f0)")):
-        ax = axes[row, 0]
-        ax.text(
-            -0.15,
-            0.5,
-            label,
-            transform=ax.transAxes,
-            rotation=90,
-            va="center",
-            ha="right",
-            fontsize=8,
+        axes[0, j].imshow(to_rgb(target, value_range), interpolation="nearest")
+        draw_grid(axes[0, j], grid, players, highlight=cells)
+        axes[0, j].set_title(
+            f"#{j + 1} cells {','.join(map(str, cells))}\n|Δf|={norm:.3g}", fontsize=7
         )
-    fig.suptitle("Most salient feature components (by L2 norm)", fontsize=10)
-    fig.tight_layout()
+        axes[1, j].imshow(to_rgb(image, value_range), interpolation="nearest")
+        shown = axes[2, j].imshow(change, cmap="magma", vmin=0, vmax=top, interpolation="nearest")
+        for row in range(3):
+            axes[row, j].set_xticks([])
+            axes[row, j].set_yticks([])
+    for row, label in enumerate(("action region", "g(f0 + Δf_k)", "|change| vs g(f0)")):
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    colorbar(fig, shown, axes[2, :], "|change| / value range")
+    fig.suptitle("Most salient feature components (by L2 norm; cells by grid id)", fontsize=10)
     return fig, axes
 
 
@@ -140,7 +172,7 @@ def reconstruction_figure(
     """Target with the chosen cells, and the Algorithm 2 reconstruction."""
     fig, axes = subplots(1, 2, figsize=(6, 3.3))
     axes[0].imshow(to_rgb(target, value_range), interpolation="nearest")
-    draw_grid(axes[0], grid, players, highlight=cells)
+    draw_grid(axes[0], grid, players, highlight=cells, labels=True)
     axes[0].set_title(f"target, cells {cells}", fontsize=8)
     axes[1].imshow(to_rgb(recon, value_range), interpolation="nearest")
     draw_grid(axes[1], grid, players, highlight=cells)
@@ -162,25 +194,34 @@ def cell_map(values: list[float], grid: Grid, players: list[int]) -> np.ndarray:
 
 def fig3_incremental(run, ev):
     """Fig. 3: reconstruction of the target cells as the components meeting them are added (by
-    norm), with the heatmap of the added components' action regions (exponentiated for contrast)."""
+    norm), with the action-region weights of the added components per player cell (App. H,
+    one colour scale)."""
     d = ev.fig3
     cells = run.cells(d["target"])
     ratios = d["ratios"]
-    fig, axes = subplots(2, len(ratios), figsize=(1.9 * len(ratios), 4.2), squeeze=False)
+    fig, axes = subplots(
+        2, len(ratios), figsize=(1.9 * len(ratios) + 1, 4.4), squeeze=False, layout="constrained"
+    )
+    top = max(max(w) for w in d["weights"]) or 1.0
     for j, (count, image, err, weights) in enumerate(
         zip(d["counts"], ev.images["fig3"], d["rel_errors"], d["weights"], strict=True)
     ):
         axes[0, j].imshow(to_rgb(image, run.value_range), interpolation="nearest")
         draw_grid(axes[0, j], run.grid, run.players, highlight=cells)
         axes[0, j].set_title(f"{count}/{d['meeting']} comps\nrel. error {err:.2g}", fontsize=7)
-        w = np.array(weights)
-        heat = np.exp(3 * w / w.max()) if count and w.max() > 0 else np.ones_like(w)
-        axes[1, j].imshow(cell_map(list(heat), run.grid, run.players), cmap="inferno")
-        axes[1, j].set_title("action regions (exp)", fontsize=7)
+        heat = axes[1, j].imshow(
+            cell_map(weights, run.grid, run.players), cmap="inferno", vmin=0, vmax=top
+        )
         for row in range(2):
-            axes[row, j].axis("off")
-    fig.suptitle(f"Fig. 3: incremental reconstruction of cells {cells}", fontsize=10)
-    fig.tight_layout()
+            axes[row, j].set_xticks([])
+            axes[row, j].set_yticks([])
+    axes[0, 0].set_ylabel("reconstruction", fontsize=8)
+    axes[1, 0].set_ylabel("action regions", fontsize=8)
+    colorbar(fig, heat, axes[1, :], "Σ ||Δf_k||₁ / |S_k|")
+    fig.suptitle(
+        f"Fig. 3: incremental reconstruction of cells {cells} (yellow), largest norm first",
+        fontsize=10,
+    )
     return fig, axes
 
 
@@ -196,7 +237,8 @@ def fig4_action_regions(run, count: int = 16):
         ax = axes.flat[j]
         inside = [float(k >> i & 1) for i in range(run.n)]
         ax.imshow(cell_map(inside, run.grid, run.players), cmap="Oranges", vmin=0, vmax=1.2)
-        ax.set_title(f"#{j + 1} |S|={k.bit_count()}\n|Δf|={run.norm(k):.3g}", fontsize=7)
+        cells = ",".join(map(str, run.cells(k)))
+        ax.set_title(f"#{j + 1} cells {cells}\n|Δf|={run.norm(k):.3g}", fontsize=7)
     fig.suptitle(
         "Fig. 4: action regions of the most salient components "
         "(orange = cells of S_k, white = not a player)",
@@ -211,19 +253,28 @@ def fig5_sparsity(metric, tau_norm: float | None):
     d = metric.details
     fig, axes = subplots(1, 2, figsize=(9, 3.4))
     mags = d["sorted_magnitudes"]
-    axes[0].semilogy(mags["rank_fraction"], np.maximum(mags["magnitude"], 1e-12))
-    axes[0].set_xlabel("rank / number of elements")
+    if mags["rank"]:
+        axes[0].loglog(mags["rank"], mags["magnitude"])
+    zeros = 1 - mags["nonzero"] / max(mags["elements"], 1)
+    axes[0].set_xlabel("rank among the non-zero elements")
     axes[0].set_ylabel("|element|")
-    axes[0].set_title("all elements of all components (exact zeros at 1e-12)", fontsize=9)
+    axes[0].set_title(
+        f"{mags['nonzero']:,} non-zero elements of {mags['elements']:,}\n"
+        f"({zeros:.2%} of all elements of all components are exactly 0)",
+        fontsize=9,
+    )
     norms = d["norms_sorted"]
-    axes[1].semilogy(np.arange(1, len(norms) + 1) / max(len(norms), 1), np.maximum(norms, 1e-12))
+    axes[1].semilogy(np.arange(1, len(norms) + 1), np.maximum(norms, 1e-12))
     if tau_norm:
         axes[1].axhline(tau_norm, color="red", ls="--", lw=1, label="salient threshold")
         axes[1].legend(fontsize=7)
-    axes[1].set_xlabel("rank / number of components")
+    axes[1].set_xlabel("rank among the non-zero components")
     axes[1].set_ylabel("||Δf_k||₂")
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].set_title(
-        f"component norms; 90% of the energy in {metric.value:.0%} of them", fontsize=9
+        f"norms of the {len(norms)} non-zero components of {d['components']:,}\n"
+        f"(90% of the energy in {metric.value:.1%} of all)",
+        fontsize=9,
     )
     fig.suptitle("Fig. 5: sparsity", fontsize=10)
     fig.tight_layout()
@@ -290,65 +341,85 @@ def curve_figure(run, ev, which: str):
 
 
 def fig8_code_influence(run, ev, codes: int = 5):
-    """Fig. 8: the same feature f rendered with other codes."""
+    """Fig. 8: the same feature f rendered with other codes, and where each image changes (one
+    colour scale)."""
     images = ev.images["fig8"][:codes]
     vr = run.value_range
-    fig, axes = subplots(2, codes + 1, figsize=(1.9 * (codes + 1), 4), squeeze=False)
-    axes[0, 0].imshow(to_rgb(run.image, vr))
+    fig, axes = subplots(
+        2, codes + 1, figsize=(1.9 * (codes + 1) + 0.6, 4), squeeze=False, layout="constrained"
+    )
+    axes[0, 0].imshow(to_rgb(run.image, vr), interpolation="nearest")
     axes[0, 0].set_title("target code", fontsize=7)
-    lo, hi = vr
-    for j, image in enumerate(images, start=1):
-        axes[0, j].imshow(to_rgb(image, vr))
+    changes = [change_map(image, run.image, vr) for image in images]
+    top = max(float(c.max()) for c in changes) or 1.0
+    for j, (image, change) in enumerate(zip(images, changes, strict=True), start=1):
+        axes[0, j].imshow(to_rgb(image, vr), interpolation="nearest")
         axes[0, j].set_title(f"other code {j}", fontsize=7)
-        change = ((image - run.image).abs().sum(0) / (hi - lo)).cpu().numpy()
-        axes[1, j].imshow(change, cmap="magma", vmin=0, vmax=max(float(change.max()), 1e-6))
-        axes[1, j].set_title(f"|change| max {change.max():.2g}", fontsize=7)
+        shown = axes[1, j].imshow(change, cmap="magma", vmin=0, vmax=top, interpolation="nearest")
     for ax in axes.flat:
         ax.axis("off")
-    sees = ev.by_name()["code_influence"].details["sees_code"]
-    note = "" if sees else " (g does not see the code: identical by construction)"
-    fig.suptitle("Fig. 8: the same feature f rendered with different codes" + note, fontsize=9)
-    fig.tight_layout()
+    colorbar(fig, shown, axes[1, :], "|change| / value range")
+    fig.suptitle("Fig. 8: the same feature f rendered with different codes", fontsize=9)
     return fig, axes
 
 
+def left_out(ev) -> dict[str, str]:
+    """The paper's figures that can say nothing for this run: {file name: why}."""
+    from regprim.storage import run_folder as rf
+
+    if ev.by_name()["code_influence"].details["sees_code"]:
+        return {}
+    why = (
+        "not drawn: g does not see the code after this cut, so every other code renders the "
+        "identical image (code_influence is 0 by construction)"
+    )
+    return {rf.FIG8: why}
+
+
 def paper_figures(run, ev) -> dict[str, object]:
-    """Figures 3 to 8 of the paper, by their file names in the run folder."""
+    """Figures 3 to 8 of the paper, by their file names in the run folder, less those
+    :func:`left_out` names."""
     from regprim.storage import run_folder as rf
 
     metric = ev.by_name()["sparsity"]
     tau_norm = None
     if run.summary.get("salient_rule") == "tau":
         tau_norm = run.config["salient_tau"] * run.feature_change_norm
-    return {
-        rf.FIG3: fig3_incremental(run, ev)[0],
-        rf.FIG4: fig4_action_regions(run)[0],
-        rf.FIG5: fig5_sparsity(metric, tau_norm)[0],
-        rf.FIG6: curve_figure(run, ev, "fig6")[0],
-        rf.FIG7A: curve_figure(run, ev, "fig7a")[0],
-        rf.FIG7B: curve_figure(run, ev, "fig7b")[0],
-        rf.FIG8: fig8_code_influence(run, ev)[0],
+    figures = {
+        rf.FIG3: lambda: fig3_incremental(run, ev),
+        rf.FIG4: lambda: fig4_action_regions(run),
+        rf.FIG5: lambda: fig5_sparsity(metric, tau_norm),
+        rf.FIG6: lambda: curve_figure(run, ev, "fig6"),
+        rf.FIG7A: lambda: curve_figure(run, ev, "fig7a"),
+        rf.FIG7B: lambda: curve_figure(run, ev, "fig7b"),
+        rf.FIG8: lambda: fig8_code_influence(run, ev),
     }
+    skipped = left_out(ev)
+    return {name: draw()[0] for name, draw in figures.items() if name not in skipped}
 
 
 def edit_figure(before: Tensor, images: dict[str, Tensor], value_range, grid: Grid, players, cells):
     """An edit: the image before, then each way of editing (after, and where it changed the
-    image, summed over channels, on one colour scale); the edited cells highlighted."""
-    fig, axes = subplots(2, len(images) + 1, figsize=(2.6 * (len(images) + 1), 5.4))
+    image, summed over channels, on one colour scale); the edited cells outlined."""
+    fig, axes = subplots(
+        2, len(images) + 1, figsize=(2.6 * (len(images) + 1) + 0.6, 5.4), layout="constrained"
+    )
     axes[0, 0].imshow(to_rgb(before, value_range), interpolation="nearest")
-    draw_grid(axes[0, 0], grid, players, highlight=cells)
-    axes[0, 0].set_title(f"before (cells {cells})", fontsize=8)
-    diffs = {k: (v - before).abs().sum(0).numpy() for k, v in images.items()}
+    draw_grid(axes[0, 0], grid, players, highlight=cells, labels=True)
+    axes[0, 0].set_title(f"before (cells {sorted(cells)})", fontsize=8)
+    diffs = {k: change_map(v, before, value_range) for k, v in images.items()}
     top = max(float(d.max()) for d in diffs.values()) or 1.0
     for j, (name, image) in enumerate(images.items(), start=1):
         axes[0, j].imshow(to_rgb(image, value_range), interpolation="nearest")
         axes[0, j].set_title(name, fontsize=8)
-        axes[1, j].imshow(diffs[name], cmap="magma", vmin=0, vmax=top, interpolation="nearest")
+        shown = axes[1, j].imshow(
+            diffs[name], cmap="magma", vmin=0, vmax=top, interpolation="nearest"
+        )
         draw_grid(axes[1, j], grid, players, highlight=cells)
         axes[1, j].set_title("|change|", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
+    colorbar(fig, shown, axes[1, 1:], "|change| / value range")
     return fig, axes
 
 

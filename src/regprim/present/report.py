@@ -165,15 +165,28 @@ def settings_table(run: Run) -> dict[str, Any]:
     return settings
 
 
+def _figures(figures: dict[str, bytes]) -> str:
+    return "".join(
+        f'<figure><img alt="{name.removesuffix(".png")}" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        f"<figcaption>{name}</figcaption></figure>"
+        for name, png in figures.items()
+    )
+
+
 def report_html(
     run: Run,
     gen: SplitGenerator,
     metrics: list[Metric],
+    shown: dict[str, bytes],
     figures: dict[str, bytes],
     stability: dict[str, Any] | None = None,
+    left_out: dict[str, str] | None = None,
 ) -> str:
-    """The page for ``run`` with its ``metrics``, its PNG ``figures`` ({file name: bytes}, shown
-    in that order) and the result of ``regprim stability`` when there is one."""
+    """The page for ``run``: its own PNG figures ``shown`` ({file name: bytes}: target,
+    components) and the explorer first, then the ``metrics``, the paper's ``figures`` (and a
+    line for each figure ``left_out`` names, with why), the result of ``regprim stability``
+    when there is one, and the settings folded at the end."""
     better = {True: "higher", False: "lower", None: "-"}
     rows = "".join(
         f"<tr><td>{html.escape(m.name)}</td><td class=num>{_fmt(m.value)}</td>"
@@ -181,25 +194,27 @@ def report_html(
         for m in metrics
     )
     warnings = run.warnings + [w for w in metric_warnings(metrics) if w not in run.warnings]
-    warned = "".join(
-        f'<tr><td class="warning">warning</td><td class="warning">{html.escape(w)}</td></tr>'
-        for w in warnings
-    )
-    settings = warned + "".join(
+    warned = "".join(f'<p class="warning">warning: {html.escape(w)}</p>' for w in warnings)
+    settings = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
         for k, v in settings_table(run).items()
     )
-    figs = "".join(
-        f'<figure><img alt="{name.removesuffix(".png")}" '
-        f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-        f"<figcaption>{name}</figcaption></figure>"
-        for name, png in figures.items()
+    notes = "".join(
+        f"<p>{html.escape(name)}: {html.escape(why)}</p>" for name, why in (left_out or {}).items()
+    )
+    s = run.summary
+    headline = (
+        f"{s['model']}, cut {s['layer']}, {len(s['salient'])} salient components of n = "
+        f"{s['n']} players (cells by grid id: row x {run.grid.cols} + column)"
     )
     return Template(template("report.html")).substitute(
         title=html.escape(f"regprim report: {run.model}/{run.layer}"),
+        headline=html.escape(headline),
+        warnings=warned,
+        shown=_figures(shown),
         settings=settings,
         metrics=rows,
-        figures=figs,
+        figures=_figures(figures) + notes,
         stability=stability_html(stability),
         data=json.dumps(explorer_data(run, gen)).replace("</", "<\\/"),
         gridjs=script("grid.js"),

@@ -162,15 +162,19 @@ def write_run(
     return out
 
 
-def update_run(run: Run, files: dict[str, Content]) -> None:
-    """Add or replace ``files`` in the folder of a written run, each atomically, and rewrite
-    its manifest, under the folder's lock."""
+def update_run(run: Run, files: dict[str, Content], remove: tuple[str, ...] = ()) -> None:
+    """Add or replace ``files`` in the folder of a written run, each atomically, remove the
+    derived files ``remove`` names (a figure a rebuilt report leaves out), and rewrite its
+    manifest, under the folder's lock."""
     if run.path is None:
         msg = "this run has no folder; write it with regprim.explain(..., out=FOLDER) first"
         raise ValueError(msg)
     with lock(run.path):
         for name, content in files.items():
             atomic_write(run.path / name, content)
+        for name in remove:
+            if name in DERIVED:
+                (run.path / name).unlink(missing_ok=True)
         atomic_write(run.path / MANIFEST, manifest_content(run.path))
 
 
