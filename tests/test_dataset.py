@@ -187,7 +187,44 @@ def test_cli_explain_many(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    assert "2 of 2 images explained" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "2 of 2 images explained" in said and "MiB per image (full storage)" in said
+    rc = main(
+        ["explain-many", "--model", "planted", "--players", "7,8", "--seeds", "0-9"]
+        + ["--out", str(tmp_path / "e"), "--dry-run", "--storage", "light"]
+    )
+    said = capsys.readouterr().out
+    assert rc == 0 and "dataset: 10 images, each at most" in said and "light storage" in said
+    assert not (tmp_path / "e").exists()  # nothing solved or written
+
+
+def test_light_storage_keeps_the_same_components_without_the_dense_tensors(tmp_path):
+    from regprim import load_run
+
+    full = explain_many(CFG, items_of([0, 1]), tmp_path / "full", progress=False)
+    cfg = dataclasses.replace(CFG, storage="light")
+    light = explain_many(cfg, items_of([0, 1]), tmp_path / "light", progress=False)
+    assert [r["status"] for r in light] == ["ok", "ok"]
+    assert [r["players"] for r in light] == [[7, 8, 14, 20]] * 2  # the players column
+    for a, b in zip(full, light, strict=True):
+        dense, compact = (
+            load_run(tmp_path / "full" / a["path"]),
+            load_run(tmp_path / "light" / b["path"]),
+        )
+        assert compact.stored_compact and "minimal_features" not in compact.tensors
+        assert compact.ranked == dense.ranked  # the same components, stored by row
+        assert torch.equal(compact.component(dense.ranked), dense.component(dense.ranked))
+        assert torch.equal(compact.table.masks.sort().values, torch.tensor(sorted(dense.ranked)))
+        masks, rel = compact.checked
+        assert torch.equal(masks, torch.arange(1, 16)) and torch.equal(rel, dense.checked[1])
+        assert a["metric_leakage"] == b["metric_leakage"]  # metrics.json is kept
+        names = {p.name for p in compact.path.iterdir()}
+        assert not {n for n in names if n.endswith((".png", ".html"))}, names
+    _, full_components = load_tables(tmp_path / "full")
+    _, light_components = load_tables(tmp_path / "light")
+    assert light_components == full_components
+    page = (tmp_path / "light" / DATASET_REPORT).read_text()
+    assert 'href="images/seed-0000/"' in page  # no report of its own: the folder
 
 
 def test_a_dataset_holds_one_configuration(tmp_path):

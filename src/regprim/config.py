@@ -26,6 +26,7 @@ WARM_STARTS = ("parent", "full")
 PRECISIONS = ("float32", "bfloat16", "float16")
 PLAYER_RULES = ("center", "foreground", "random")
 SALIENT_RULES = ("tau", "top", "removal")
+STORAGES = ("full", "light")
 SUBSET_WEIGHTS = ("auto", "subsets", "sizes")
 
 
@@ -245,6 +246,10 @@ class ExplainConfig:
         device: ``cpu`` or ``cuda`` (``cuda:1``, ...).
         memory_budget_gb: memory the run may use, in GiB (default: what the machine has
             available).
+        storage: what the run folder keeps: ``full`` = the minimal features and components of
+            every subset (up to 12 players), the paper's figures and report.html; ``light`` =
+            beta and the non-zero components with every subset's check, metrics.json and no
+            figures or report (for datasets: a tenth of the bytes or less; docs/run-folder.md).
     """
 
     model: str = DEFAULT_MODEL
@@ -273,6 +278,7 @@ class ExplainConfig:
     top_figure: int = 8
     device: str = "cpu"
     memory_budget_gb: float | None = None
+    storage: str = choice("full", STORAGES)
 
     def __post_init__(self) -> None:
         if isinstance(self.solver, dict):
@@ -309,6 +315,13 @@ class ExplainConfig:
                 f"noise removal works on the minimal features of every subset; with "
                 f"{self.players_count} players there are 2**{self.players_count}: drop --denoise "
                 f"or use at most {DENSE_MAX_N} players"
+            )
+            raise ValueError(msg)
+        if self.storage == "light" and (self.denoise or self.solver.method == "paper"):
+            msg = "storage 'light' keeps beta and the non-zero components; " + (
+                "drop --denoise (its tensors are dense)"
+                if self.denoise
+                else "the paper solver has no beta: use --storage full or --solver or"
             )
             raise ValueError(msg)
 

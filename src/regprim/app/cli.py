@@ -19,7 +19,7 @@ from regprim.config import ExplainConfig, SolverConfig
 from regprim.core.regions import parse_cells
 from regprim.generators.base import ModelError
 from regprim.generators.registry import MODELS
-from regprim.pipeline.explain import explain, verification_files
+from regprim.pipeline.explain import explain, run_figures, verification_files
 from regprim.present.figures import left_out
 from regprim.storage import folders
 from regprim.storage import run_folder as rf
@@ -70,17 +70,49 @@ def _explain_many_parser(sub) -> None:
     p.add_argument("--ray", action="store_true", help="run on Ray (RAY_ADDRESS, else a local one)")
     p.add_argument("--no-verify", action="store_true", help="skip metrics and reports per image")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the time, memory and disk per image and in all; solve nothing",
+    )
 
 
 def cmd_explain_many(args: argparse.Namespace) -> int:
-    from regprim.pipeline.dataset import TablesNotWritten, explain_many, items_of, parse_seeds
+    from regprim.pipeline.dataset import (
+        TablesNotWritten,
+        explain_many,
+        folder_bytes,
+        items_of,
+        parse_seeds,
+    )
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     items = items_of(parse_seeds(args.seeds), classes)
+    cfg = config_from(args)
+    if args.dry_run:
+        from regprim.pipeline.plan import plan
+
+        first = ExplainConfig.from_dict(
+            cfg.to_dict() | {"seed": items[0].seed, "class_index": items[0].class_index}
+        )
+        p = plan(first)
+        _print_plan(first, p)
+        each = p["run_bytes"]
+        print(
+            f"dataset: {len(items)} images, each at most {_mib(each)} on disk "
+            f"({_mib(each * len(items))} in all; {cfg.storage} storage"
+            + (
+                f", --storage light: at most {_mib(p['run_bytes_light'])} each"
+                if cfg.storage == "full"
+                else ""
+            )
+            + f"), about {p['estimated_solve_seconds'] * len(items):.0f} s of solving in all"
+        )
+        return 0
     tables, written = "(images.parquet, components.parquet, transfer.json, report.html)", True
     try:
         rows = explain_many(
-            config_from(args),
+            cfg,
             items,
             args.out,
             args.workers,
@@ -92,9 +124,49 @@ def cmd_explain_many(args: argparse.Namespace) -> int:
         rows, tables, written = err.rows, f"(the tables were not written: {err})", False
     failed = [r for r in rows if r["status"] not in ("ok", "done before")]
     print(f"{len(rows) - len(failed)} of {len(rows)} images explained in {args.out}/ {tables}")
+    sizes = [folder_bytes(args.out / r["path"]) for r in rows if r.get("path")]
+    if sizes:
+        print(f"disk: {_mib(sum(sizes) / len(sizes))} per image ({cfg.storage} storage)")
     for r in failed:
         print(f"  {r['status']}: {r['image']}: {r['error']}")
     return 1 if failed or not written else 0
+
+
+def _mib(count: float) -> str:
+    return f"{count / 2**20:,.1f} MiB"
+
+
+def _print_plan(cfg: ExplainConfig, p: dict) -> None:
+    """What ``--dry-run`` says of one image: time, memory, disk, and the players."""
+    s = p["settings"]
+    print(f"{s['model']} cut at {s['layer']}, n = {s['n']}, solver {s['solver']['method']}")
+    baseline = (
+        f"; the baseline of {cfg.baseline_count} codes about {p['baseline_seconds']:.0f} s"
+        if p["baseline_seconds"]
+        else "; the baseline is cached"
+    )
+    print(
+        f"time: about {p['estimated_solve_seconds']:.0f} s to solve ({p['expected_passes']:.0f}"
+        f" generator passes at {p['seconds_per_pass'] * 1e3:.2f} ms, {p['timed']})"
+        f"{baseline}; nothing was solved or written"
+    )
+    print(
+        f"memory: about {p['memory_bytes'] / 2**20:.0f} MiB at the peak ("
+        f"{p['held_bytes'] / 2**20:.0f} MiB held now, {p['bytes_per_feature'] / 2**20:.1f} "
+        f"MiB per feature in a pass of {p['micro_batch']} of the step's {p['batch']}, "
+        f"{p['solver_memory_bytes'] / 2**20:.0f} MiB for the solver's tensors)"
+    )
+    lighter = (
+        f"; --storage light: at most {_mib(p['run_bytes_light'])}"
+        if cfg.storage == "full" and p["run_bytes_light"] < p["run_bytes"]
+        else ""
+    )
+    print(f"disk: at most {_mib(p['run_bytes'])} for the run folder ({cfg.storage}){lighter}")
+    print(f"each pass: {p['g_runs']}")
+    spent = ", ".join(f"{k} {v:.0f} s" for k, v in p["plan_seconds"].items())
+    print(f"this plan took {sum(p['plan_seconds'].values()):.0f} s ({spent})")
+    print(f"players on the {cfg.grid[0]}x{cfg.grid[1]} grid (bit index; . = not a player):")
+    print(p["players"])
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -103,31 +175,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         from regprim.pipeline.plan import plan
 
         p = plan(cfg)
-        s = p["settings"]
-        print(f"{s['model']} cut at {s['layer']}, n = {s['n']}, solver {s['solver']['method']}")
-        baseline = (
-            f"; the baseline of {cfg.baseline_count} codes about {p['baseline_seconds']:.0f} s"
-            if p["baseline_seconds"]
-            else "; the baseline is cached"
-        )
-        print(
-            f"time: about {p['estimated_solve_seconds']:.0f} s to solve ({p['expected_passes']:.0f}"
-            f" generator passes at {p['seconds_per_pass'] * 1e3:.2f} ms, {p['timed']})"
-            f"{baseline}; nothing was solved or written"
-        )
-        print(
-            f"memory: about {p['memory_bytes'] / 2**20:.0f} MiB at the peak ("
-            f"{p['held_bytes'] / 2**20:.0f} MiB held now, {p['bytes_per_feature'] / 2**20:.1f} "
-            f"MiB per feature in a pass of {p['micro_batch']} of the step's {p['batch']}, "
-            f"{p['solver_memory_bytes'] / 2**20:.0f} MiB for the solver's tensors)"
-        )
-        print(f"each pass: {p['g_runs']}")
-        spent = ", ".join(f"{k} {v:.0f} s" for k, v in p["plan_seconds"].items())
-        print(f"this plan took {sum(p['plan_seconds'].values()):.0f} s ({spent})")
-        print(f"players on the {cfg.grid[0]}x{cfg.grid[1]} grid (bit index; . = not a player):")
-        print(p["players"])
+        _print_plan(cfg, p)
         if args.json:  # the settings, then every prediction
-            print(json.dumps({"settings": s} | {k: v for k, v in p.items() if k != "settings"}))
+            print(
+                json.dumps(
+                    {"settings": p["settings"]} | {k: v for k, v in p.items() if k != "settings"}
+                )
+            )
         else:
             print("every resolved setting and prediction: add --json")
         return 0
@@ -152,9 +206,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"stages: {stages}")
     for warning in run.warnings:  # the convergence note among them
         print(f"regprim: warning: {warning}", file=sys.stderr)
-    print(f"results in {args.out}/ (summary.json, tensors.safetensors, *.png)")
+    shown = "" if cfg.storage == "light" else ", *.png"
+    print(f"results in {args.out}/ (summary.json, tensors.safetensors{shown})")
     if run.metrics:
         _print_metrics(run.metrics)
+    if (args.out / rf.REPORT).is_file():
         print(f"report: {args.out / rf.REPORT}")
     return 0
 
@@ -173,8 +229,9 @@ def rebuild_report(run, device: str = "cpu") -> list:
 
     gen = run.generator(device)
     ev = evaluate(run, gen)
-    shown = {n: (run.path / n).read_bytes() for n in rf.RUN_FIGURES if (run.path / n).is_file()}
-    rf.update_run(run, verification_files(run, gen, ev, shown), remove=tuple(left_out(ev)))
+    shown = run_figures(run, gen, run.config.get("top_figure", 8))  # light runs have none
+    files = shown | verification_files(run, gen, ev, shown)
+    rf.update_run(run, files, remove=tuple(left_out(ev)))
     return ev.metrics
 
 

@@ -32,8 +32,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import math
 import re
+import shutil
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -174,6 +177,7 @@ def explain_one(config: dict[str, Any], item: Item, folder: str, verify: bool) -
         "error": None,
         "wall_seconds": s["wall_seconds"],
         "n": s["n"],
+        "players": s["players"],
         "salient": len(s["salient"]),
         "subsets_meeting_constraint": s["subsets_meeting_constraint"],
         "universal_matching_max_rel_residual": s["universal_matching_max_rel_residual"],
@@ -255,6 +259,31 @@ def run_items(
     bar.close()
 
 
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under ``folder``."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def storage_note(cfg: ExplainConfig, items: list[Item], out: Path) -> str:
+    """What the images still to explain will take on disk at most, said before they start
+    (the generator is loaded here once: a worker of this process reuses it)."""
+    gen = _generator(cfg)
+    dims = gen.feature_dims() or math.prod(gen.shapes()[0])
+    each = rf.run_bytes(cfg.players_count, dims, cfg.denoise, cfg.storage)
+    todo = sum(not (out / IMAGES / i.name / rf.MANIFEST).is_file() for i in items)
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    free = shutil.disk_usage(parent).free
+    text = (
+        f"{todo} of {len(items)} images to explain, each at most {each / 2**20:,.1f} MiB on disk "
+        f"({todo * each / 2**30:,.2f} GiB in all, {free / 2**30:,.1f} GiB free; "
+        f"{cfg.storage} storage)"
+    )
+    light = rf.run_bytes(cfg.players_count, dims, storage="light")
+    if cfg.storage == "full" and light < each:
+        text += f"; --storage light keeps at most {light / 2**20:,.1f} MiB per image"
+    return text
+
+
 def same_settings(out: Path, cfg: ExplainConfig) -> None:
     """A dataset folder holds one configuration: record it the first time (``dataset.json``),
     and refuse settings that differ later, naming them (images explained with other settings
@@ -330,6 +359,8 @@ def explain_many(
     if use_ray:
         check_ray_address(os.environ.get("RAY_ADDRESS"))
     workers = min(workers, len(items))  # never more processes than images
+    if progress:
+        print(f"regprim: {storage_note(cfg, items, out)}", file=sys.stderr)
     with folders.lock(out):  # one explain-many per dataset folder at a time
         rows = list(run_items(cfg.to_dict(), items, out, verify, workers, use_ray, progress))
         order = {item.name: k for k, item in enumerate(items)}

@@ -136,7 +136,7 @@ def solve_minimal_features(
         raise
 
 
-def interactions(target: Target, mf: MinimalFeatures) -> dict[str, Tensor]:
+def interactions(target: Target, mf: MinimalFeatures, light: bool = False) -> dict[str, Tensor]:
     """Stage 4: OR interactions (Eq. 10) and the universal-matching check; the run's tensors
     (the target's, and the solver result's own: every subset, or for the whole grid the
     component list and the held-out checks)."""
@@ -147,7 +147,7 @@ def interactions(target: Target, mf: MinimalFeatures) -> dict[str, Tensor]:
         "image": target.x,
         "baseline_image": target.baseline_image,
         "meets_constraint": mf.meets.to(torch.uint8),
-    } | mf.tensors(target.f0)
+    } | mf.tensors(target.f0, light)
 
 
 def noise_removal(
@@ -284,12 +284,14 @@ def _explain(
         target = build_target(cfg, gen)
         check_memory(cfg.solver, target.n, target.f.numel(), cfg.memory_budget_gb)
         if out is not None:  # a full disk fails here, not after the whole pipeline
-            folders.check_space(out, rf.run_bytes(target.n, target.f.numel(), cfg.denoise))
+            folders.check_space(
+                out, rf.run_bytes(target.n, target.f.numel(), cfg.denoise, cfg.storage)
+            )
         resolved = resolved_config(cfg, target)
     with clock("minimal features"):
         mf = solve_minimal_features(cfg, target, resolved, out, checkpoint_every, progress)
     with clock("interactions"):
-        tensors = interactions(target, mf)
+        tensors = interactions(target, mf, cfg.storage == "light")
     if cfg.denoise:
         with clock("noise removal"):
             denoised = noise_removal(cfg, target, mf, tensors)
@@ -301,15 +303,21 @@ def _explain(
     )
     on_cpu = {k: v.detach().cpu() for k, v in tensors.items()}  # as the run folder keeps them
     run = Run(config=resolved | run_metadata(target), summary=summary, tensors=on_cpu)
-    with clock("figures"):
-        files: dict[str, rf.Content] = dict(run_figures(run, gen, cfg.top_figure))
+    light = cfg.storage == "light"  # no figures and no report: metrics.json alone
+    files: dict[str, rf.Content] = {}
+    if not light:
+        with clock("figures"):
+            files |= run_figures(run, gen, cfg.top_figure)
     if verify:
         with clock("metrics"):
             evaluation = evaluate(run, gen)
             run.metrics = evaluation.metrics
             summary["warnings"] += metric_warnings(evaluation.metrics)
-        with clock("report"):
-            files |= verification_files(run, gen, evaluation, dict(files))
+        if light:
+            files[rf.METRICS] = rf.metrics_file(evaluation.metrics)
+        else:
+            with clock("report"):
+                files |= verification_files(run, gen, evaluation, dict(files))
     summary["stage_seconds"] = dict(clock.seconds)  # the write itself is not in it
     if out is not None:
         with clock("write"):

@@ -27,6 +27,7 @@ from regprim.explanation.baseline import cached, compute_baseline
 from regprim.explanation.target import Target, build_target
 from regprim.generators.base import SplitGenerator
 from regprim.pipeline.explain import StageClock, load_generator, resolved_config
+from regprim.storage import run_folder as rf
 from regprim.solvers import SOLVERS, Objective, expected_passes
 from regprim.solvers.or_objective import singles_per_step
 from regprim.solvers.reach import POINTS
@@ -107,4 +108,6 @@ def plan(cfg: ExplainConfig, generator: SplitGenerator | None = None) -> dict[st
         "baseline_seconds": baseline_seconds,
         "measured_exactly": bool(fit["exact"]),
         "plan_seconds": dict(clock.seconds),
+        "run_bytes": rf.run_bytes(n, target.f.numel(), cfg.denoise, cfg.storage),
+        "run_bytes_light": rf.run_bytes(n, target.f.numel(), storage="light"),
     }

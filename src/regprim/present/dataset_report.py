@@ -21,13 +21,26 @@ def _png(fig) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(png(fig)).decode()}">'
 
 
-def _links(chosen: list[dict[str, Any]]) -> str:
-    """List items linking images to their own reports, with their leakage."""
-    return "".join(
-        f'<li><a href="{html.escape(r["path"])}/{rf.REPORT}">{html.escape(r["image"])}</a> '
-        f"leakage {r['metric_leakage']:.3g}, {r['salient']} salient</li>"
-        for r in chosen
-    )
+def _links(out: Path, chosen: list[dict[str, Any]]) -> str:
+    """List items linking images to their own reports (their folders, where light storage
+    wrote none), with their leakage."""
+    items = []
+    for r in chosen:
+        report = out / r["path"] / rf.REPORT
+        href = f"{r['path']}/{rf.REPORT}" if report.is_file() else f"{r['path']}/"
+        items.append(
+            f'<li><a href="{html.escape(href)}">{html.escape(r["image"])}</a> '
+            f"leakage {r['metric_leakage']:.3g}, {r['salient']} salient</li>"
+        )
+    return "".join(items)
+
+
+LABELS = {
+    "leakage": "leakage (median; lower is better)",
+    "salient": "salient components",
+    "sparsity": "sparsity (share carrying 90% energy)",
+    "wall_seconds": "seconds per image",
+}
 
 
 def dataset_report(
@@ -46,7 +59,7 @@ def dataset_report(
             k.removeprefix("metric_"): [r[k] for r in ok if r.get(k) is not None and r[k] == r[k]]
             for k in keys
         }
-        figs.append(_png(distributions_figure(values)[0]))
+        figs.append(_png(distributions_figure(values, LABELS)[0]))
     if components:
         grid = rf.load_run(out / ok[0]["path"], derived=False).grid
         heat = np.zeros(grid.rows * grid.cols)
@@ -76,12 +89,14 @@ def dataset_report(
         for k, v in transfer.items()
         if isinstance(v, dict)
     )
-    return Template(template("dataset.html")).substitute(
+    return Template(
+        template("dataset.html")
+    ).substitute(
         images=len(rows),
         explained=len(ok),
         figures="".join(figs),
         transfer=transfer_rows,
-        best=_links(ranked[:5]),
-        worst=_links(ranked[-5:][::-1]),
+        best=_links(out, ranked[: min(5, -(-len(ranked) // 2))]),  # two lists, never the same image
+        worst=_links(out, ranked[-(-len(ranked) // 2) :][-5:][::-1]) or "<li>none</li>",
         failed=failed or "<li>none</li>",
     )

@@ -58,7 +58,7 @@ def draw_grid(
     for c in grid.col_edges()[1:-1]:
         ax.axvline(c - 0.5, color="white", lw=0.4, alpha=0.3)
     marked = set(highlight or [])
-    for cell in sorted(players, key=lambda c: c in marked):  # the highlight drawn on top
+    for cell in sorted(set(players) | marked, key=lambda c: c in marked):  # highlight on top
         t, b, left, right = grid.cell_box(cell)
         on = cell in marked
         ax.add_patch(
@@ -424,26 +424,49 @@ def edit_figure(before: Tensor, images: dict[str, Tensor], value_range, grid: Gr
 
 
 # -- a dataset of many images (regprim explain-many) ------------------------------------------
-def distributions_figure(values: dict[str, list[float]]):
-    """One histogram per named list of numbers (a dataset's metrics over its images)."""
-    fig, axes = subplots(1, len(values), figsize=(3.2 * len(values), 2.8), squeeze=False)
-    for ax, (name, numbers) in zip(axes[0], values.items(), strict=True):
-        ax.hist(numbers, bins=20, color="steelblue")
-        ax.set_title(name, fontsize=9)
+def distributions_figure(values: dict[str, list[float]], labels: dict[str, str] | None = None):
+    """One histogram per named list of numbers (a dataset's metrics over its images), two per
+    row; ``labels`` give each its x-axis label (default: the name)."""
+    cols = min(2, len(values))
+    rows = -(-len(values) // cols)
+    fig, axes = subplots(
+        rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False, layout="constrained"
+    )
+    for ax in axes.flat[len(values) :]:
+        ax.axis("off")
+    for ax, (name, numbers) in zip(axes.flat, values.items(), strict=False):
+        ax.hist(numbers, bins=min(20, max(len(numbers), 1)), color="steelblue")
+        ax.set_xlabel((labels or {}).get(name, name), fontsize=8)
+        ax.set_ylabel("images", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(4))  # ticks that do not overlap
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
-    fig.tight_layout()
     return fig, axes
 
 
 def regions_figure(heat: np.ndarray, orders: list[int]):
     """Where the salient components of many images act (``heat``: rows x cols, norm / |S| per
-    cell) and their orders ``|S|``."""
-    fig, axes = subplots(1, 2, figsize=(7, 3))
-    axes[0].imshow(heat, cmap="inferno")
-    axes[0].set_title("where salient components act\n(norm / |S| per cell, all images)", fontsize=8)
+    cell, each cell labelled with its grid id) and their orders ``|S|``."""
+    fig, axes = subplots(1, 2, figsize=(7.4, 3.2), layout="constrained")
+    rows, cols = heat.shape
+    shown = axes[0].imshow(heat, cmap="inferno", vmin=0)
+    for cell in range(rows * cols):
+        axes[0].text(
+            cell % cols,
+            cell // cols,
+            str(cell),
+            color="white",
+            fontsize=6,
+            ha="center",
+            va="center",
+            path_effects=[patheffects.withStroke(linewidth=1.2, foreground="black")],
+        )
+    axes[0].set_title("where salient components act (all images)", fontsize=8)
     axes[0].axis("off")
+    colorbar(fig, shown, axes[0], "Σ norm / |S| per cell")
     axes[1].hist(orders, bins=range(1, max(orders) + 2), color="darkorange", align="left")
-    axes[1].set_title("order |S| of the salient components", fontsize=8)
-    fig.tight_layout()
+    axes[1].set_xlabel("order |S| (cells in the action set)", fontsize=8)
+    axes[1].set_ylabel("salient components", fontsize=8)
+    axes[1].set_xticks(range(1, max(orders) + 1, max(1, max(orders) // 8)))
+    axes[1].tick_params(labelsize=7)
     return fig, axes

@@ -94,15 +94,28 @@ class DenseResult:
     beta: Tensor | None = None
     table: ComponentTable | None = None
 
-    def tensors(self, f0: Tensor) -> dict[str, Tensor]:
+    def tensors(self, f0: Tensor, light: bool = False) -> dict[str, Tensor]:
         """The solver's tensors of the run folder, with universal matching checked on every
-        subset (Theorem 3.3)."""
+        subset (Theorem 3.3). ``light``: as a :class:`CompactResult` stores them (beta, the
+        non-zero components, every non-empty subset as a checked one), needing a beta."""
         assert self.table is not None, "solve() makes the table"
         components = self.table.dense()
         residual = universal_matching_residual(self.u, components, f0)
         if not torch.isfinite(residual).all():
             msg = "universal matching residual is not finite; the minimal features hold NaN or inf"
             raise ValueError(msg)
+        if light:
+            assert self.beta is not None, "ExplainConfig refuses light storage without a beta"
+            held = self.table.values.flatten(1).ne(0).any(1)  # exact zeros are not stored
+            return {
+                "beta": self.beta,
+                "component_masks": self.table.masks[held.to(self.table.masks.device)],
+                "components": self.table.values[held],
+                "heldout_masks": torch.arange(1, len(self.u), device=self.u.device),
+                "heldout_rel_error": self.rel_error[1:],
+                "meets_constraint": self.meets[1:].to(torch.uint8),
+                "universal_matching_residual": residual[1:],
+            }
         return {
             "minimal_features": self.u,
             "components": components,
@@ -172,9 +185,9 @@ class CompactResult:
     objective: Objective = field(repr=False)
     rounded_numbers: int = 0
 
-    def tensors(self, f0: Tensor) -> dict[str, Tensor]:
+    def tensors(self, f0: Tensor, light: bool = False) -> dict[str, Tensor]:
         """The solver's tensors of the run folder: beta, the component list, the held-out
-        subsets and their checks."""
+        subsets and their checks (always light)."""
         return {
             "beta": self.beta,
             "component_masks": self.table.masks,

@@ -112,12 +112,15 @@ def tensor_hash(*tensors: Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
-def run_bytes(n: int, numel: int, denoise: bool = False) -> int:
-    """About how many bytes a run's tensors take on disk (float32): minimal features and
-    components of every subset up to 12 players (twice with noise removal), else beta and
-    the component list (a few thousand rows at most); plus 1 MiB of figures and JSON."""
-    rows = 2 * 2**n * (2 if denoise else 1) if n <= 12 else n + 4096
-    return 4 * numel * rows + 2**20
+def run_bytes(n: int, numel: int, denoise: bool = False, storage: str = "full") -> int:
+    """At most how many bytes a run's tensors take on disk (float32), plus 1 MiB of figures and
+    JSON (64 KiB without figures): minimal features and components of every subset up to 12
+    players (twice with noise removal); else, or with ``light`` storage, beta and the component
+    list (every non-zero component: up to ``2**n - 1``, a few thousand rows at most)."""
+    if storage == "full" and n <= 12:
+        return 4 * numel * 2 * 2**n * (2 if denoise else 1) + 2**20
+    extra = 2**20 if storage == "full" else 2**16
+    return 4 * numel * (n + 5 + min(2**n - 1, 4096)) + 16 * 2**n * (n <= 12) + extra
 
 
 def partial_dir(out: Path) -> Path:
