@@ -415,7 +415,7 @@ def edit_figure(before: Tensor, images: dict[str, Tensor], value_range, grid: Gr
         shown = axes[1, j].imshow(
             diffs[name], cmap="magma", vmin=0, vmax=top, interpolation="nearest"
         )
-        draw_grid(axes[1, j], grid, players, highlight=cells)
+        draw_grid(axes[1, j], grid, [], highlight=cells)  # the edited cells alone
         axes[1, j].set_title("|change|", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
