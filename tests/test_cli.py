@@ -33,6 +33,20 @@ def test_cli_explain_and_reconstruct(tmp_path, capsys):
     assert info["cells"] == [8, 14] and (out / "reconstruct-8-14.png").is_file()
     assert main(["reconstruct", str(out), "--cells", "20"]) == 2
     assert "not players of this run" in capsys.readouterr().err
+    # the salient components as sorted cell lists: summary.json, the command, the table
+    want = [sorted(run.cells(k)) for k in run.salient]
+    assert run.summary["salient_cells"] == want
+    assert main(["components", str(out), "--json", "--top", "3"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["cells"] for r in rows] == want[:3] and [r["mask"] for r in rows] == run.salient[:3]
+    assert main(["components", str(out), "--all"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert f"of {len(run.ranked)} non-zero components" in table[1]
+    first = table[3].split()
+    assert first[:2] == ["1", ",".join(map(str, run.cells(run.ranked[0])))]
+    assert int(first[-1]) == run.ranked[0]
+    assert main(["components", str(out), "--top", "0"]) == 2
+    assert "--top 0" in capsys.readouterr().err
 
 
 def test_cli_models_lists_layers_from_the_table_at_once(capsys):

@@ -27,6 +27,11 @@ def test_report_files_written(planted_run):
     page = (folder / rf.REPORT).read_text()
     assert "http://" not in page and "https://" not in page
     assert "$" + "title" not in page  # every placeholder of the template filled
+    # the planted g does not see the code: Fig. 8 would be identical images, so it is left out
+    influence = next(m for m in data["metrics"] if m["name"] == "code_influence")
+    assert not influence["details"]["sees_code"] and not (folder / rf.FIG8).exists()
+    assert f"{rf.FIG8}: not drawn: g does not see the code" in page
+    assert rf.FIG8 not in json.loads((folder / rf.MANIFEST).read_text())["sha256"]
 
 
 def test_cli_report_rebuilds(planted_run, tmp_path, capsys):
