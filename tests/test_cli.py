@@ -154,7 +154,9 @@ def test_dry_run_plans_without_solving(tmp_path, capsys, monkeypatch):
     assert rc == 0
     out = capsys.readouterr().out
     assert out.splitlines()[1].startswith("time: about")  # the estimate first, not 60 lines
-    assert "0 1 . . ." in out.replace("  ", " ")  # cells 7, 8 in the second row: bits 0, 1
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    assert ". 7 8 . . ." in lines and ". . 14 . . ." in lines  # by grid id, as everywhere
+    assert "bit order (bit i = player i): [7, 8, 14]" in lines
     assert "memory: about" in out and "generator passes at" in out
     assert "each pass: the layers of planted after features" in out
     assert '"players"' not in out

@@ -165,7 +165,7 @@ def _print_plan(cfg: ExplainConfig, p: dict) -> None:
     print(f"each pass: {p['g_runs']}")
     spent = ", ".join(f"{k} {v:.0f} s" for k, v in p["plan_seconds"].items())
     print(f"this plan took {sum(p['plan_seconds'].values()):.0f} s ({spent})")
-    print(f"players on the {cfg.grid[0]}x{cfg.grid[1]} grid (bit index; . = not a player):")
+    print(f"players on the {cfg.grid[0]}x{cfg.grid[1]} grid (grid ids; . = not a player):")
     print(p["players"])
 
 

@@ -38,18 +38,18 @@ RECOMPUTE = 4 / 3  # a checkpointed micro-batch runs its forward twice: about 4/
 
 
 def players_map(target: Target) -> str:
-    """The grid as text: each player cell shows its bit index, other cells a dot."""
+    """The grid as text: each player cell shows its grid id (the id every list uses), other
+    cells a dot; then the players in bit order (what a bitmask's bits mean)."""
     grid = target.grid
-    width = len(str(target.n - 1))
-    rows = []
-    for r in range(grid.rows):
-        cells = []
-        for c in range(grid.cols):
-            cell = r * grid.cols + c
-            bit = target.players.index(cell) if cell in target.players else None
-            cells.append(("." if bit is None else str(bit)).rjust(width))
-        rows.append(" ".join(cells))
-    return "\n".join(rows)
+    width = len(str(grid.rows * grid.cols - 1))
+    rows = [
+        " ".join(
+            (str(cell) if cell in target.players else ".").rjust(width)
+            for cell in range(r * grid.cols, (r + 1) * grid.cols)
+        )
+        for r in range(grid.rows)
+    ]
+    return "\n".join([*rows, f"bit order (bit i = player i): {target.players}"])
 
 
 def _baseline(cfg: ExplainConfig, gen: SplitGenerator) -> tuple[torch.Tensor, float]:
