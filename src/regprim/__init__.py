@@ -15,7 +15,7 @@ floors below (``make lint`` enforces it with import-linter; docs/architecture.md
     storage/       run folders and regprim's folders: atomic, locked, checksummed
     present/       figures, report.html, the dataset report
     control/       acting on the primitives: edits, transplants, inversion
-    pipeline/      explain end to end, the dry-run plan, stability, many images
+    pipeline/      explain end to end, the dry-run plan, stability, many images, sweeps of cuts
     app/           the command line and the live explorer
 
 Every name below is imported on first use, so ``import regprim.config`` (or any one module)
@@ -50,6 +50,8 @@ _EXPORTS = {
     "save_edit": "regprim.control.edit",
     "invert": "regprim.control.inversion",
     "explain": "regprim.pipeline.explain",
+    "sweep": "regprim.pipeline.sweep",
+    "explain_auto": "regprim.pipeline.sweep",
 }
 
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ if TYPE_CHECKING:
     from regprim.generators.hooks import HookSplit, split_at
     from regprim.generators.registry import MODELS, load_model
     from regprim.pipeline.explain import explain
+    from regprim.pipeline.sweep import explain_auto, sweep
     from regprim.storage.run_folder import load_run
 
 
@@ -94,6 +97,7 @@ __all__ = [
     "apply",
     "evaluate",
     "explain",
+    "explain_auto",
     "invert",
     "load_model",
     "load_run",
@@ -101,5 +105,6 @@ __all__ = [
     "save_edit",
     "split_at",
     "split_sequential",
+    "sweep",
     "universal_matching_residual",
 ]

@@ -208,7 +208,10 @@ class ExplainConfig:
     Args:
         model: a built-in model (``regprim models``) or ``path/to/file.py:function`` /
             ``package.module:function`` returning a ``regprim.SplitGenerator``.
-        layer: the layer to cut the generator at (default: the model's default).
+        layer: the layer to cut the generator at (default: the model's default); ``auto``:
+            sweep the model's cuts and keep the most exclusive converged one
+            (``regprim.explain_auto``, the CLI's ``--layer auto``; the sweep is kept in
+            ``OUT.sweep``).
         weights: weights file or folder for the model (BigGAN: a folder; ``random``: a random
             initialisation).
         prompt: the text prompt of a ``diffusers:DIR`` model, encoded by the folder's own text

@@ -77,6 +77,53 @@ def _explain_many_parser(sub) -> None:
     )
 
 
+def _sweep_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="one image at many cuts: where primitives become regional")
+    add_config_options(p, ExplainConfig, skip=("solver", "layer"))
+    add_config_options(p, SolverConfig)
+    p.add_argument(
+        "--layers",
+        required=True,
+        help="cuts: a list (block1,block2), a range (step=1..3), a pattern (up_blocks.*@step=0) "
+        "or auto (every cut that is not a block inside a sampler step)",
+    )
+    p.add_argument("--out", required=True, type=Path, help="sweep folder to write")
+    p.add_argument(
+        "--workers", type=int, default=1, help="worker processes on this machine (default: 1)"
+    )
+    p.add_argument("--ray", action="store_true", help="run on Ray (RAY_ADDRESS, else a local one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from regprim.pipeline.sweep import sweep
+
+    cfg = config_from(args)
+    record = sweep(cfg, args.layers, args.out, args.workers, args.ray, progress=not args.quiet)
+    rows = record["rows"]
+    shown = [
+        ("metric_leakage", "leakage"),
+        ("metric_irrelevant_components_worst", "fig6"),
+        ("salient", "salient"),
+        ("subsets_meeting_constraint", "meets"),
+        ("residual_max", "KKT"),
+        ("wall_seconds", "s"),
+    ]
+    width = max(len(r["layer"] or "") for r in rows) + 2
+    print(f"{'cut':<{width}}" + "".join(f"{name:>10}" for _, name in shown))
+    for r in rows:
+        if r["status"] not in ("ok", "done before"):
+            print(f"{r['layer']:<{width}}{r['status']}: {r['error']}")
+            continue
+        cells = "".join(f"{r[key]:>10.3g}" for key, _ in shown)
+        mark = "  <- chosen" if r["layer"] == record["chosen"] else ""
+        print(f"{r['layer']:<{width}}{cells}{mark}")
+    print(f"chosen: {record['chosen']}: {record['why']}")
+    print(f"{args.out}/ sweep.parquet, sweep.png, sweep.json; each cut's run in cuts/")
+    failed = [r for r in rows if r["status"] not in ("ok", "done before")]
+    return 1 if failed else 0
+
+
 def cmd_explain_many(args: argparse.Namespace) -> int:
     from regprim.pipeline.dataset import (
         TablesNotWritten,
@@ -171,6 +218,11 @@ def _print_plan(cfg: ExplainConfig, p: dict) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     cfg = config_from(args)
+    if cfg.layer == "auto" and (args.dry_run or args.no_verify):
+        msg = "--layer auto sweeps the cuts and chooses by their metrics: " + (
+            "--dry-run plans one cut (give --layer CUT)" if args.dry_run else "drop --no-verify"
+        )
+        raise ValueError(msg)
     if args.dry_run:
         from regprim.pipeline.plan import plan
 
@@ -188,13 +240,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.out is None:
         msg = "--out FOLDER is required: the run folder to write (or pass --dry-run)"
         raise ValueError(msg)
-    run = explain(
-        cfg,
-        out=args.out,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        verify=not args.no_verify,
-    )
+    if cfg.layer == "auto":
+        from regprim.pipeline.sweep import explain_auto
+
+        run = explain_auto(cfg, args.out, args.overwrite, progress=not args.quiet)
+    else:
+        run = explain(
+            cfg,
+            out=args.out,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            verify=not args.no_verify,
+        )
     s = run.summary
     print(run)
     total = sum(s["stage_seconds"].values())
@@ -357,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _explain_parser(sub)
     _explain_many_parser(sub)
+    _sweep_parser(sub)
     control_parsers(sub)
     m = sub.add_parser("models", help="list models and the layers they can be cut at")
     m.add_argument("--model", help="list the cuts of this model (a diffusers:DIR folder, a file)")
@@ -404,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 HANDLERS = {
     "explain": cmd_explain,
     "explain-many": cmd_explain_many,
+    "sweep": cmd_sweep,
     "models": cmd_models,
     "reconstruct": cmd_reconstruct,
     "components": cmd_components,

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import math
+import os
 import re
 import shutil
 import socket
@@ -76,13 +76,17 @@ _GENERATORS: dict[str, Any] = {}  # per worker process: the generator, loaded on
 
 @dataclass(frozen=True)
 class Item:
-    """One image of a dataset: its code's seed and, for conditional models, its class."""
+    """One image of a dataset: its code's seed and, for conditional models, its class; or one
+    cut of a sweep (``layer``; :mod:`regprim.pipeline.sweep`)."""
 
     seed: int
     class_index: int | str | None = None
+    layer: str | None = None
 
     @property
     def name(self) -> str:
+        if self.layer is not None:
+            return "cut-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", self.layer)
         label = "" if self.class_index is None else f"class-{self.class_index}-"
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{label}seed-{self.seed:04d}")
 
@@ -123,11 +127,19 @@ def items_of(seeds: list[int], classes: list[str] | None = None) -> list[Item]:
     return [Item(s, c) for c in (classes or [None]) for s in seeds]
 
 
-def _generator(cfg: ExplainConfig):
-    key = json.dumps(
-        [cfg.model, cfg.prompt, cfg.negative_prompt, cfg.layer, cfg.weights, cfg.device]
-    )
+def generator_of(cfg: ExplainConfig):
+    """The generator of ``cfg`` in this process, loaded once; another cut of a loaded model is
+    that model re-cut (a sweep loads its model once)."""
+    model = [cfg.model, cfg.prompt, cfg.negative_prompt, cfg.weights, cfg.device]
+    key = json.dumps([*model, cfg.layer])
     if key not in _GENERATORS:
+        loaded = next((g for k, g in _GENERATORS.items() if json.loads(k)[:-1] == model), None)
+        if loaded is not None and cfg.layer is not None:
+            try:
+                _GENERATORS[key] = loaded.cut_at(cfg.layer)
+                return _GENERATORS[key]
+            except NotImplementedError:
+                pass
         from regprim.pipeline.explain import load_generator  # model code only in workers
 
         _GENERATORS[key] = load_generator(cfg)
@@ -145,21 +157,22 @@ def explain_one(config: dict[str, Any], item: Item, folder: str, verify: bool) -
         "image": item.name,
         "seed": item.seed,
         "class": None if item.class_index is None else str(item.class_index),
-    }
+    } | ({} if item.layer is None else {"layer": item.layer})
     try:
         if (out / rf.MANIFEST).is_file():
             run = rf.load_run(out)
             status = "done before"
         else:
+            cut = {} if item.layer is None else {"layer": item.layer}
             cfg = ExplainConfig.from_dict(
-                config | {"seed": item.seed, "class_index": item.class_index}
+                config | {"seed": item.seed, "class_index": item.class_index} | cut
             )
             run = explain(
                 cfg,
                 out=out,
                 overwrite=(out / rf.CONFIG).is_file(),
                 progress=False,
-                generator=_generator(cfg),
+                generator=generator_of(cfg),
                 verify=verify,
             )
             status = "ok"
@@ -182,8 +195,16 @@ def explain_one(config: dict[str, Any], item: Item, folder: str, verify: bool) -
         "subsets_meeting_constraint": s["subsets_meeting_constraint"],
         "universal_matching_max_rel_residual": s["universal_matching_max_rel_residual"],
         "objective": s.get("objective"),
-        "path": str(Path(IMAGES) / item.name),
+        "path": str(out.relative_to(out.parent.parent)),
     }
+    if item.layer is not None:  # a sweep's row: what changes from cut to cut
+        row |= {
+            "feature_shape": s["feature_shape"],
+            "mean_order": sum(k.bit_count() for k in run.salient) / max(len(run.salient), 1),
+            "l1_total": float(run.table.values.abs().sum()),
+            "residual_max": s["residual_max"],
+            "converged": s["subsets_converged"] >= 1.0,
+        }
     row |= {f"metric_{m.name}": m.value for m in run.metrics or []}
     return row
 
@@ -200,13 +221,16 @@ def run_items(
     workers: int,
     use_ray: bool,
     progress: bool,
+    sub: str = IMAGES,
 ) -> Iterator[dict[str, Any]]:
-    """Rows of every image, as they finish (in this process, a local pool, or Ray); after a
-    disk error, the images not yet started as ``not started`` (Ray: the rest still run)."""
+    """Rows of every image (run folders under ``out / sub``), as they finish (in this process,
+    a local pool, or Ray); after a disk error, the images not yet started as ``not started``
+    (Ray: the rest still run)."""
     from tqdm.auto import tqdm
 
-    folders = [str(out / IMAGES / item.name) for item in items]
-    bar = tqdm(total=len(items), desc="images", unit="image", disable=not progress)
+    folders = [str(out / sub / item.name) for item in items]
+    what = "cuts" if sub != IMAGES else "images"
+    bar = tqdm(total=len(items), desc=what, unit=what[:-1], disable=not progress)
     full: dict[str, Any] = {}  # the first disk error's row
 
     def finished(row: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +291,7 @@ def folder_bytes(folder: Path) -> int:
 def storage_note(cfg: ExplainConfig, items: list[Item], out: Path) -> str:
     """What the images still to explain will take on disk at most, said before they start
     (the generator is loaded here once: a worker of this process reuses it)."""
-    gen = _generator(cfg)
+    gen = generator_of(cfg)
     dims = gen.feature_dims() or math.prod(gen.shapes()[0])
     each = rf.run_bytes(cfg.players_count, dims, cfg.denoise, cfg.storage)
     todo = sum(not (out / IMAGES / i.name / rf.MANIFEST).is_file() for i in items)
@@ -347,7 +371,7 @@ def explain_many(
         raise ValueError(msg)
     classes = {i.class_index for i in items if i.class_index is not None}
     if classes:  # a class the model does not have fails here, not once per image
-        gen = _generator(cfg)
+        gen = generator_of(cfg)
         for c in sorted(map(str, classes)):
             gen.class_index(c)
     out = Path(out)

@@ -258,6 +258,12 @@ def explain(
             solver state, so not after every chunk).
     """
     cfg = cfg or ExplainConfig()
+    if cfg.layer == "auto":  # the sweep explains through this function: it lies above it
+        msg = (
+            "layer 'auto' sweeps the model's cuts and keeps the chosen one: call "
+            "regprim.explain_auto(cfg, out) (the CLI's --layer auto does)"
+        )
+        raise ValueError(msg)
     if out is None:
         return _explain(cfg, None, overwrite, progress, generator, verify, checkpoint_every)
     out = Path(out).resolve()  # "." has no name to lock or stage beside

@@ -470,3 +470,45 @@ def regions_figure(heat: np.ndarray, orders: list[int]):
     axes[1].set_xticks(range(1, max(orders) + 1, max(1, max(orders) // 8)))
     axes[1].tick_params(labelsize=7)
     return fig, axes
+
+
+# -- one image at many cuts (regprim sweep) ---------------------------------------------------
+def sweep_figure(rows: list[dict], columns, chosen: str | None):
+    """Each headline number of a sweep against the cut (in the order swept), the chosen cut
+    marked; ``columns``: (row key, label, lower is better or None)."""
+    shown = [
+        (key, label, lower)
+        for key, label, lower in columns
+        if any(r.get(key) is not None for r in rows)
+    ]
+    cols = 3
+    count = -(-len(shown) // cols)
+    fig, axes = subplots(
+        count, cols, figsize=(4.2 * cols, 2.7 * count), squeeze=False, layout="constrained"
+    )
+    names = [r["layer"] for r in rows]
+    x = np.arange(len(rows))
+    for ax in axes.flat[len(shown) :]:
+        ax.axis("off")
+    for ax, (key, label, lower) in zip(axes.flat, shown, strict=False):
+        values = [np.nan if r.get(key) is None else float(r[key]) for r in rows]
+        ax.plot(x, values, "o-", color="steelblue")
+        finite = [v for v in values if v == v]
+        if finite and min(finite) > 0 and max(finite) / min(finite) > 20:
+            ax.set_yscale("log")  # leakage spans orders of magnitude across cuts
+        if chosen in names:
+            ax.axvline(names.index(chosen), color="darkorange", lw=1.5, ls="--")
+        better = {True: " (lower is better)", False: " (higher is better)", None: ""}[lower]
+        ax.set_title(label + better, fontsize=8)
+        ax.set_xticks(
+            x,
+            names,
+            rotation=30 if len(names) > 4 else 0,
+            ha="right" if len(names) > 4 else "center",
+            fontsize=7,
+        )
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(
+        "One image at every cut" + (f"; chosen: {chosen} (dashed)" if chosen else ""), fontsize=10
+    )
+    return fig, axes
