@@ -514,7 +514,7 @@ def test_carrying_the_skips_makes_a_block_cut_a_true_cut():
 def test_the_shipped_faces_ddim_model_loads_and_splits_exactly():
     """The model this project trained ships in the package (generators/data/faces-ddim)."""
     gen = load_model("faces-ddim")
-    assert gen.layer == "step=2" and gen.code_shape == (3, 32, 32)
+    assert gen.layer == "step=3" and gen.code_shape == (3, 32, 32)
     code = gen.sample_codes(1, 0)
     with torch.no_grad():
         assert (gen.g(gen.d(code), code) - gen.sample(code)).abs().max() <= TOL

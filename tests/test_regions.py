@@ -45,7 +45,8 @@ def test_bitmask_of_cells_follows_the_player_order():
     players = [5, 0, 4]
     assert bitmask(players, [0]) == 0b010
     assert bitmask(players, [4, 5]) == 0b101
-    assert cells_of(0b101, players) == [5, 4]
+    assert cells_of(0b101, players) == [4, 5]  # the cells a person reads: sorted grid ids
+    assert cells_of(0b011, players) == [0, 5]
     with pytest.raises(ValueError, match=r"cells \[4\] are repeated"):
         bitmask(players, [4, 4])
     with pytest.raises(ValueError, match=r"cells \[2\] are not players"):

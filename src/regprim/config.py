@@ -218,7 +218,11 @@ class ExplainConfig:
             encoders (the same as its ``?prompt=``; default: the empty prompt).
         negative_prompt: the negative prompt of a ``diffusers:DIR`` model (the unconditional
             pass of its guidance; the same as ``?negative_prompt=``).
-        seed: seed of the target image's code.
+        seed: seed of the target image's code (with ``image``: of the codes the fit starts
+            from).
+        image: a photo (PNG, JPEG) to explain instead of a generated image: the run explains
+            the generator's image nearest to it, found by fitting the code
+            (:mod:`regprim.explanation.photo`), and says how near (``image_fit``).
         class_index: class of the target image, by index or name (conditional models).
         grid: rows x cols of the grid of cells over the image.
         players: the player cells (grid ids, ``row * cols + col``) in bit order, or ``all``
@@ -261,6 +265,7 @@ class ExplainConfig:
     prompt: str | None = None
     negative_prompt: str | None = None
     seed: int = 0
+    image: str | None = None
     class_index: int | str | None = field(default=None, metadata={"cli": "class"})
     grid: tuple[int, int] = (6, 6)
     players: list[int] | str | None = None

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from regprim.explanation.photo import descend
 from regprim.generators.base import SplitGenerator
-from regprim.solvers.adam import cosine
 
 
 @dataclass
@@ -94,27 +93,18 @@ def invert(
     if code is not None:
         starts = torch.cat([code.to(gen.device), starts])
         starts[:, held:] = code[:, held:].to(gen.device)  # every start keeps the code's class
-    free, fixed = starts[:, :held].clone().requires_grad_(True), starts[:, held:]
-    opt = torch.optim.Adam([free], lr=lr)
-    history: list[float] = []
-    bar = tqdm(total=max_steps, desc="inverting", unit="step", disable=not progress)
-    for step in range(1, max_steps + 1):
-        for group in opt.param_groups:
-            group["lr"] = cosine(lr, step, max_steps)
-        with torch.enable_grad():
-            opt.zero_grad()
-            errors = (gen.d(torch.cat([free, fixed], 1)) - target).flatten(1).pow(2).sum(1)
-            errors.sum().backward()
-        opt.step()
-        history.append(float(errors.detach().min().sqrt() / scale))
-        bar.update(1)
-        if on_progress and step % 10 == 0:
-            on_progress(step / max_steps)
-        if history[-1] < tol or (step > 100 and history[-1] > 0.99 * history[-101]):
-            break  # converged, or stalled: less than 1% better in 100 steps
-    bar.close()
-    codes = torch.cat([free, fixed], 1).detach()
-    return _best(gen, codes, target, f0, scale, len(history), tol)
+    codes, steps = descend(
+        starts[:, :held],
+        starts[:, held:],
+        lambda c: (gen.d(c) - target).flatten(1).pow(2).sum(1),
+        max_steps,
+        lr,
+        lambda e: float(e.min().sqrt() / scale),
+        tol,
+        progress,
+        on_progress=on_progress,
+    )
+    return _best(gen, codes, target, f0, scale, steps, tol)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from torch import Tensor
 from regprim.config import ExplainConfig
 from regprim.core.components import ComponentTable
 from regprim.core.regions import cells_of
+from regprim.explanation.photo import NEAR
 from regprim.explanation.target import Target
 from regprim.generators.base import SplitGenerator
 from regprim.solvers import MinimalFeatures, convergence_note
@@ -63,13 +64,29 @@ def summarise(
         "salient_norms": [table.norm(k) for k in salient.tolist()],
         "feature_change_norm": float((target.f - target.f0).norm()),
         "split_check": target.split_check,
+        **({"image_fit": target.fit} if target.fit else {}),
         **mf.summary(),
         "device": str(gen.device),
         "wall_seconds": time.perf_counter() - start,
         "peak_memory_bytes": peak_memory_bytes(gen.device),
     }
-    summary["warnings"] = [*summary["warnings"], *split_warnings(gen, cfg, summary)]
+    summary["warnings"] = [
+        *summary["warnings"],
+        *split_warnings(gen, cfg, summary),
+        *photo_warnings(target.fit),
+    ]
     return summary
+
+
+def photo_warnings(fit: dict[str, Any]) -> list[str]:
+    """A photo the generator does not make: the explanation is of its nearest image."""
+    if not fit or fit["rms_residual"] <= NEAR:
+        return []
+    return [
+        f"the photo is not an image this generator makes: its nearest image differs by an RMS "
+        f"{fit['rms_residual']:.3f} of the value range (above {NEAR}); the primitives explain "
+        "that nearest image (target.png shows both)"
+    ]
 
 
 def split_warnings(gen: SplitGenerator, cfg: ExplainConfig, summary: dict[str, Any]) -> list[str]:

@@ -17,6 +17,7 @@ from torch import Tensor
 from regprim.config import ExplainConfig
 from regprim.core.regions import Grid, choose_players
 from regprim.explanation.baseline import baseline
+from regprim.explanation.photo import fit_code, load_photo
 from regprim.generators.base import SplitGenerator
 from regprim.solvers.memory import batch_that_fits, peak
 
@@ -37,6 +38,9 @@ class Target:
         class_index: the target's class (None for unconditional models).
         split_check: the generator's check that its split reproduces the model's own output
             (:meth:`SplitGenerator.check_split`; {} where it has none).
+        photo: the photo a run with ``image`` explains the nearest generated image of
+            ``(C, H, W)`` (None: a generated image, from the seed).
+        fit: how the code was fitted to the photo (:func:`regprim.explanation.photo.fit_code`).
     """
 
     gen: SplitGenerator
@@ -49,6 +53,8 @@ class Target:
     players: list[int]
     class_index: int | None = None
     split_check: dict = field(default_factory=dict)
+    photo: Tensor | None = None
+    fit: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -98,6 +104,12 @@ def build_target(
     device = gen.device
     class_index = gen.class_index(cfg.class_index)
     code = gen.sample_codes(1, cfg.seed, class_index)
+    photo, fit = None, {}
+    if cfg.image is not None:  # a photo: the code whose image is nearest to it
+        with torch.no_grad():
+            shape = tuple(gen.g(gen.d(code), code).shape[1:])
+        photo = load_photo(cfg.image, shape, gen.value_range)
+        code, fit = fit_code(gen, photo, gen.value_range, cfg.seed, class_index)
     with torch.no_grad():
         dims = gen.feature_dims()
         gen.set_memory_format(gen.d(code).dim() - 1 if dims is None else dims)  # before f
@@ -124,4 +136,6 @@ def build_target(
     if players is None:
         n = cfg.players_count
         players = choose_players(cfg.player_rule, grid, n, x, baseline_image, cfg.player_seed)
-    return Target(gen, code, f, f0, x, baseline_image, grid, players, class_index, split_check)
+    return Target(
+        gen, code, f, f0, x, baseline_image, grid, players, class_index, split_check, photo, fit
+    )

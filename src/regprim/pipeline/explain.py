@@ -97,6 +97,9 @@ def resolved_config(cfg: ExplainConfig, target: Target) -> dict[str, Any]:
     if cfg.weights not in (None, "random") and Path(cfg.weights).exists():
         resolved["weights"] = str(Path(cfg.weights).resolve())
         resolved["weights_sha256"] = content_hash(cfg.weights)
+    if cfg.image is not None:
+        resolved["image"] = str(Path(cfg.image).resolve())
+        resolved["image_sha256"] = content_hash(cfg.image)
     return resolved
 
 
@@ -146,6 +149,7 @@ def interactions(target: Target, mf: MinimalFeatures, light: bool = False) -> di
         "code": target.code[0],
         "image": target.x,
         "baseline_image": target.baseline_image,
+        **({} if target.photo is None else {"photo": target.photo}),
         "meets_constraint": mf.meets.to(torch.uint8),
     } | mf.tensors(target.f0, light)
 
@@ -202,9 +206,18 @@ def run_figures(run: Run, gen: SplitGenerator, top: int) -> dict[str, bytes]:
     if gen.num_classes:
         title += f" class {run.class_index}"
     shown = run.salient[:top]
+    fit = run.summary.get("image_fit")
+    if fit:
+        title = f"{run.model} fitted to {Path(run.config['image']).name}"
     figures = {
         rf.TARGET_PNG: target_figure(
-            run.image, run.value_range, run.grid, run.players, f"target: {title}"
+            run.image,
+            run.value_range,
+            run.grid,
+            run.players,
+            f"target: {title}",
+            run.tensors.get("photo"),
+            fit["rms_residual"] if fit else None,
         )[0],
         rf.BASELINE_PNG: image_figure(run.baseline_image, run.value_range, "baseline g(f0)")[0],
     }

@@ -84,16 +84,28 @@ def draw_grid(
             )
 
 
-def target_figure(image: Tensor, value_range, grid: Grid, players: list[int], title: str):
-    """The target image, plain and with the grid and the player cells labelled by grid id."""
-    fig, axes = subplots(1, 2, figsize=(6.4, 3.5))
-    rgb = to_rgb(image, value_range)
-    for ax in axes:
-        ax.imshow(rgb, interpolation="nearest")
+def target_figure(
+    image: Tensor,
+    value_range,
+    grid: Grid,
+    players: list[int],
+    title: str,
+    photo: Tensor | None = None,
+    residual: float | None = None,
+):
+    """The target image, plain and with the grid and the player cells labelled by grid id;
+    with a ``photo``, the photo first and the target titled as its nearest generated image."""
+    shown = [] if photo is None else [photo]
+    fig, axes = subplots(1, 2 + len(shown), figsize=(3.2 * (2 + len(shown)), 3.5))
+    for ax, picture in zip(axes, [*shown, image, image], strict=True):
+        ax.imshow(to_rgb(picture, value_range), interpolation="nearest")
         ax.axis("off")
-    draw_grid(axes[1], grid, players, labels=True)
-    axes[0].set_title(title, fontsize=8)
-    axes[1].set_title(f"players (blue), by grid id; {grid.rows}x{grid.cols} grid", fontsize=8)
+    draw_grid(axes[-1], grid, players, labels=True)
+    if photo is not None:
+        axes[0].set_title("the photo (resized, cropped)", fontsize=8)
+        title = f"{title}\nnearest generated image, RMS {residual:.3f} of the range"
+    axes[-2].set_title(title, fontsize=8)
+    axes[-1].set_title(f"players (blue), by grid id; {grid.rows}x{grid.cols} grid", fontsize=8)
     fig.tight_layout()
     return fig, axes
 
