@@ -50,7 +50,7 @@ def test_truncated_codes_and_class_balance():
     assert torch.equal(codes[:, 128:].sum(0), torch.full((1000,), 3.0))
 
 
-def test_end_to_end_tiny_on_cpu(tiny, tmp_path):
+def test_end_to_end_tiny_on_cpu(tiny):
     cfg = ExplainConfig(
         model="biggan-deep-128",
         class_index=207,
@@ -58,10 +58,9 @@ def test_end_to_end_tiny_on_cpu(tiny, tmp_path):
         baseline_count=64,
         solver=SolverConfig(or_steps=3),
     )
-    run = explain(cfg, generator=tiny, progress=False, out=tmp_path / "run")
+    run = explain(cfg, generator=tiny, progress=False)
     assert run.summary["universal_matching_max_rel_residual"] < 1e-4
     assert run.summary["class_index"] == 207
-    assert (tmp_path / "run" / "fig8_code_influence.png").stat().st_size > 0  # g sees the code
     assert run.components.shape == (8, 64, 4, 4)
     assert {m.name for m in run.metrics} >= {"code_influence"}
     influence = next(m for m in run.metrics if m.name == "code_influence")

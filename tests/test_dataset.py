@@ -1,6 +1,7 @@
 """Many images: local and Ray execution, resume, Parquet tables, consistency, the report."""
 
 import dataclasses
+import html
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import torch
 
 from regprim import ExplainConfig, SolverConfig
 from regprim.pipeline.dataset import (
+    ATLAS_TABLE,
     COMPONENTS_TABLE,
     DATASET_REPORT,
     IMAGES,
@@ -21,6 +23,7 @@ from regprim.pipeline.dataset import (
     items_of,
     load_tables,
     parse_seeds,
+    region_name,
     transfer_ratios,
 )
 
@@ -71,8 +74,20 @@ def test_local_run_tables_round_trip_and_resume(tmp_path, monkeypatch):
     assert transfer["top10_in_top10"]["transfer_ratio"] == 1.0
     assert transfer["top10_in_top10"]["pairs"] == 6
     assert transfer["top10_in_top10"]["chance"] == pytest.approx(10 / 15)
+    assert set(transfer) >= {"top5_in_top5", "top20_in_top20", "top20_in_top100"}
     page = (out / DATASET_REPORT).read_text()
     assert "seed-0001/report.html" in page and "$" + "figures" not in page
+    # the atlas: planted primitives recur in every image, counted by their cells
+    import pyarrow.parquet as pq
+
+    atlas = pq.read_table(out / ATLAS_TABLE).to_pylist()
+    by_cells = {tuple(a["cells"]): a for a in atlas}
+    for c in components:
+        entry = by_cells[tuple(c["cells"])]
+        assert entry["images"] == len({d["image"] for d in components if d["cells"] == c["cells"]})
+    assert atlas[0]["images"] == 3 and atlas[0]["share"] == 1.0
+    assert [a["images"] for a in atlas] == sorted((a["images"] for a in atlas), reverse=True)
+    assert html.escape(atlas[0]["name"]) in page and "Atlas: action sets that recur" in page
     # a second call skips the finished images and only does the new one
     import regprim.pipeline.explain as ex
 
@@ -82,6 +97,12 @@ def test_local_run_tables_round_trip_and_resume(tmp_path, monkeypatch):
     rows = explain_many(CFG, items_of([0, 1, 2, 3]), out, progress=False)
     assert [r["status"] for r in rows] == ["done before"] * 3 + ["ok"] and len(calls) == 1
     assert not list(tmp_path.rglob("*.lock"))  # a clean finish leaves no lock file
+
+
+def test_action_sets_are_named_by_where_they_act():
+    assert region_name([14], 6) == "cell 14: row 2, column 2"
+    assert region_name([14, 15, 20, 21], 6) == "cells 14,15,20,21: rows 2-3, columns 2-3"
+    assert region_name([0, 5], 6) == "cells 0,5: row 0, columns 0,5"
 
 
 def test_transfer_ratios_by_hand():

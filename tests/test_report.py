@@ -34,6 +34,20 @@ def test_report_files_written(planted_run):
     assert rf.FIG8 not in json.loads((folder / rf.MANIFEST).read_text())["sha256"]
 
 
+def test_fig8_is_drawn_where_g_sees_the_code():
+    from types import SimpleNamespace
+
+    from regprim.analysis.scorer import Metric
+    from regprim.present.figures import left_out
+
+    def evaluation(sees: bool):
+        metric = Metric("code_influence", "", False, 0.1, {"sees_code": sees})
+        return SimpleNamespace(by_name=lambda: {"code_influence": metric})
+
+    assert left_out(evaluation(True)) == {}
+    assert list(left_out(evaluation(False))) == [rf.FIG8]
+
+
 def test_cli_report_rebuilds(planted_run, tmp_path, capsys):
     from regprim.app.cli import main
 

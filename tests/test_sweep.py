@@ -17,7 +17,9 @@ LAYERS = [
     "up_blocks.0@step=0",
     "up_blocks.1@step=0",
 ]
-CFG = ExplainConfig(model="dcgan-faces", n=2, baseline_count=20, solver=SolverConfig(or_steps=40))
+CFG = ExplainConfig(  # light storage: no figures or report per cut, the suite's budget
+    model="dcgan-faces", n=2, baseline_count=20, solver=SolverConfig(or_steps=40), storage="light"
+)
 
 
 def test_the_cut_grammar():
@@ -91,15 +93,27 @@ def test_a_sweep_writes_one_run_per_cut_its_table_and_figure_and_resumes(tmp_pat
     assert sorted(p.name for p in (out / CUTS).iterdir()) == ["cut-block2", "cut-block3"]
 
 
-def test_layer_auto_keeps_the_chosen_cut(tmp_path, capsys):
+def test_layer_auto_keeps_the_chosen_cut(tmp_path, capsys, monkeypatch):
+    import regprim.pipeline.sweep as sweeping
     from regprim.app.cli import main
 
+    seen = []
+    real = sweeping.candidate_layers
+    monkeypatch.setattr(  # two of the four cuts: the suite's budget
+        sweeping,
+        "candidate_layers",
+        lambda layers: seen.append(real(layers)) or ["block2", "block3"],
+    )
     out = tmp_path / "run"
     args = ["explain", "--model", "dcgan-faces", "--n", "2", "--baseline-count", "20"]
-    assert main([*args, "--or-steps", "40", "--layer", "auto", "--out", str(out), "--quiet"]) == 0
+    args += ["--or-steps", "40", "--storage", "light", "--layer", "auto", "--out", str(out)]
+    assert main([*args, "--quiet"]) == 0
+    assert seen == [["block1", "block2", "block3", "block4"]]  # every cut but sampler blocks
     record = json.loads((tmp_path / "run.sweep" / SWEEP).read_text())
-    assert record["cuts"] == ["block1", "block2", "block3", "block4"]
+    assert record["cuts"] == ["block2", "block3"] and record["chosen"] in record["cuts"]
     run = load_run(out)  # a whole run folder, checksums and all
     assert run.layer == record["chosen"] and run.config["layer"] == record["chosen"]
+    assert main([*args, "--dry-run"]) == 2
+    assert "--dry-run plans one cut" in capsys.readouterr().err
     with pytest.raises(ValueError, match="call regprim.explain_auto"):
         explain(ExplainConfig(model="dcgan-faces", layer="auto"), out=tmp_path / "other")

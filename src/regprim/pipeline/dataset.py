@@ -54,8 +54,10 @@ from regprim.storage import run_folder as rf
 IMAGES, IMAGES_TABLE, COMPONENTS_TABLE = "images", "images.parquet", "components.parquet"
 SETTINGS = "dataset.json"  # the one configuration of a dataset folder; images differ by seed
 PER_IMAGE = ("seed", "class_index")  # settings that differ between the images of a dataset
-TRANSFER, DATASET_REPORT = "transfer.json", "report.html"
-TRANSFER_PAIRS = ((10, 10), (20, 100))
+TRANSFER, DATASET_REPORT, ATLAS_TABLE = "transfer.json", "report.html", "atlas.parquet"
+# symmetric top-k in top-k, and the later paper's asymmetric 20 in 100 beside them
+TRANSFER_PAIRS = ((5, 5), (10, 10), (20, 20), (20, 100))
+GALLERY_SETS, GALLERY_IMAGES = 6, 4  # the atlas's gallery: recurring sets, images of each
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}  # the disk, not the image
 DISK_FIX = (
     "free space on that disk (or choose another --out) and run the same command again: "
@@ -436,8 +438,74 @@ def read_images(out: Path, rows: list[dict[str, Any]]) -> tuple[list[dict[str, A
     return table, top
 
 
+def region_name(cells: list[int], cols: int) -> str:
+    """Where an action set acts, in words a person can refer to: its grid ids, rows and
+    columns (``cells 14,15: row 2, columns 2-3``)."""
+    rows = sorted({c // cols for c in cells})
+    columns = sorted({c % cols for c in cells})
+
+    def span(name: str, values: list[int]) -> str:
+        if len(values) == 1:
+            return f"{name} {values[0]}"
+        whole = values == list(range(values[0], values[-1] + 1))
+        return f"{name}s " + (f"{values[0]}-{values[-1]}" if whole else ",".join(map(str, values)))
+
+    label = "cell" if len(cells) == 1 else "cells"
+    return f"{label} {','.join(map(str, cells))}: {span('row', rows)}, {span('column', columns)}"
+
+
+def atlas_table(components: list[dict[str, Any]], images: int, cols: int) -> list[dict[str, Any]]:
+    """The action sets that are salient across a dataset's ``images``, most recurring first:
+    in how many images (and which share), their mean norm and rank, median leakage, named by
+    :func:`region_name`."""
+    by_set: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+    for c in components:
+        by_set.setdefault(tuple(sorted(c["cells"])), []).append(c)
+    table = []
+    for cells, found in by_set.items():
+        leaks = sorted(c["leakage"] for c in found if c.get("leakage") is not None)
+        table.append(
+            {
+                "cells": list(cells),
+                "name": region_name(list(cells), cols),
+                "order": len(cells),
+                "images": len({c["image"] for c in found}),
+                "share": len({c["image"] for c in found}) / max(images, 1),
+                "mean_norm": sum(c["norm"] for c in found) / len(found),
+                "mean_rank": sum(c["rank"] for c in found) / len(found),
+                "median_leakage": leaks[len(leaks) // 2] if leaks else None,
+                "examples": [
+                    c["image"] for c in sorted(found, key=lambda c: -c["norm"])[:GALLERY_IMAGES]
+                ],
+            }
+        )
+    return sorted(table, key=lambda r: (-r["images"], -r["mean_norm"]))
+
+
+def gallery(out: Path, atlas: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[list]:
+    """For the most recurring sets, their examples: (image name, target, ``g(f0 + Δf_k)``,
+    ``g(f0)``, run) rendered with the dataset's generator."""
+    settings = json.loads((out / SETTINGS).read_text())
+    paths = {r["image"]: r["path"] for r in rows if r.get("path")}
+    shown: list[list] = []
+    gen = None
+    for entry in atlas[:GALLERY_SETS]:
+        examples = []
+        for image in entry["examples"]:
+            run = rf.load_run(out / paths[image], derived=False)
+            if gen is None:
+                gen = generator_of(ExplainConfig.from_dict(settings | {"layer": run.layer}))
+            mask = run.bitmask(entry["cells"])
+            features = torch.stack([run.f0 + run.component(mask), run.f0])
+            rendered = gen.render(features, run.code[None].to(gen.device)).cpu()
+            examples.append((image, run.image, rendered[0], rendered[1], run))
+        shown.append(examples)
+    return shown
+
+
 def write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
-    """``images.parquet``, ``components.parquet``, ``transfer.json`` and ``report.html``."""
+    """``images.parquet``, ``components.parquet``, ``atlas.parquet``, ``transfer.json`` and
+    ``report.html``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -452,9 +520,14 @@ def write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
     rf.atomic_write(out / IMAGES_TABLE, parquet(rows))
     rf.atomic_write(out / COMPONENTS_TABLE, parquet(components))
     rf.atomic_write(out / TRANSFER, json.dumps(transfer, indent=2))
+    explained = sum(r["status"] in ("ok", "done before") for r in rows)
+    cols = json.loads((out / SETTINGS).read_text())["grid"][1]
+    atlas = atlas_table(components, explained, cols)
+    rf.atomic_write(out / ATLAS_TABLE, parquet(atlas))
     from regprim.present.dataset_report import dataset_report
 
-    rf.atomic_write(out / DATASET_REPORT, dataset_report(out, rows, components, transfer))
+    page = dataset_report(out, rows, components, transfer, atlas, gallery(out, atlas, rows))
+    rf.atomic_write(out / DATASET_REPORT, page)
 
 
 def transfer_ratios(top: Top, n: int) -> dict[str, Any]:

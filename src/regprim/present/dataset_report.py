@@ -1,6 +1,7 @@
 """The dataset folder's ``report.html``: one offline page over the images of ``regprim
-explain-many`` (metric distributions, where the salient components act and their orders,
-transfer ratios, the most and least exclusive images linked to their own reports, failures)."""
+explain-many`` (metric distributions, where the salient components act and their orders, the
+atlas of recurring action sets, transfer ratios, the most and least exclusive images linked to
+their own reports, failures)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from regprim.present.assets import template
-from regprim.present.figures import distributions_figure, png, regions_figure
+from regprim.present.figures import atlas_figure, distributions_figure, png, regions_figure
 from regprim.storage import run_folder as rf
 
 
@@ -43,10 +44,35 @@ LABELS = {
 }
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def atlas_html(atlas: list[dict[str, Any]], explained: int, shown: int = 20) -> str:
+    """The most recurring action sets as a table."""
+    lines = "".join(
+        f"<tr><td>{html.escape(a['name'])}</td><td class=num>{a['images']} of {explained}</td>"
+        f"<td class=num>{a['mean_norm']:.3g}</td><td class=num>{a['mean_rank'] + 1:.1f}</td>"
+        f"<td class=num>{_fmt(a['median_leakage'])}</td></tr>"
+        for a in atlas[:shown]
+    )
+    more = f"<p>{len(atlas) - shown} more in atlas.parquet.</p>" if len(atlas) > shown else ""
+    return (
+        "<table><tr><th>action set (grid ids)</th><th>salient in</th><th>mean norm</th>"
+        f"<th>mean rank</th><th>median leakage</th></tr>{lines}</table>{more}"
+    )
+
+
 def dataset_report(
-    out: Path, rows: list[dict[str, Any]], components: list[dict[str, Any]], transfer: dict
+    out: Path,
+    rows: list[dict[str, Any]],
+    components: list[dict[str, Any]],
+    transfer: dict,
+    atlas: list[dict[str, Any]] | None = None,
+    examples: list[list] | None = None,
 ) -> str:
-    """One offline page over the images (module docstring)."""
+    """One offline page over the images (module docstring); ``atlas`` and its rendered
+    ``examples`` (:func:`regprim.pipeline.dataset.gallery`) make its atlas section."""
     ok = [r for r in rows if r["status"] in ("ok", "done before")]
     figs = []
     keys = [
@@ -89,14 +115,19 @@ def dataset_report(
         for k, v in transfer.items()
         if isinstance(v, dict)
     )
-    return Template(
-        template("dataset.html")
-    ).substitute(
+    atlas_part = "<p>No salient components.</p>"
+    if atlas:
+        atlas_part = atlas_html(atlas, len(ok))
+        if examples:
+            atlas_part += _png(atlas_figure(atlas, examples)[0])
+    half = -(-len(ranked) // 2)  # two lists, never the same image
+    return Template(template("dataset.html")).substitute(
         images=len(rows),
         explained=len(ok),
         figures="".join(figs),
+        atlas=atlas_part,
         transfer=transfer_rows,
-        best=_links(out, ranked[: min(5, -(-len(ranked) // 2))]),  # two lists, never the same image
-        worst=_links(out, ranked[-(-len(ranked) // 2) :][-5:][::-1]) or "<li>none</li>",
+        best=_links(out, ranked[: min(5, half)]),
+        worst=_links(out, ranked[half:][-5:][::-1]) or "<li>none</li>",
         failed=failed or "<li>none</li>",
     )

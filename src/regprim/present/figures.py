@@ -524,3 +524,50 @@ def sweep_figure(rows: list[dict], columns, chosen: str | None):
         "One image at every cut" + (f"; chosen: {chosen} (dashed)" if chosen else ""), fontsize=10
     )
     return fig, axes
+
+
+def atlas_figure(atlas: list[dict], examples: list[list]):
+    """The recurring action sets of a dataset, one row each: for each of its examples, the
+    image with the set's cells outlined and the change ``g(f0 + Δf_k)`` makes from ``g(f0)``
+    (one colour scale for the whole figure)."""
+    cols = max((len(e) for e in examples), default=1)
+    fig, axes = subplots(
+        len(examples),
+        2 * cols,
+        figsize=(1.5 * 2 * cols + 0.8, 1.75 * len(examples)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    changes = [
+        [change_map(image, base, run.value_range) for _, _, image, base, run in row]
+        for row in examples
+    ]
+    top = max((float(c.max()) for row in changes for c in row), default=1.0) or 1.0
+    shown = None
+    for r, (entry, row) in enumerate(zip(atlas, examples, strict=False)):
+        for j, ((name, target, _, _, run), change) in enumerate(zip(row, changes[r], strict=True)):
+            ax = axes[r, 2 * j]
+            ax.imshow(to_rgb(target, run.value_range), interpolation="nearest")
+            draw_grid(ax, run.grid, [], highlight=entry["cells"])
+            ax.set_title(name, fontsize=6)
+            shown = axes[r, 2 * j + 1].imshow(
+                change, cmap="magma", vmin=0, vmax=top, interpolation="nearest"
+            )
+        axes[r, 0].text(
+            -0.08,
+            0.5,
+            f"{entry['name']}\nin {entry['images']} images",
+            transform=axes[r, 0].transAxes,
+            rotation=90,
+            va="center",
+            ha="right",
+            fontsize=6,
+        )
+    if shown is not None:
+        colorbar(fig, shown, axes[:, -1], "|change| / value range")
+    fig.suptitle(
+        "Atlas: the action sets salient in the most images, and what each does", fontsize=9
+    )
+    return fig, axes
