@@ -222,11 +222,11 @@ def test_cli_explain_many(tmp_path, capsys):
 def test_light_storage_keeps_the_same_components_without_the_dense_tensors(tmp_path):
     from regprim import load_run
 
-    full = explain_many(CFG, items_of([0, 1]), tmp_path / "full", progress=False)
+    full = explain_many(CFG, items_of([0]), tmp_path / "full", progress=False)
     cfg = dataclasses.replace(CFG, storage="light")
-    light = explain_many(cfg, items_of([0, 1]), tmp_path / "light", progress=False)
-    assert [r["status"] for r in light] == ["ok", "ok"]
-    assert [r["players"] for r in light] == [[7, 8, 14, 20]] * 2  # the players column
+    light = explain_many(cfg, items_of([0]), tmp_path / "light", progress=False)
+    assert [r["status"] for r in light] == ["ok"]
+    assert [r["players"] for r in light] == [[7, 8, 14, 20]]  # the players column
     for a, b in zip(full, light, strict=True):
         dense, compact = (
             load_run(tmp_path / "full" / a["path"]),

@@ -390,7 +390,10 @@ def latent_folder(tmp_path_factory):
 FAST = SolverConfig(or_steps=40)
 
 
-@pytest.mark.parametrize("layer", [None, "mid_block@step=1"])
+@pytest.mark.parametrize(
+    "layer",  # a block cut's exactness is tested per family; its CLI run: -m slow (the budget)
+    [None, pytest.param("mid_block@step=1", marks=pytest.mark.slow)],
+)
 def test_explain_a_saved_ddim_folder_from_the_command_line(ddim_folder, tmp_path, layer):
     from regprim.app.cli import main
 
