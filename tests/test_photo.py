@@ -50,7 +50,7 @@ def test_a_generated_image_saved_as_png_is_recovered_and_explained(tmp_path, mon
     )
     fit = run.summary["image_fit"]
     assert fit["rms_residual"] < 0.5 * fit["start_residual"]  # the descent moved it closer
-    assert fit["rms_residual"] < 0.06
+    assert fit["rms_residual"] < 0.06, fit
     back = load_run(tmp_path / "run")
     assert torch.allclose(
         back.tensors["photo"], load_photo(tmp_path / "face.png", (3, 64, 64), gen.value_range)
