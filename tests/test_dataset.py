@@ -10,8 +10,9 @@ import time
 
 import pytest
 import torch
+from PIL import Image
 
-from regprim import ExplainConfig, SolverConfig
+from regprim import ExplainConfig, SolverConfig, load_run
 from regprim.pipeline.dataset import (
     ATLAS_TABLE,
     COMPONENTS_TABLE,
@@ -343,3 +344,40 @@ def test_a_disk_that_fills_fails_its_image_with_the_file_stops_the_rest_and_lose
     assert main(args) == 0
     assert "3 of 3 images explained" in capsys.readouterr().out
     assert [r["status"] for r in load_tables(out)[0]] == ["done before"] * 3
+
+
+def test_explain_many_over_a_folder_of_photos(tmp_path, monkeypatch, capsys):
+    import regprim.explanation.photo as photo_module
+    from regprim.app.cli import main
+    from regprim.generators.registry import load_model
+    from regprim.pipeline.dataset import photo_items
+
+    monkeypatch.setattr(photo_module, "STEPS", 30)  # the suite's budget
+    monkeypatch.setattr(photo_module, "POOL", 16)
+    gen = load_model("planted")
+    lo, hi = gen.value_range
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in (5, 6):
+        z = gen.sample_codes(1, seed)
+        with torch.no_grad():
+            image = ((gen.g(gen.d(z), z)[0] - lo) / (hi - lo)).clamp(0, 1).mul(255).round()
+        Image.fromarray(image.byte().permute(1, 2, 0).numpy()).save(photos / f"p{seed}.png")
+    (photos / "notes.txt").write_text("not a photo: not listed")
+    assert [i.name for i in photo_items(photos)] == ["photo-p5", "photo-p6"]
+    args = ["explain-many", "--model", "planted", "--players", "7,8", "--baseline-count", "20"]
+    args += ["--storage", "light", "--quiet"]
+    out = tmp_path / "data"
+    assert main([*args, "--or-steps", "5", "--images", str(photos), "--out", str(out)]) == 0
+    images, _ = load_tables(out)
+    assert [r["photo"] for r in images] == [str(photos / "p5.png"), str(photos / "p6.png")]
+    assert all(0 <= r["photo_rms_residual"] < 1 for r in images)
+    for r in images:
+        run = load_run(out / r["path"])
+        assert run.config["image"] == r["photo"] and "photo" in run.tensors
+    with pytest.raises(NotADirectoryError, match="is not a folder"):
+        photo_items(photos / "p5.png")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*args, "--seeds", "0", "--images", str(photos), "--out", str(out)])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -54,9 +54,15 @@ def _explain_many_parser(sub) -> None:
     p = sub.add_parser(
         "explain-many", help="explain many images into one dataset folder (local, pool or Ray)"
     )
-    add_config_options(p, ExplainConfig, skip=("solver", "seed", "class_index"))
+    add_config_options(p, ExplainConfig, skip=("solver", "seed", "class_index", "image"))
     add_config_options(p, SolverConfig)
-    p.add_argument("--seeds", required=True, help="seeds of the images' codes, e.g. 0-99 or 1,5,9")
+    images = p.add_mutually_exclusive_group(required=True)
+    images.add_argument("--seeds", help="seeds of the images' codes, e.g. 0-99 or 1,5,9")
+    images.add_argument(
+        "--images",
+        type=Path,
+        help="a folder of photos (PNG, JPEG): each explained as its nearest generated image",
+    )
     p.add_argument(
         "--classes", help="classes (conditional models), comma-separated: each seed for each"
     )
@@ -131,16 +137,21 @@ def cmd_explain_many(args: argparse.Namespace) -> int:
         folder_bytes,
         items_of,
         parse_seeds,
+        photo_items,
     )
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    items = items_of(parse_seeds(args.seeds), classes)
+    if args.images is not None:
+        items = photo_items(args.images, classes)
+    else:
+        items = items_of(parse_seeds(args.seeds), classes)
     cfg = config_from(args)
     if args.dry_run:
         from regprim.pipeline.plan import plan
 
         first = ExplainConfig.from_dict(
-            cfg.to_dict() | {"seed": items[0].seed, "class_index": items[0].class_index}
+            cfg.to_dict()
+            | {"seed": items[0].seed, "class_index": items[0].class_index, "image": items[0].image}
         )
         p = plan(first)
         _print_plan(first, p)

@@ -53,7 +53,8 @@ from regprim.storage import run_folder as rf
 
 IMAGES, IMAGES_TABLE, COMPONENTS_TABLE = "images", "images.parquet", "components.parquet"
 SETTINGS = "dataset.json"  # the one configuration of a dataset folder; images differ by seed
-PER_IMAGE = ("seed", "class_index")  # settings that differ between the images of a dataset
+PER_IMAGE = ("seed", "class_index", "image")  # settings that differ between a dataset's images
+PHOTOS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # the files `--images DIR` explains
 TRANSFER, DATASET_REPORT, ATLAS_TABLE = "transfer.json", "report.html", "atlas.parquet"
 # symmetric top-k in top-k, and the later paper's asymmetric 20 in 100 beside them
 TRANSFER_PAIRS = ((5, 5), (10, 10), (20, 20), (20, 100))
@@ -84,11 +85,14 @@ class Item:
     seed: int
     class_index: int | str | None = None
     layer: str | None = None
+    image: str | None = None  # a photo (``--images DIR``): its nearest generated image
 
     @property
     def name(self) -> str:
         if self.layer is not None:
             return "cut-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", self.layer)
+        if self.image is not None:
+            return "photo-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(self.image).stem)
         label = "" if self.class_index is None else f"class-{self.class_index}-"
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{label}seed-{self.seed:04d}")
 
@@ -129,6 +133,25 @@ def items_of(seeds: list[int], classes: list[str] | None = None) -> list[Item]:
     return [Item(s, c) for c in (classes or [None]) for s in seeds]
 
 
+def photo_items(folder: str | Path, classes: list[str] | None = None) -> list[Item]:
+    """Every photo in ``folder`` (``PHOTOS``, sorted by name), for every class when given; each
+    is explained as its nearest generated image (``ExplainConfig.image``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        msg = f"--images {folder} is not a folder; give a folder of PNG or JPEG photos"
+        raise NotADirectoryError(msg)
+    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTOS and p.is_file())
+    if not photos:
+        msg = f"--images {folder} holds no photo ({', '.join(PHOTOS)})"
+        raise ValueError(msg)
+    names = Counter(p.stem for p in photos)
+    twice = sorted(n for n, k in names.items() if k > 1)
+    if twice:
+        msg = f"--images {folder}: {twice[:3]} have the same name but another suffix; rename them"
+        raise ValueError(msg)
+    return [Item(0, c, image=str(p.resolve())) for c in (classes or [None]) for p in photos]
+
+
 def generator_of(cfg: ExplainConfig):
     """The generator of ``cfg`` in this process, loaded once; another cut of a loaded model is
     that model re-cut (a sweep loads its model once)."""
@@ -160,14 +183,16 @@ def explain_one(config: dict[str, Any], item: Item, folder: str, verify: bool) -
         "seed": item.seed,
         "class": None if item.class_index is None else str(item.class_index),
     } | ({} if item.layer is None else {"layer": item.layer})
+    row |= {} if item.image is None else {"photo": item.image}
     try:
         if (out / rf.MANIFEST).is_file():
             run = rf.load_run(out)
             status = "done before"
         else:
             cut = {} if item.layer is None else {"layer": item.layer}
+            photo = {} if item.image is None else {"image": item.image}
             cfg = ExplainConfig.from_dict(
-                config | {"seed": item.seed, "class_index": item.class_index} | cut
+                config | {"seed": item.seed, "class_index": item.class_index} | cut | photo
             )
             run = explain(
                 cfg,
@@ -207,6 +232,8 @@ def explain_one(config: dict[str, Any], item: Item, folder: str, verify: bool) -
             "residual_max": s["residual_max"],
             "converged": s["subsets_converged"] >= 1.0,
         }
+    if item.image is not None:
+        row["photo_rms_residual"] = s["image_fit"]["rms_residual"]
     row |= {f"metric_{m.name}": m.value for m in run.metrics or []}
     return row
 
