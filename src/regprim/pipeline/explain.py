@@ -265,7 +265,8 @@ def explain(
         out: run folder to write (atomically); None keeps the run in memory only.
         overwrite: replace a run already in ``out``.
         generator: an already built split generator (``cfg.model`` then only names it).
-        verify: also compute the faithfulness metrics, the paper's figures and report.html.
+        verify: also compute the faithfulness metrics (``run.metrics``), and with ``out`` the
+            paper's figures and report.html.
         checkpoint_every: seconds between checkpoints of the solver state in ``out`` (an
             interrupted run loses at most that much work; each checkpoint writes the whole
             solver state, so not after every chunk).
@@ -322,7 +323,8 @@ def _explain(
     )
     on_cpu = {k: v.detach().cpu() for k, v in tensors.items()}  # as the run folder keeps them
     run = Run(config=resolved | run_metadata(target), summary=summary, tensors=on_cpu)
-    light = cfg.storage == "light"  # no figures and no report: metrics.json alone
+    # no figures and no report where nothing is written (out=None) or light storage asks none
+    light = cfg.storage == "light" or out is None
     files: dict[str, rf.Content] = {}
     if not light:
         with clock("figures"):
