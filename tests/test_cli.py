@@ -31,6 +31,8 @@ def test_cli_explain_and_reconstruct(tmp_path, capsys):
     assert main(["reconstruct", str(out), "--cells", "8,14"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["cells"] == [8, 14] and (out / "reconstruct-8-14.png").is_file()
+    assert "reconstruct-8-14.png" in json.loads((out / "manifest.json").read_text())["sha256"]
+    load_run(out)  # still whole: the figure is listed in the manifest, so --overwrite may replace
     assert main(["reconstruct", str(out), "--cells", "20"]) == 2
     assert "not players of this run" in capsys.readouterr().err
     # the salient components as sorted cell lists: summary.json, the command, the table

@@ -360,7 +360,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".png":
         msg = f"--out {out} must be a .png file or an existing folder"
         raise ValueError(msg)
-    rf.atomic_write(out, png(fig))
+    if out.parent.resolve() == run.path.resolve():  # in the run: listed in its manifest
+        rf.update_run(run, {out.name: png(fig)})
+    else:
+        rf.atomic_write(out, png(fig))
     print(json.dumps({"cells": cells, "components": count, "figure": str(out)}))
     return 0
 
