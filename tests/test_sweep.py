@@ -1,6 +1,7 @@
 """One image at many cuts (regprim sweep) and ``layer="auto"``: the cut grammar, the rule, the
 sweep folder, resume, and the run ``auto`` keeps."""
 
+import dataclasses
 import json
 
 import pyarrow.parquet as pq
@@ -91,6 +92,9 @@ def test_a_sweep_writes_one_run_per_cut_its_table_and_figure_and_resumes(tmp_pat
     assert [r["status"] for r in again["rows"]] == ["done before"] * 2
     assert again["chosen"] == record["chosen"]
     assert sorted(p.name for p in (out / CUTS).iterdir()) == ["cut-block2", "cut-block3"]
+    # another image (or any other setting) into the same folder: refused, not "done before"
+    with pytest.raises(ValueError, match="seed: 0 there, 1 now"):
+        sweep(dataclasses.replace(CFG, seed=1), "block2,block3", out, progress=False)
 
 
 def test_layer_auto_keeps_the_chosen_cut(tmp_path, capsys, monkeypatch):

@@ -337,15 +337,18 @@ def storage_note(cfg: ExplainConfig, items: list[Item], out: Path) -> str:
     return text
 
 
-def same_settings(out: Path, cfg: ExplainConfig) -> None:
-    """A dataset folder holds one configuration: record it the first time (``dataset.json``),
-    and refuse settings that differ later, naming them (images explained with other settings
-    were once reused, and transfer ratios computed across them)."""
+def same_settings(
+    out: Path, cfg: ExplainConfig, varying: tuple[str, ...] = PER_IMAGE, sub: str = IMAGES
+) -> None:
+    """A dataset (or sweep) folder holds one configuration: record it the first time
+    (``dataset.json``; all but the ``varying`` settings), and refuse settings that differ later,
+    naming them (images explained with other settings were once reused, and transfer ratios
+    computed across them). ``sub``: the folder of its runs."""
     as_json = json.loads(json.dumps(cfg.to_dict()))  # tuples as lists, as the file holds them
-    settings = {k: v for k, v in as_json.items() if k not in PER_IMAGE}
+    settings = {k: v for k, v in as_json.items() if k not in varying}
     path = out / SETTINGS
     if not path.is_file():
-        if (out / IMAGES).is_dir() and any((out / IMAGES).iterdir()):
+        if (out / sub).is_dir() and any((out / sub).iterdir()):
             msg = (
                 f"dataset folder {out} has images but no {SETTINGS} (made by an older regprim); "
                 "its settings cannot be checked: explain into a new --out"

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from regprim.config import ExplainConfig
-from regprim.pipeline.dataset import Item, generator_of, run_items
+from regprim.pipeline.dataset import Item, generator_of, run_items, same_settings
 from regprim.storage import folders
 from regprim.storage import run_folder as rf
 
@@ -133,6 +133,7 @@ def sweep(
     out = Path(out)
     if not (out / CUTS).is_dir():
         folders.check_output(out, False, rf.CONFIG)
+    same_settings(out, cfg, varying=("layer",), sub=CUTS)  # a cut done before is this image's
     out.mkdir(parents=True, exist_ok=True)
     items = [Item(cfg.seed, cfg.class_index, layer) for layer in cuts]
     with folders.lock(out):
