@@ -17,13 +17,14 @@ Sections:
   convergence  projected L-BFGS to tolerance against projected Adam with fixed steps, on the
              planted family and on dcgan-faces n = 9 (passes per subset, objective, wall)
   choices    sparsity term x scale by leakage, sparsity and reconstruction (docs/method-choices.md)
-  demo       `make demo`'s run (dcgan-faces n = 9, no verification) with regprim 0.1's solver
-             (paper, Adam 50 steps), the paper's solver now (L-BFGS) and the default (OR), side
-             by side
+  demo       `make demo`'s run (dcgan-faces n = 9, no verification): the default (OR, played
+             per cell), the default on whole renders, the paper's solver (L-BFGS, and Adam 50
+             steps) and the whole grid side by side (--old-src: an older checkout's as well)
   grid       dcgan-faces with every cell a player (n = 36), image seeds 0 and 1: time, held-out
              subsets, components, leakage, Fig. 6/7a worst points, energy, L1 against the reach
              reference, stability (seed 0), and docs/images/whole-grid.png
   many       `regprim explain-many`: images per hour on this machine against the worker count
+  warm       warm starts across images: 20 faces, each solved cold and from a neighbour's beta
   faithfulness  every solver (paper, paper + noise removal, reach reference, OR-structured) on
              dcgan-faces block3 and block2, eyes-128 and planted-family members: total L1,
              objective, leakage, energy, Fig. 6/7a worst points, stability; --figure draws the
@@ -50,12 +51,12 @@ import torch
 
 from regprim import ExplainConfig, SolverConfig, explain, load_model
 from regprim.core.interactions import or_interactions
-from regprim.explanation.baseline import baseline
 from regprim.explanation.summary import cpu_model
-from regprim.explanation.target import build_target
 from regprim.generators.planted import DEFAULT_PLAYERS, Planted
 from regprim.solvers import Objective
 from regprim.solvers.paper import optimise
+from regprim.solvers.problem.baseline import baseline
+from regprim.solvers.problem.target import build_target
 
 
 def machine() -> str:
@@ -319,6 +320,7 @@ FAITHFUL_SOLVERS = {
     "paper+denoise": dict(solver=SolverConfig(method="paper"), denoise=True),
     "reach": dict(solver=SolverConfig(method="reach")),
     "or": dict(solver=SolverConfig(method="or")),
+    "or-whole": dict(solver=SolverConfig(method="or", or_cell_rows=0)),  # regprim 0.3's steps
 }
 
 
@@ -452,12 +454,15 @@ def section_demo(args) -> None:
     )
     variants = {
         "or (default)": [],
+        "or, whole renders (--or-cell-rows 0)": ["--or-cell-rows", "0"],
         "paper, L-BFGS": ["--solver", "paper"],
         "paper, Adam 50 steps": ["--solver", "paper", "--optimizer", "adam"],
     }
     runs = [(name, extra, None) for name, extra in variants.items()]
+    runs.append(("or, whole grid (--n 36)", ["--n", "36"], None))
     if args.old_src:  # an older checkout's src/, e.g. `git worktree add /tmp/old 73cd01e`
-        runs.insert(0, (f"regprim 0.1 ({args.old_src})", [], args.old_src))
+        runs.insert(0, (f"older checkout ({args.old_src})", [], args.old_src))
+        runs.append((f"older checkout, whole grid ({args.old_src})", ["--n", "36"], args.old_src))
     baseline(load_model("dcgan-faces"))  # fill the cache outside the timings
     walls = {}
     print(f"{'solver':<40} {'command (s)':>12} {'in explain (s)':>15} {'salient':>8}")
@@ -608,6 +613,53 @@ def section_many(args) -> None:
         )
 
 
+def section_warm(args) -> None:
+    """Warm starts across images: each face's solve from a solved neighbour's beta (its first
+    image, solved cold), against a cold start, same steps. The start: beta = or_init where the
+    neighbour kept a number for a player, ``low`` where it dropped it (the neighbour's snapped
+    beta itself, 0 or 1, was worse still: docs/performance.md)."""
+    from regprim.solvers.or_structured import ORSolver, start_state
+
+    faces = args.images
+    print(
+        f"\n## Warm starts: dcgan-faces n = 9, seeds 0..{faces - 1}, each solve cold and from "
+        "seed 0's beta (300 steps each)"
+    )
+    gen = load_model("dcgan-faces")
+
+    def solve(seed: int, prior: torch.Tensor | None, low: float):
+        cfg = ExplainConfig(seed=seed)
+        obj = Objective(build_target(cfg, gen), cfg.solver)
+        state = start_state(cfg.solver, obj.reach_sets.float())
+        if prior is not None:
+            kept = obj.crop(prior[None])[0] > 0
+            state["beta"] = torch.where(kept, cfg.solver.or_init, low) * obj.reach_sets
+        start = time.perf_counter()
+        mf = ORSolver.solve(obj, resume=state, progress=False)
+        seconds = time.perf_counter() - start
+        return mf, seconds, float((mf.u - mf.u[0]).abs().sum())
+
+    anchor, _, _ = solve(0, None, 0.0)
+    rows = []
+    for seed in range(1, faces):
+        cold, t_cold, l1_cold = solve(seed, None, 0.0)
+        warm, t_warm, l1_warm = solve(seed, anchor.beta, args.low)
+        rows.append((t_cold, l1_cold, t_warm, l1_warm, warm.meets.all() and cold.meets.all()))
+        print(
+            f"seed {seed:>2}: cold {t_cold:5.1f} s L1 {l1_cold:9.6g} | warm {t_warm:5.1f} s "
+            f"L1 {l1_warm:9.6g} ({l1_warm / l1_cold - 1:+.1%})",
+            flush=True,
+        )
+    count = len(rows)
+    print(
+        f"{count} faces: mean solve {sum(r[0] for r in rows) / count:.1f} s cold, "
+        f"{sum(r[2] for r in rows) / count:.1f} s warm; warm L1 / cold L1 mean "
+        f"{sum(r[3] / r[1] for r in rows) / count:.3f}, lower on "
+        f"{sum(r[3] < r[1] for r in rows)} of {count}; every subset meets the constraint in "
+        f"{sum(bool(r[4]) for r in rows)} of {count}"
+    )
+
+
 def section_choices(args) -> None:
     from regprim.analysis import metrics
 
@@ -701,6 +753,7 @@ SECTIONS = {
     "demo": section_demo,
     "grid": section_grid,
     "many": section_many,
+    "warm": section_warm,
     "choices": section_choices,
     "denoise": section_denoise,
 }
@@ -732,7 +785,12 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", help="faithfulness: only cases containing these")
     parser.add_argument("--solvers", nargs="*", help="faithfulness: only these solvers")
     parser.add_argument("--old-src", help="demo: also time an older checkout's src/ folder")
-    parser.add_argument("--images", type=int, default=6, help="many: images per worker count")
+    parser.add_argument(
+        "--images", type=int, default=6, help="many: images per worker count; warm: faces"
+    )
+    parser.add_argument(
+        "--low", type=float, default=0.5, help="warm: start of the numbers the neighbour dropped"
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     print(f"# regprim benchmarks on {machine()}")

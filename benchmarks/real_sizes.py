@@ -160,7 +160,7 @@ def build(name: str, folder: Path) -> None:
 ONE_PASS = """
 import json, sys, time, torch
 from regprim import load_model
-from regprim.solvers.memory import peak
+from regprim.solvers.problem.memory import peak
 gen = load_model(sys.argv[1], sys.argv[3] or None)
 code = gen.sample_codes(1, 0)
 with torch.no_grad():

@@ -3,7 +3,7 @@
 import torch
 
 from regprim import load_model
-from regprim.explanation.baseline import baseline, cache_path, compute_baseline
+from regprim.solvers.problem.baseline import baseline, cache_path, compute_baseline
 
 
 def test_cache_key_holds_every_setting():

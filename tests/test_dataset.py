@@ -347,7 +347,7 @@ def test_a_disk_that_fills_fails_its_image_with_the_file_stops_the_rest_and_lose
 
 
 def test_explain_many_over_a_folder_of_photos(tmp_path, monkeypatch, capsys):
-    import regprim.explanation.photo as photo_module
+    import regprim.solvers.problem.photo as photo_module
     from regprim.app.cli import main
     from regprim.generators.registry import load_model
     from regprim.pipeline.dataset import photo_items

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-import regprim.explanation.target as target_module
+import regprim.solvers.problem.target as target_module
 from regprim import ExplainConfig, explain, load_model
-from regprim.explanation.target import build_target
 from regprim.pipeline.explain import interactions
 from regprim.solvers import solve
+from regprim.solvers.problem.target import build_target
 
 
 def test_grid_and_players_are_checked_before_the_baseline(monkeypatch):
@@ -36,8 +36,8 @@ def test_target_then_solve_then_interactions():
 def test_the_checkpoint_key_follows_the_inputs_and_the_solve_settings_only():
     import dataclasses
 
-    from regprim.explanation.target import build_target
     from regprim.pipeline.explain import checkpoint_key, resolved_config
+    from regprim.solvers.problem.target import build_target
 
     cfg = ExplainConfig(model="planted", n=4, baseline_count=50)
     gen = load_model("planted")

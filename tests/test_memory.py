@@ -1,4 +1,4 @@
-"""Memory, measured (solvers/memory.py), passes in micro-batches that fit (Objective.fit and
+"""Memory, measured (solvers/problem/memory.py), passes in micro-batches that fit (Objective.fit and
 render), and the dry run's predictions (pipeline/plan.py)."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from regprim import ExplainConfig, SolverConfig, explain
-from regprim.explanation.target import build_target
 from regprim.generators.planted_family import planted_family
 from regprim.pipeline.plan import plan
-from regprim.solvers.memory import Peak, batch_that_fits, peak
-from regprim.solvers.objective import Objective
 from regprim.solvers.or_objective import all_subsets, exclusivity, reconstruction, size_weights
+from regprim.solvers.problem.memory import Peak, batch_that_fits, peak
+from regprim.solvers.problem.objective import Objective
+from regprim.solvers.problem.target import build_target
 
 MiB = 2**20
 
@@ -76,11 +76,11 @@ def test_a_budget_splits_the_passes_and_the_run_is_the_same(monkeypatch):
         return 0.001 * batch, Peak(0, (10 + 100 * batch) * MiB, True)
 
     monkeypatch.setattr(Objective, "measure", measured)
-    from regprim.solvers import memory
+    from regprim.solvers.problem import memory
 
     held = memory.resident_bytes(torch.device("cpu"))
     monkeypatch.setattr(memory, "resident_bytes", lambda device: held)
-    monkeypatch.setattr("regprim.solvers.objective.resident_bytes", lambda device: held)
+    monkeypatch.setattr("regprim.solvers.problem.objective.resident_bytes", lambda device: held)
     budget = (held + 350 * MiB) / 2**30
     split = explain(
         ExplainConfig(**{**cfg.to_dict(), "memory_budget_gb": budget}),
@@ -105,7 +105,7 @@ def test_baseline_batches_fit_in_half_the_free_memory_and_two_gib():
 def test_the_dry_run_measures_passes_instead_of_computing_the_baseline(monkeypatch, tmp_path):
     """It never computes the 1000-code baseline (a stand-in of two codes, whose time it
     extrapolates), and predicts the peak from measured passes."""
-    import regprim.explanation.target as target_module
+    import regprim.solvers.problem.target as target_module
 
     monkeypatch.setenv("REGPRIM_CACHE", str(tmp_path))  # no baseline cached yet
     member = planted_family(1003)

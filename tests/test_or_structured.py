@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from regprim.core.interactions import or_interactions, or_interactions_reference
+from regprim.solvers.components import components_of
 from regprim.solvers.or_objective import (
     all_subsets,
     alpha_of,
@@ -18,8 +19,8 @@ from regprim.solvers.or_objective import (
     to_bitmasks,
 )
 from regprim.solvers.or_structured import snap
-from regprim.solvers.reach import reach_order
-from regprim.solvers.whole_grid import components_of, heldout_subsets, settle
+from regprim.solvers.problem.reach import reach_order
+from regprim.solvers.whole_grid import heldout_subsets, settle
 
 
 def random_beta(n=4, shape=(3, 2), seed=0):
@@ -184,8 +185,8 @@ def test_the_sizes_mean_over_a_small_support_equals_enumeration():
 def _exclusivity_problem(players=(7, 9, 14, 21), weight=0.5):
     """The planted generator with four players; its group (7, 21) reaches two of them."""
     from regprim import ExplainConfig, SolverConfig, load_model
-    from regprim.explanation.target import build_target
     from regprim.solvers import Objective
+    from regprim.solvers.problem.target import build_target
 
     cfg = ExplainConfig(model="planted", players=list(players), baseline_count=50)
     solver = SolverConfig(or_exclusive=weight, crop=False)
@@ -257,10 +258,10 @@ def test_an_interrupted_solve_resumes_to_the_uninterrupted_result():
     # the subsets and the exclusivity players are both sampled (n = 9 > 4 scored a step), so
     # a resume must replay both samplers to where the interrupted solve stopped
     from regprim import ExplainConfig, SolverConfig, load_model
-    from regprim.explanation.target import build_target
     from regprim.generators.planted import DEFAULT_PLAYERS
     from regprim.solvers import Objective
     from regprim.solvers.or_structured import ORSolver
+    from regprim.solvers.problem.target import build_target
 
     cfg = ExplainConfig(model="planted", players=list(DEFAULT_PLAYERS), baseline_count=50)
     solver = SolverConfig(or_steps=8)
@@ -273,6 +274,15 @@ def test_an_interrupted_solve_resumes_to_the_uninterrupted_result():
     whole = ORSolver.solve(obj, on_chunk=keep, progress=False)
     resumed = ORSolver.solve(obj, resume=states[3], progress=False)
     assert torch.equal(whole.beta, resumed.beta)
+    # the game per cell draws its rows from the same seeded sampler: replayed as well
+    faces = _faces_problem(or_steps=6)
+    assert faces.cells is not None
+    states.clear()
+    whole = ORSolver.solve(faces, on_chunk=keep, progress=False)
+    resumed = ORSolver.solve(faces, resume=states[2], progress=False)
+    assert torch.equal(whole.beta, resumed.beta)
+    other = ORSolver.solve(_faces_problem(or_steps=6, perturb_seed=1), progress=False)
+    assert not torch.equal(whole.beta, other.beta)  # ... which the seed sets
 
 
 def test_the_solve_lowers_what_the_exclusivity_term_measures():
@@ -282,9 +292,9 @@ def test_the_solve_lowers_what_the_exclusivity_term_measures():
     import dataclasses
 
     from regprim import ExplainConfig, SolverConfig, load_model
-    from regprim.explanation.target import build_target
     from regprim.solvers import Objective
     from regprim.solvers.or_structured import ORSolver
+    from regprim.solvers.problem.target import build_target
 
     cfg = ExplainConfig(n=4, seed=1, baseline_count=16, solver=SolverConfig(or_steps=60))
     target = build_target(cfg, load_model("dcgan-faces"))
@@ -296,3 +306,84 @@ def test_the_solve_lowers_what_the_exclusivity_term_measures():
         with torch.no_grad():
             scored[weight] = float(exclusivity(judge, beta, torch.arange(4)))
     assert scored[cfg.solver.or_exclusive] < 0.5 * scored[0.0]  # 7.7 against 36 here
+
+
+def _faces_problem(n=9, **solver):
+    from regprim import ExplainConfig, SolverConfig, load_model
+    from regprim.solvers import Objective
+    from regprim.solvers.problem.target import build_target
+
+    cfg = ExplainConfig(model="dcgan-faces", n=n, seed=1, baseline_count=16)
+    return Objective(build_target(cfg, load_model("dcgan-faces")), SolverConfig(**solver))
+
+
+def test_the_game_per_cell_is_the_whole_objective_over_every_subset_and_player():
+    from regprim.solvers.or_objective import CellGame, reconstruction, sparsity
+
+    obj = _faces_problem()
+    assert obj.cells is not None and obj.cells.size == (5, 5)  # of the 12x14 window
+    weights = size_weights(obj.n, "auto")
+    game = CellGame(obj, weights)
+    cells, rows, weight = game.items
+    assert len(cells) == 304  # renders of cells, against 511 subsets of the whole window
+    # each cell's rows are the distinct subsets of its neighbours that hold it
+    for i in range(obj.n):
+        keys = to_bitmasks(rows[cells == i])
+        assert (keys & ~obj.cells.neighbours[i]).eq(0).all() and (keys >> i & 1).all()
+        assert len(keys.unique()) == len(keys) == 2 ** (obj.cells.neighbours[i].bit_count() - 1)
+    torch.testing.assert_close(weight.sum(), reconstruction_weight(obj, weights), rtol=1e-5, atol=0)
+    g = torch.Generator().manual_seed(3)
+    beta = (torch.rand(obj.n, *obj.df.shape, generator=g) * obj.reach_sets).requires_grad_(True)
+    brute = reconstruction(obj, beta, all_subsets(obj.n), weights, True)
+    brute = brute + exclusivity(obj, beta, torch.arange(obj.n))
+    (want,) = torch.autograd.grad(brute + sparsity(obj, beta), beta)
+    got_value = game.exact(beta)
+    (got,) = torch.autograd.grad(got_value + sparsity(obj, beta), beta)
+    torch.testing.assert_close(got_value, brute, rtol=1e-5, atol=0)
+    on = obj.reach_sets  # off the reach sets beta is held at 0; there the cells see no player
+    torch.testing.assert_close(got[on], want[on], rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    # a step's estimate: k rows per cell by their weight, unbiased (the mean of many draws)
+    rng = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        draws = [float(game.sampled(beta, game.draw(4, rng), False)) for _ in range(200)]
+    assert sum(draws) / len(draws) == pytest.approx(float(brute.detach()), rel=0.03)
+
+
+def reconstruction_weight(obj, weights):
+    """The summed weight of every (subset, cell of it) pair of the reconstruction term."""
+    bits = all_subsets(obj.n)
+    _, weight = obj.masks(to_bitmasks(bits))
+    sizes = bits.sum(1)
+    counts = torch.tensor([math.comb(obj.n, int(k)) for k in sizes], dtype=torch.float64)
+    return (weight.double() * weights[sizes - 1] / counts * sizes).sum().float()
+
+
+def test_a_generator_that_mixes_the_whole_feature_has_no_cells():
+    from torch import nn
+
+    from regprim import ExplainConfig, SolverConfig, split_sequential
+    from regprim.solvers import Objective
+    from regprim.solvers.problem.target import build_target
+
+    class Mix(nn.Module):  # every pixel also sees the feature's mean: no crop renders a cell
+        def __init__(self):
+            super().__init__()
+            self.up = nn.ConvTranspose2d(4, 3, 4, 2, 1)
+
+        def forward(self, f):
+            return self.up(f) + f.mean((1, 2, 3)).view(-1, 1, 1, 1)
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Unflatten(1, (4, 16, 16)), Mix())
+    gen = split_sequential(net, "0", code_dim=4 * 16 * 16, code_to_input=lambda z: z).freeze()
+    cfg = ExplainConfig(model="mix", n=4, grid=(4, 4), baseline_count=8)
+    obj = Objective(build_target(cfg, gen), SolverConfig())
+    assert obj.cells is None and obj.window is None
+    local = nn.Sequential(nn.Unflatten(1, (4, 16, 16)), nn.ConvTranspose2d(4, 3, 4, 2, 1))
+    gen = split_sequential(local, "0", code_dim=4 * 16 * 16, code_to_input=lambda z: z).freeze()
+    obj = Objective(
+        build_target(ExplainConfig(model="local", players=[0, 15], grid=(4, 4)), gen),
+        SolverConfig(),
+    )
+    assert obj.cells is not None  # the same cut without the mean: each cell from its crop
+    assert obj.cells.neighbours == (0b01, 0b10)  # two far corners: no number reaches both

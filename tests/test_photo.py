@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-import regprim.explanation.photo as photo_module
+import regprim.solvers.problem.photo as photo_module
 from regprim import ExplainConfig, SolverConfig, explain, load_run
-from regprim.explanation.photo import load_photo
 from regprim.generators.registry import load_model
+from regprim.solvers.problem.photo import load_photo
 
 
 def save(image: torch.Tensor, value_range, path):

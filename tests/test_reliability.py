@@ -246,7 +246,7 @@ def test_other_solver_settings_do_not_resume_a_checkpoint(tmp_path, monkeypatch)
     ],
 )
 def test_bad_settings_fail_before_any_work(tmp_path, capsys, monkeypatch, args, match):
-    import regprim.explanation.target as target
+    import regprim.solvers.problem.target as target
 
     monkeypatch.setattr(target, "baseline", lambda *a: pytest.fail("baseline computed"))
     rc = main(["explain", "--model", "planted", "--out", str(tmp_path / "x"), "--quiet", *args])

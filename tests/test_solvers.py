@@ -6,12 +6,12 @@ import torch
 
 from regprim import ExplainConfig, SolverConfig, Target, explain, load_model, load_run
 from regprim.core.regions import Grid
-from regprim.explanation.target import build_target
 from regprim.generators.planted import DEFAULT_PLAYERS, Planted
 from regprim.generators.planted_family import planted_family, recovery
 from regprim.solvers import SOLVERS, Objective, expected_passes
 from regprim.solvers.paper import lowest_missing_bit, optimise, subsets_of_size
-from regprim.solvers.reach import reach_bits, reach_sets
+from regprim.solvers.problem.reach import reach_bits, reach_sets
+from regprim.solvers.problem.target import build_target
 
 
 def make_target(gen, f0, players, grid=(6, 6), seed=0) -> Target:
@@ -118,7 +118,7 @@ def test_bfloat16_passes_still_meet_the_constraint():
 
 def _faces_target(n: int):
     from regprim.core.regions import center_players
-    from regprim.explanation.baseline import baseline
+    from regprim.solvers.problem.baseline import baseline
 
     gen = load_model("dcgan-faces")
     grid = Grid(6, 6, 64, 64)
@@ -200,7 +200,9 @@ def test_reach_sets_find_units_that_are_inactive_at_the_target():
         x = gen.g(code, code)[0]
         base = gen.g(f0[None], code)[0]
     target = Target(gen, code, code[0], f0, x, base, Grid(2, 2, 2, 2), [0, 3])
-    sets = reach_sets(Objective(target, SolverConfig(crop=False)))
+    obj = Objective(target, SolverConfig(crop=False))
+    sets = reach_sets(obj.render, target.player_masks, (2,), 1)  # tensors and a render callable
+    assert torch.equal(sets, obj.reach_sets)  # as the objective probed them
     assert sets[0].tolist() == [True, True]  # cell 0 (pixel 0): both numbers
     assert sets[1].tolist() == [True, False]  # cell 3 (pixel (1, 1)): f[0] only
     assert reach_bits(sets).tolist() == [0b11, 0b01]

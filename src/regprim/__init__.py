@@ -41,7 +41,7 @@ _EXPORTS = {
     "MODELS": "regprim.generators.registry",
     "load_model": "regprim.generators.registry",
     "Run": "regprim.explanation.run",
-    "Target": "regprim.explanation.target",
+    "Target": "regprim.solvers.problem.target",
     "evaluate": "regprim.analysis.metrics",
     "load_run": "regprim.storage.run_folder",
     "Edit": "regprim.control.edit",
@@ -62,12 +62,12 @@ if TYPE_CHECKING:
     from regprim.core.components import ComponentTable
     from regprim.core.interactions import or_interactions, universal_matching_residual
     from regprim.explanation.run import Run
-    from regprim.explanation.target import Target
     from regprim.generators.base import SplitGenerator, split_sequential
     from regprim.generators.hooks import HookSplit, split_at
     from regprim.generators.registry import MODELS, load_model
     from regprim.pipeline.explain import explain
     from regprim.pipeline.sweep import explain_auto, sweep
+    from regprim.solvers.problem.target import Target
     from regprim.storage.run_folder import load_run
 
 

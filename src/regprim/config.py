@@ -137,6 +137,11 @@ class SolverConfig:
             solver's subset sampling.
         crop: optimise and render only the window of feature positions that reaches the
             players' pixels (used only where a check shows it is exact).
+        or_cell_rows: play the ``or`` objective per cell where each cell's pixels provably
+            come from a crop of the feature (n <= 12, with ``crop``): each step renders this
+            many crops around each player's cell, drawn by their weight in the objective,
+            instead of ``or_batch`` whole subsets (docs/method-choices.md, "The game per
+            cell"); 0 = whole renders always.
     """
 
     method: str = field(
@@ -167,11 +172,18 @@ class SolverConfig:
     init_jitter: float = read_by(0.0, "or", "paper")
     perturb_seed: int = read_by(0, "or", "paper")
     crop: bool = read_by(True)
+    or_cell_rows: int = read_by(6, "or")
 
     def __post_init__(self) -> None:
         check_fields(self, "solver")
         if self.chunk < 0:
             msg = f"solver chunk={self.chunk} must be >= 0 (0 = chosen from free memory)"
+            raise ValueError(msg)
+        if self.or_cell_rows < 0:
+            msg = (
+                f"solver or_cell_rows={self.or_cell_rows} must be >= 0 (crops per cell and "
+                "step, e.g. 6; 0 = whole renders)"
+            )
             raise ValueError(msg)
         for name in ("steps", "full_steps", "max_steps", "or_steps", "or_batch"):
             if getattr(self, name) < 1:
@@ -222,7 +234,7 @@ class ExplainConfig:
             from).
         image: a photo (PNG, JPEG) to explain instead of a generated image: the run explains
             the generator's image nearest to it, found by fitting the code
-            (:mod:`regprim.explanation.photo`), and says how near (``image_fit``).
+            (:mod:`regprim.solvers.problem.photo`), and says how near (``image_fit``).
         class_index: class of the target image, by index or name (conditional models).
         grid: rows x cols of the grid of cells over the image.
         players: the player cells (grid ids, ``row * cols + col``) in bit order, or ``all``

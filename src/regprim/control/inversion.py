@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from regprim.explanation.photo import descend
 from regprim.generators.base import SplitGenerator
+from regprim.solvers.problem.photo import descend
 
 
 @dataclass

@@ -1,4 +1,3 @@
-"""One explanation: the target it starts from (``target``: code, f, f0, x, grid, players), the
-baseline ``f0`` (``baseline``), the numbers of ``summary.json`` (``summary``) and the result
-object (``run``).
+"""One explanation's result: the numbers of ``summary.json`` (``summary``) and the result
+object (``run``). Its target and baseline are the solvers' problem (:mod:`regprim.solvers.problem`).
 """

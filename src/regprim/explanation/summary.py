@@ -17,10 +17,10 @@ from torch import Tensor
 from regprim.config import ExplainConfig
 from regprim.core.components import ComponentTable
 from regprim.core.regions import cells_of
-from regprim.explanation.photo import NEAR
-from regprim.explanation.target import Target
 from regprim.generators.base import SplitGenerator
 from regprim.solvers import MinimalFeatures, convergence_note
+from regprim.solvers.problem.photo import NEAR
+from regprim.solvers.problem.target import Target
 from regprim.version import __version__
 
 

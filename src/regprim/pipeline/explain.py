@@ -27,7 +27,6 @@ from regprim.core.interactions import universal_matching_residual
 from regprim.core.salient import removal_salient, select_salient
 from regprim.explanation.run import Run, component_table
 from regprim.explanation.summary import run_metadata, summarise
-from regprim.explanation.target import Target, build_target
 from regprim.files import content_hash, sources_hash
 from regprim.generators.base import SplitGenerator
 from regprim.present.figures import (
@@ -39,8 +38,9 @@ from regprim.present.figures import (
     target_figure,
 )
 from regprim.present.report import report_html
-from regprim.solvers import MinimalFeatures, check_memory, solve
+from regprim.solvers import MinimalFeatures, check_memory, or_components, solve
 from regprim.solvers.denoise import remove_noise
+from regprim.solvers.problem.target import Target, build_target
 from regprim.storage import folders
 from regprim.storage import run_folder as rf
 
@@ -140,9 +140,11 @@ def solve_minimal_features(
 
 
 def interactions(target: Target, mf: MinimalFeatures, light: bool = False) -> dict[str, Tensor]:
-    """Stage 4: OR interactions (Eq. 10) and the universal-matching check; the run's tensors
-    (the target's, and the solver result's own: every subset, or for the whole grid the
-    component list and the held-out checks)."""
+    """Stage 4: the OR interactions (Eq. 10, :func:`or_components`: the component table of the
+    solve) and the universal-matching check; the run's tensors (the target's, and the solver
+    result's own: every subset, or for the whole grid the component list and the held-out
+    checks)."""
+    mf.table = or_components(mf)
     return {
         "f": target.f,
         "f0": target.f0,

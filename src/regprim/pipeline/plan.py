@@ -23,13 +23,13 @@ from typing import Any
 import torch
 
 from regprim.config import ExplainConfig
-from regprim.explanation.baseline import cached, compute_baseline
-from regprim.explanation.target import Target, build_target
 from regprim.generators.base import SplitGenerator
 from regprim.pipeline.explain import StageClock, load_generator, resolved_config
 from regprim.solvers import SOLVERS, Objective, expected_passes
 from regprim.solvers.or_objective import singles_per_step
-from regprim.solvers.reach import POINTS
+from regprim.solvers.problem.baseline import cached, compute_baseline
+from regprim.solvers.problem.reach import POINTS
+from regprim.solvers.problem.target import Target, build_target
 from regprim.storage import run_folder as rf
 
 CHEAP = 0.5  # seconds of a pass of two features below which the solve's own batch is timed

@@ -1,10 +1,13 @@
-"""Minimal-feature solvers behind one small protocol.
+"""Minimal-feature solvers behind one small protocol, above the problem they solve.
 
+The problem (:mod:`regprim.solvers.problem`) is one floor below: the target and its baseline,
+and the :class:`Objective`, the game a solver plays (alphas in, images and masked errors out).
 A solver turns an :class:`Objective` (one target and its solver settings) into
 :class:`~regprim.solvers.base.DenseResult` (every subset stored) or
 :class:`~regprim.solvers.base.CompactResult` (the whole grid) with per-subset diagnostics
-(:mod:`regprim.solvers.base`). Each lives in its own module and is chosen
-by ``SolverConfig.method``:
+(:mod:`regprim.solvers.base`), whose OR components Eq. 10 makes in one place
+(:func:`regprim.solvers.components.or_components`). Each solver lives in its own module and is
+chosen by ``SolverConfig.method``:
 
 - ``or`` (:mod:`regprim.solvers.or_structured`): OR-structured minimal features, one set of
   unknowns per player for all subsets (the default);
@@ -22,23 +25,18 @@ MinimalFeatures``, registered in ``SOLVERS`` and named in ``regprim.config.SOLVE
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from regprim.config import SolverConfig
-from regprim.core.components import ComponentTable
-from regprim.core.interactions import or_interactions
 from regprim.solvers.base import CompactResult, DenseResult, MinimalFeatures, Solver
-from regprim.solvers.memory import available_bytes
-from regprim.solvers.objective import Objective
+from regprim.solvers.components import or_components
 from regprim.solvers.or_structured import ORSolver, ReachSolver
 from regprim.solvers.paper import PaperSolver
-
-if TYPE_CHECKING:
-    from regprim.explanation.target import Target
-
+from regprim.solvers.problem.memory import available_bytes
+from regprim.solvers.problem.objective import Objective
+from regprim.solvers.problem.target import Target
 
 SOLVERS: dict[str, Solver] = {s.name: s for s in (ORSolver(), PaperSolver(), ReachSolver())}
 
@@ -83,15 +81,12 @@ def solve(
     progress: bool = True,
     memory_budget_gb: float | None = None,
 ) -> MinimalFeatures:
-    """The minimal features of ``target`` by ``cfg.method``, with their component table (Eq. 10
-    by the fast Moebius transform when the solver stores every subset); the generator's passes
-    in micro-batches that fit in ``memory_budget_gb`` (None: the machine's free memory)."""
+    """The minimal features of ``target`` by ``cfg.method`` (their components: Eq. 10,
+    :func:`or_components`); the generator's passes in micro-batches that fit in
+    ``memory_budget_gb`` (None: the machine's free memory)."""
     budget = None if memory_budget_gb is None else int(memory_budget_gb * 2**30)
     obj = Objective(target, cfg, budget)
-    mf = SOLVERS[cfg.method].solve(obj, resume, on_chunk, progress)
-    if isinstance(mf, DenseResult) and mf.table is None:
-        mf.table = ComponentTable.from_dense(or_interactions(mf.u))
-    return mf
+    return SOLVERS[cfg.method].solve(obj, resume, on_chunk, progress)
 
 
 __all__ = [
@@ -104,5 +99,6 @@ __all__ = [
     "check_memory",
     "convergence_note",
     "expected_passes",
+    "or_components",
     "solve",
 ]

@@ -6,14 +6,16 @@ downstream asks which layout it holds (docs/run-folder.md).
 
 Pass counts mean one thing in every solver: ``passes`` are generator passes with an input
 gradient (forward and backward) spent per subset, ``forward_passes`` forward-only passes per
-checked subset, the final constraint check included.
+checked subset, the final constraint check included. A render of a cell's crop (the game per
+cell, :mod:`regprim.solvers.problem.cells`) counts as the share of a pass that its feature
+positions are of the window's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -21,9 +23,9 @@ from torch import Tensor
 from regprim.config import SolverConfig
 from regprim.core.components import ComponentTable
 from regprim.core.interactions import universal_matching_residual
-
-if TYPE_CHECKING:
-    from regprim.solvers.objective import Objective
+from regprim.core.reconstruction import reconstruct_features, selection
+from regprim.solvers.or_objective import alpha_of
+from regprim.solvers.problem.objective import Objective
 
 
 def constraint_warnings(meets: Tensor, checked: str, constraint: float) -> list[str]:
@@ -76,8 +78,8 @@ class DenseResult:
         residual: ``(2**n,)`` KKT residual at the end (:func:`regprim.solvers.lbfgs.kkt_residual`).
         converged: ``(2**n,)`` bool: stopped by the convergence test, not by the step cap.
         beta: ``(n, *feature_shape)`` for the OR-structured solvers (None for the paper's).
-        table: the OR components; a solver that stores every subset leaves it to
-            :func:`regprim.solvers.solve` (Eq. 10 of ``u``).
+        table: the OR components, made by Eq. 10 (:func:`regprim.solvers.components.or_components`,
+            the pipeline's interactions stage); None before.
     """
 
     u: Tensor
@@ -98,7 +100,7 @@ class DenseResult:
         """The solver's tensors of the run folder, with universal matching checked on every
         subset (Theorem 3.3). ``light``: as a :class:`CompactResult` stores them (beta, the
         non-zero components, every non-empty subset as a checked one), needing a beta."""
-        assert self.table is not None, "solve() makes the table"
+        assert self.table is not None, "or_components (Eq. 10) makes the table"
         components = self.table.dense()
         residual = universal_matching_residual(self.u, components, f0)
         if not torch.isfinite(residual).all():
@@ -156,10 +158,8 @@ class CompactResult:
 
     Attributes:
         beta: ``(n, *feature_shape)``.
-        table: the non-zero components (:func:`regprim.solvers.whole_grid.components_of`).
         heldout_masks: ``(K,)`` bitmasks of the held-out subsets (never sampled by the solve).
         rel_error, meets, value: ``(K,)`` of the held-out subsets, as in :class:`DenseResult`.
-        um_residual: ``(K,)`` universal matching on the held-out subsets.
         passes: passes with an input gradient per sampled subset (the run's mean).
         steps: optimiser steps of the solve.
         residual: KKT residual of beta at the end.
@@ -168,15 +168,15 @@ class CompactResult:
         objective: the objective the solve minimised.
         rounded_numbers: numbers whose betas were rounded to list their components
             (:func:`regprim.solvers.whole_grid.settle`).
+        table: the non-zero components, made by Eq. 10 in closed form
+            (:func:`regprim.solvers.components.or_components`); None before.
     """
 
     beta: Tensor
-    table: ComponentTable
     heldout_masks: Tensor
     rel_error: Tensor
     meets: Tensor
     value: Tensor
-    um_residual: Tensor
     passes: float
     steps: int
     residual: float
@@ -184,17 +184,35 @@ class CompactResult:
     chunk: int
     objective: Objective = field(repr=False)
     rounded_numbers: int = 0
+    table: ComponentTable | None = None
+
+    def universal_matching(self) -> Tensor:
+        """``(K,)`` universal matching on the held-out subsets: each one's minimal feature
+        against ``f0`` plus the components it meets, over ``||f - f0||`` (in the window, where
+        the solve ran)."""
+        assert self.table is not None, "or_components (Eq. 10) makes the table"
+        obj = self.objective
+        beta, values = obj.crop(self.beta), obj.crop(self.table.values)
+        scale = obj.df.norm().clamp_min(1e-30)
+        residuals = []
+        for tags in self.heldout_masks.split(self.chunk):
+            bits = (tags[:, None] >> torch.arange(obj.n)) & 1 == 1
+            u = obj.features(alpha_of(beta, bits.to(beta.device)))
+            matched = reconstruct_features(values, obj.f0, selection(self.table.masks, tags))
+            residuals.append((matched - u).flatten(1).norm(dim=1) / scale)
+        return torch.cat(residuals)
 
     def tensors(self, f0: Tensor, light: bool = False) -> dict[str, Tensor]:
         """The solver's tensors of the run folder: beta, the component list, the held-out
         subsets and their checks (always light)."""
+        assert self.table is not None, "or_components (Eq. 10) makes the table"
         return {
             "beta": self.beta,
             "component_masks": self.table.masks,
             "components": self.table.values,
             "heldout_masks": self.heldout_masks,
             "heldout_rel_error": self.rel_error,
-            "universal_matching_residual": self.um_residual,
+            "universal_matching_residual": self.universal_matching(),
         }
 
     def summary(self) -> dict[str, Any]:

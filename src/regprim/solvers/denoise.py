@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from regprim.core.adam import Adam, cosine
 from regprim.core.interactions import or_interactions, or_transpose
-from regprim.solvers.adam import Adam, cosine
 
 
 @dataclass

@@ -26,49 +26,51 @@ import torch
 from torch import Tensor
 
 from regprim.config import DENSE_MAX_N
-from regprim.solvers.objective import Objective
+from regprim.solvers.problem.objective import Objective
 
 
 class _Keep(torch.autograd.Function):
-    """``prod_{i in S} (1 - beta_i)`` for every row of ``bits`` and every number, by two
-    matrix products in log space (the logs of the non-zero factors, and how many factors are
-    exactly 0). Its gradient at a factor of exactly 0 (``beta_i = 1``), which a log cannot
-    give: with ``exact``, the product of the other factors (the true derivative); without, 0
-    (only the sparsity term then acts on that beta: it is pushed off its bound and pulled
-    back; see :data:`regprim.solvers.or_structured.EXACT_BETA2` for when each is used)."""
+    """``prod_{i in S} (1 - beta_i)`` for every row of ``bits`` ``(..., B, n)`` and every
+    number of ``flat`` ``(..., n, D)`` (leading dimensions batched), by two matrix products in
+    log space (the logs of the non-zero factors, and how many factors are exactly 0). Its
+    gradient at a factor of exactly 0 (``beta_i = 1``), which a log cannot give: with
+    ``exact``, the product of the other factors (the true derivative); without, 0 (only the
+    sparsity term then acts on that beta: it is pushed off its bound and pulled back; see
+    :data:`regprim.solvers.or_structured.EXACT_BETA2` for when each is used)."""
 
     @staticmethod
-    def forward(ctx, beta: Tensor, bits: Tensor, exact: bool) -> Tensor:
-        flat = beta.flatten(1)
+    def forward(ctx, flat: Tensor, bits: Tensor, exact: bool) -> Tensor:
         zero = flat >= 1
         logs = torch.log(torch.where(zero, 1.0, 1 - flat))
         rows = bits.to(flat.dtype)
         others = torch.exp(rows @ logs)  # the product of the non-zero factors
         zeros = rows @ zero.to(flat.dtype)  # how many factors are 0
         ctx.save_for_backward(flat, zero, rows, others, zeros)
-        ctx.shape, ctx.exact = beta.shape, exact
+        ctx.exact = exact
         return torch.where(zeros > 0, 0.0, others)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         flat, zero, rows, others, zeros = ctx.saved_tensors
         # d keep / d beta_i = -(the product of the row's other factors)
-        free = rows.T @ (grad * others * (zeros == 0))  # rows without a zero: keep / (1 - b_i)
+        free = rows.mT @ (grad * others * (zeros == 0))  # rows without a zero: keep / (1 - b_i)
         d = free / torch.where(zero, 1.0, 1 - flat)
         if ctx.exact:  # rows whose one zero factor is beta_i's: the others' product
-            lone = rows.T @ (grad * others * (zeros == 1))
+            lone = rows.mT @ (grad * others * (zeros == 1))
             d = torch.where(zero, lone, d)
         else:
             d = torch.where(zero, 0.0, d)
-        return -d.view(ctx.shape), None, None
+        return -d, None, None
 
 
 def alpha_of(beta: Tensor, bits: Tensor, exact: bool = True) -> Tensor:
     """``alpha(S) = 1 - prod_{i in S} (1 - beta_i)`` for every row of ``bits`` ``(B, n)``
     (bool): ``(B, *shape)``, by :class:`_Keep` (``exact``: the true gradient also at
-    ``beta_i = 1``)."""
-    keep = _Keep.apply(beta, bits, exact)
-    return (1 - keep).view(bits.shape[0], *beta.shape[1:])
+    ``beta_i = 1``). With ``beta`` ``(c, n, *shape)`` and ``bits`` ``(c, B, n)``, each of the
+    ``c`` batches alone: ``(c, B, *shape)``."""
+    after = bits.dim() - 1  # beta's dimensions from here on are the numbers' (after n)
+    keep = _Keep.apply(beta.flatten(after), bits, exact)
+    return (1 - keep).view(*bits.shape[:-1], *beta.shape[after:])
 
 
 def weight_rule(n: int, rule: str) -> str:
@@ -99,7 +101,7 @@ def mean_alpha(beta: Tensor, rule: str, order: tuple[Tensor, int] | None = None)
     - ``sizes``: ``mean_k (1 - e_k(c) / C(n, k))`` with ``e_k`` the elementary symmetric
       polynomials (:func:`size_mean_of_products`).
 
-    ``order`` (:func:`~regprim.solvers.reach.reach_order` of the players whose beta may be
+    ``order`` (:func:`~regprim.solvers.problem.reach.reach_order` of the players whose beta may be
     non-zero at each number, its reach set; beta is 0 elsewhere) makes the ``sizes`` rule cost
     the square of the largest support instead of the square of n (n = 36: 81 ms -> a few ms a
     step).
@@ -112,7 +114,7 @@ def mean_alpha(beta: Tensor, rule: str, order: tuple[Tensor, int] | None = None)
 
 def size_mean_of_products(c: Tensor, order: tuple[Tensor, int] | None = None) -> Tensor:
     """``mean_{k=1..n} e_k(c) / C(n, k)`` per number, for ``c`` ``(n, *shape)`` that is 1 outside
-    the support that ``order`` puts first (:func:`~regprim.solvers.reach.reach_order`; None:
+    the support that ``order`` puts first (:func:`~regprim.solvers.problem.reach.reach_order`; None:
     every player). Outside the support each factor of ``prod_i (1 + c_i x)`` is ``(1 + x)``, so with
     the ``M`` players of the largest support gathered first (support players, then any others),
     ``e_k = sum_j q_j C(n - M, k - j)`` where ``q`` are the coefficients of the product over those
@@ -161,9 +163,8 @@ def reconstruction(
     drawn from the weights (an unbiased estimate of the whole)."""
     n = obj.n
     alpha = alpha_of(beta, bits.to(beta.device), exact)
-    u = torch.addcmul(obj.f0[None], alpha, obj.df[None]).contiguous(memory_format=obj.memory_format)
     masks, weight = obj.masks(to_bitmasks(bits))
-    rec = weight * obj.errors(obj.render(u), masks)
+    rec = weight * obj.errors(obj.render(alpha), masks)
     if not full:
         return rec.mean()
     sizes = bits.sum(1)
@@ -185,9 +186,15 @@ def exclusivity(obj: Objective, beta: Tensor, players: Tensor, exact: bool = Tru
     others = torch.ones(len(players), obj.n, dtype=torch.bool)
     others[torch.arange(len(players)), players.cpu()] = False
     share = (1 - beta[players]) * alpha_of(beta, others.to(beta.device), exact)
-    v = torch.addcmul(obj.f0[None], share, obj.df[None]).contiguous(memory_format=obj.memory_format)
-    masks, weight = obj.masks(1 << players.cpu())
-    change = ((obj.render(v) - obj.baseline_image) ** 2 * masks).flatten(1).sum(1)
+    masks, _ = obj.masks(1 << players.cpu())
+    change = ((obj.render(share) - obj.baseline_image) ** 2 * masks).flatten(1).sum(1)
+    return exclusive_term(obj, change, players)
+
+
+def exclusive_term(obj: Objective, change: Tensor, players: Tensor) -> Tensor:
+    """The exclusivity term from each of ``players``' squared change of its cell against the
+    baseline image (:func:`exclusivity`)."""
+    _, weight = obj.masks(1 << players.cpu())
     base = obj.cell_base
     return obj.cfg.or_exclusive * (weight * change * base.mean() / base[players]).mean()
 
@@ -212,16 +219,114 @@ def sparsity(obj: Objective, beta: Tensor) -> Tensor:
     return (mean * obj.df.abs()).sum() * obj.l1_scale
 
 
+class CellGame:
+    """The reconstruction and exclusivity terms of the OR objective played per cell (the game
+    per cell, :mod:`regprim.solvers.problem.cells`), for a game that has cells and n <= 12.
+
+    The error of S on cell i depends on S only through ``T = S & neighbours[i]``, so the
+    reconstruction term over every subset is ``sum_i sum_T W_i(T) err_i(T)``, ``W_i(T)`` the
+    summed weights of the subsets S that hold i and meet i's neighbours in T (the rows of
+    :attr:`items`). :meth:`exact` renders every row (304 cell renders on dcgan-faces block3
+    n = 9, about a tenth of the pixels of the 511 subsets); :meth:`sampled` an unbiased
+    estimate from ``k`` rows per cell drawn by their weight (:meth:`draw`), with the
+    exclusivity of every player, for each step of the solve.
+    """
+
+    def __init__(self, obj: Objective, weights: Tensor) -> None:
+        assert obj.cells is not None, "a game without cells is played on whole renders"
+        self.obj, n, neighbours = obj, obj.n, obj.cells.neighbours
+        bits = all_subsets(n)
+        masks = to_bitmasks(bits)
+        _, weight = obj.masks(masks)
+        sizes = bits.sum(1)
+        counts = torch.tensor([math.comb(n, int(k)) for k in sizes], dtype=torch.float64)
+        share = weight.double().cpu() * weights[sizes - 1] / counts  # each subset's
+        cells, keys, totals = [], [], []
+        for i in range(n):
+            inside = (masks >> i) & 1 == 1
+            found, where = torch.unique(masks[inside] & neighbours[i], return_inverse=True)
+            total = torch.zeros(len(found), dtype=torch.float64).index_add_(0, where, share[inside])
+            cells.append(torch.full((len(found),), i))
+            keys.append(found)
+            totals.append(total)
+        self.cells = torch.cat(cells)  # (K,): each row's cell
+        self.rows = (torch.cat(keys)[:, None] >> torch.arange(n)) & 1 == 1  # (K, n): T
+        self.weight = torch.cat(totals).to(obj.x.dtype)  # (K,): W_i(T)
+        self.groups = [torch.nonzero(self.cells == i).flatten() for i in range(n)]
+        self.totals = torch.stack([self.weight[g].sum() for g in self.groups])
+        self.others = ~torch.eye(n, dtype=torch.bool)  # N - {i}: exclusivity's rows
+
+    @property
+    def items(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Per row: its cell ``(K,)``, T's players ``(K, n)`` and ``W_i(T)`` ``(K,)``."""
+        return self.cells, self.rows, self.weight
+
+    def crops(self, beta: Tensor) -> Tensor:
+        """Every cell's crop of ``beta``: ``(n, n, C, h', w')`` (cell, player, ...)."""
+        return self.obj.cells.stack(beta)
+
+    def draw(self, k: int, rng: torch.Generator) -> Tensor:
+        """``k`` rows per cell drawn by their weights (with replacement): ``(n, k)``."""
+        return torch.stack(
+            [g[torch.multinomial(self.weight[g], k, True, generator=rng)] for g in self.groups]
+        )
+
+    def _exclusivity(self, crops: Tensor, share_alpha: Tensor) -> Tensor:
+        """The exclusivity term from ``alpha(N - {i})`` on each cell ``(n, C, h', w')``."""
+        obj, players = self.obj, torch.arange(self.obj.n)
+        share = (1 - crops[players, players]) * share_alpha
+        change = obj.cell_errors(obj.render(share, players), players, baseline=True)
+        return exclusive_term(obj, change, players)
+
+    def sampled(self, beta: Tensor, picks: Tensor, exact: bool) -> Tensor:
+        """An unbiased estimate of the reconstruction term from the rows ``picks`` ``(n, k)``
+        (:meth:`draw`), plus the exclusivity of every player; one render of ``n * (k + 1)``
+        cell crops (``exact``: as :func:`alpha_of`)."""
+        obj, (n, k) = self.obj, picks.shape
+        crops = self.crops(beta)
+        bits = torch.cat([self.rows[picks], self.others[:, None]], 1).to(beta.device)
+        alpha = alpha_of(crops, bits, exact)  # (n, k + 1, C, h', w')
+        cells = torch.arange(n).repeat_interleave(k)
+        err = obj.cell_errors(obj.render(alpha[:, :k].flatten(0, 1), cells), cells)
+        rec = (self.totals[cells] / k * err).sum()
+        if not obj.cfg.or_exclusive:
+            return rec
+        return rec + self._exclusivity(crops, alpha[:, k])
+
+    def exact(self, beta: Tensor, exact: bool = True) -> Tensor:
+        """The reconstruction term over every subset plus the exclusivity term over every
+        player, exactly: what :func:`reconstruction` with every subset plus
+        :func:`exclusivity` with every player give."""
+        obj = self.obj
+        crops = self.crops(beta)
+        rows = [
+            alpha_of(crops[i], self.rows[g].to(beta.device), exact)
+            for i, g in enumerate(self.groups)
+        ]
+        err = obj.cell_errors(obj.render(torch.cat(rows), self.cells), self.cells)
+        rec = (self.weight * err).sum()
+        if not obj.cfg.or_exclusive:
+            return rec
+        share = alpha_of(crops, self.others[:, None].to(beta.device), exact)[:, 0]
+        return rec + self._exclusivity(crops, share)
+
+
 def beta_residual(
     obj: Objective, beta: Tensor, weights: Tensor, chunk: int, exact: bool = True
 ) -> float:
     """KKT residual of ``beta`` on the whole objective: the norm of its projected gradient
     (zero where a bound holds a beta whose gradient pushes it against that bound, and outside
     the reach sets) over the norm of the sparsity term's gradient, the gradient the solve
-    followed (``exact``, :func:`alpha_of`). Every subset when n <= 12, else 16 batches drawn
-    from the weights; the exclusivity term on every player."""
+    followed (``exact``, :func:`alpha_of`). Every subset when n <= 12 (from cell renders where
+    the game has cells, :meth:`CellGame.exact`), else 16 batches drawn from the weights; the
+    exclusivity term on every player."""
     n = obj.n
     full = n <= 12
+    if full and obj.cells is not None:
+        beta = beta.clone().requires_grad_(True)
+        (l1,) = torch.autograd.grad(sparsity(obj, beta), beta)
+        (grad,) = torch.autograd.grad(CellGame(obj, weights).exact(beta, exact), beta)
+        return projected_norm(obj, beta.detach(), grad + l1, l1)
     if full:
         groups = list(all_subsets(n).split(chunk))
     else:
@@ -238,6 +343,10 @@ def beta_residual(
         for players in torch.arange(n).split(chunk):
             (g,) = torch.autograd.grad(exclusivity(obj, beta, players, exact), beta)
             grad += g * len(players) / n
-    beta = beta.detach()
+    return projected_norm(obj, beta.detach(), grad, l1)
+
+
+def projected_norm(obj: Objective, beta: Tensor, grad: Tensor, l1: Tensor) -> float:
+    """The norm of the projected gradient ``grad`` over that of the sparsity term's ``l1``."""
     held = ((beta <= 0) & (grad > 0)) | ((beta >= 1) & (grad < 0)) | ~obj.reach_sets
     return float(torch.where(held, 0.0, grad).norm() / l1.norm().clamp_min(1e-30))

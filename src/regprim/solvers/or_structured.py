@@ -10,7 +10,7 @@ feature comes from one set of unknowns ``beta`` ``(n, *shape)`` in [0, 1], row i
 so ``u(empty) = f0`` and the OR components are closed-form,
 ``Delta f_T = (f - f0) * prod_{i in T} beta_i * prod_{j not in T} (1 - beta_j)``: universal
 matching holds by construction. ``beta_i`` is held at 0 wherever player i is outside the reach
-set of the number (:mod:`regprim.solvers.reach`), at every step.
+set of the number (:mod:`regprim.solvers.problem.reach`), at every step.
 
 The objective (:mod:`regprim.solvers.or_objective`) is the paper's Eq. 8 averaged over subsets,
 plus an exclusivity term. Projected Adam with a cosine step minimises it, from ``beta = or_init``
@@ -32,10 +32,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from regprim.config import DENSE_MAX_N, SolverConfig, solver_settings
-from regprim.solvers.adam import Adam, cosine
+from regprim.core.adam import Adam, cosine
 from regprim.solvers.base import DenseResult, MinimalFeatures
-from regprim.solvers.objective import CHECK_PASS, Objective
 from regprim.solvers.or_objective import (
+    CellGame,
     all_subsets,
     alpha_of,
     beta_residual,
@@ -48,6 +48,7 @@ from regprim.solvers.or_objective import (
     sparsity,
     to_bitmasks,
 )
+from regprim.solvers.problem.objective import CHECK_PASS, Objective
 from regprim.solvers.whole_grid import HELDOUT, finish_compact
 
 # Two regimes, measured (docs/method-choices.md, "Converged at the defaults"). With every
@@ -63,19 +64,55 @@ EXACT_BETA2, SAMPLED_BETA2 = 0.9, 0.99
 
 
 def step_draws(
-    cfg: SolverConfig, n: int, weights: Tensor, everything: Tensor | None
+    cfg: SolverConfig,
+    n: int,
+    weights: Tensor,
+    everything: Tensor | None,
+    game: CellGame | None = None,
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
     """Every step's subsets (``everything`` when given, else a batch drawn from ``weights``) and
-    the players whose exclusivity it scores (None without the term), from two seeded samplers:
-    the one sequence a solve and its resume both follow."""
+    the players whose exclusivity it scores (None without the term), or with ``game`` its rows
+    of cell renders (:meth:`CellGame.draw`, every player's exclusivity), from two seeded
+    samplers: the one sequence a solve and its resume both follow."""
     rng = torch.Generator().manual_seed(cfg.perturb_seed)
     single_rng = torch.Generator().manual_seed(cfg.perturb_seed + 1)
     while True:
+        if game is not None:
+            yield game.draw(cfg.or_cell_rows, rng), None
+            continue
         bits = (
             everything if everything is not None else sample_subsets(n, cfg.or_batch, weights, rng)
         )
         players = singles(n, cfg.or_batch, single_rng) if cfg.or_exclusive else None
         yield bits, players
+
+
+def cell_game(obj: Objective, weights: Tensor, full: bool) -> CellGame | None:
+    """The game per cell, where a solve plays it: sampled steps (not every subset each step),
+    n <= 12, ``or_cell_rows`` > 0 and a generator whose cells render from crops."""
+    if full or obj.n > DENSE_MAX_N or obj.cells is None or not obj.cfg.or_cell_rows:
+        return None
+    return CellGame(obj, weights)
+
+
+def step_loss(
+    obj: Objective,
+    beta: Tensor,
+    bits: Tensor,
+    players: Tensor | None,
+    weights: Tensor,
+    full: bool,
+    game: CellGame | None,
+) -> Tensor:
+    """One step's objective (:func:`step_draws`' draw): the sampled reconstruction and
+    exclusivity terms, per cell with ``game`` (``bits``: each cell's rows), plus the exact
+    sparsity term."""
+    if game is not None:
+        return game.sampled(beta, bits, full) + sparsity(obj, beta)
+    loss = reconstruction(obj, beta, bits, weights, full, full) + sparsity(obj, beta)
+    if players is not None:
+        loss = loss + exclusivity(obj, beta, players, full)
+    return loss
 
 
 def start_state(cfg: SolverConfig, reach: Tensor) -> dict[str, Tensor]:
@@ -125,20 +162,24 @@ class ORSolver:
 
     @staticmethod
     def seconds_per_pass(obj: Objective) -> float:
-        """One step of the solve (a batch's passes, the sparsity term, both gradients), timed
-        here, per subset of the batch: the solve's other work counted in its passes."""
+        """One step of the solve (a batch's passes, or a game per cell's crops, the sparsity
+        term, both gradients), timed here, per pass of :meth:`expected_passes`' step: the
+        solve's other work counted in its passes."""
         cfg, n = obj.cfg, obj.n
         weights = size_weights(n, cfg.subset_weights)
         full = 2**n - 1 <= cfg.or_batch
-        bits = (
-            all_subsets(n) if full else sample_subsets(n, cfg.or_batch, weights, torch.Generator())
-        )
+        game = cell_game(obj, weights, full)
+        draws = step_draws(cfg, n, weights, all_subsets(n) if full else None, game)
+        bits, players = next(draws)
         beta = (cfg.or_init * obj.reach_sets.to(obj.f0.dtype)).requires_grad_(True)
         start = time.perf_counter()
         for _ in range(2):
-            loss = reconstruction(obj, beta, bits, weights, full) + sparsity(obj, beta)
+            loss = step_loss(obj, beta, bits, players, weights, full, game)
             torch.autograd.grad(loss, beta)
-        return (time.perf_counter() - start) / (2 * len(bits))
+        per_step = min(cfg.or_batch, 2**n - 1)
+        if cfg.or_exclusive:
+            per_step += singles_per_step(n, cfg.or_batch)
+        return (time.perf_counter() - start) / (2 * per_step)
 
     @staticmethod
     def convergence_note(cfg: SolverConfig, summary: dict) -> str:
@@ -163,12 +204,13 @@ class ORSolver:
         steps = cfg.or_steps
         everything = all_subsets(n) if 2**n - 1 <= cfg.or_batch else None
         full = everything is not None
+        game = cell_game(obj, weights, full)
         opt = Adam(beta, beta2=EXACT_BETA2 if full else SAMPLED_BETA2)
         opt.m, opt.v = state["m"].clone(), state["v"].clone()
         done = int(state["step"])
         compact = n > DENSE_MAX_N
         seen: set[int] = set()  # subsets sampled in a compact run (its held-out checks avoid them)
-        draws = step_draws(cfg, n, weights, everything)
+        draws = step_draws(cfg, n, weights, everything, game)
         for _ in range(done):  # replay the samplers to where an interrupted run stopped
             bits, _ = next(draws)
             if compact:
@@ -181,9 +223,7 @@ class ORSolver:
             if compact:
                 seen.update(to_bitmasks(bits).tolist())
             beta.requires_grad_(True)
-            loss = reconstruction(obj, beta, bits, weights, full, full) + sparsity(obj, beta)
-            if players is not None:
-                loss = loss + exclusivity(obj, beta, players, full)
+            loss = step_loss(obj, beta, bits, players, weights, full, game)
             (grad,) = torch.autograd.grad(loss, beta)
             with torch.no_grad():
                 beta.requires_grad_(False)
@@ -193,6 +233,8 @@ class ORSolver:
                 on_chunk({"beta": beta, "m": opt.m, "v": opt.v, "step": torch.tensor(t)})
         bar.close()
         batch = len(everything) if full else cfg.or_batch
+        if game is not None:  # a cell render is the share of a pass that its pixels are
+            batch = n * (cfg.or_cell_rows + bool(cfg.or_exclusive)) * obj.cells.share
         residual = beta_residual(obj, beta.detach(), weights, cfg.or_batch, full)  # the optimum's
         snapped = snap(beta.detach(), cfg.or_snap)
         passes = steps * batch / (2**n - 1)
@@ -248,8 +290,9 @@ def finish(
     alpha = torch.cat(
         [alpha_of(beta, bits[i : i + 256].to(beta.device)) for i in range(0, size, 256)]
     )
-    u = obj.full_f0 + obj.expand(alpha) * obj.full_df
-    u[0] = obj.full_f0
+    alpha = obj.expand(alpha)
+    alpha[0] = 0  # u(empty) = f0, also outside the window
+    u = obj.features(alpha, full=True)
     rel, value = obj.check_all(u)
     return DenseResult(
         u=u,

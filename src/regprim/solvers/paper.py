@@ -5,7 +5,7 @@
   (the paper) each starts from ``u(N)``; with ``"parent"`` (default) each starts from its parent
   ``S + {lowest missing player}``, solved one level earlier: the start is then one cell away
   from the answer, and neighbouring subsets settle on consistent solutions.
-- Numbers with no path to the pixels of S (:mod:`regprim.solvers.reach`) are held at the
+- Numbers with no path to the pixels of S (:mod:`regprim.solvers.problem.reach`) are held at the
   minimiser of the sparsity term.
 - ``optimizer="lbfgs"`` (default): projected L-BFGS per subset until it converges (relative
   objective decrease below ``ftol`` or KKT residual below ``gtol``; :mod:`regprim.solvers.lbfgs`)
@@ -28,11 +28,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from regprim.config import SolverConfig, solver_settings
-from regprim.solvers.adam import Adam, cosine
+from regprim.core.adam import Adam, cosine
 from regprim.solvers.base import DenseResult
 from regprim.solvers.lbfgs import Result, kkt_residual, projected_lbfgs
-from regprim.solvers.objective import CHECK_PASS, Objective
-from regprim.solvers.reach import live_for
+from regprim.solvers.problem.objective import CHECK_PASS, Objective
+from regprim.solvers.problem.reach import live_for
 
 HUTCHINSON_PROBES = 2
 
@@ -45,9 +45,8 @@ class Chunk:
         fmt = obj.memory_format
         self.masks, self.weight = obj.masks(subsets)
         self.live = live_for(obj.reach_bits, subsets)
-        self.f0 = obj.f0[None].contiguous(memory_format=fmt)
-        self.df = obj.df[None].contiguous(memory_format=fmt)
-        self.df_live = (self.df * self.live).contiguous(memory_format=fmt)
+        self.live_weight = self.live.to(obj.df.dtype)  # 1 on the live numbers, else 0
+        self.df_live = (obj.df[None] * self.live).contiguous(memory_format=fmt)
         self.scale = obj.l1_scale
         self.slope = self.df_live.abs().mul_(self.scale)  # d/d alpha of ||u - f0||_1
         self.l1_delta = obj.cfg.sparsity == "l1-delta"
@@ -63,38 +62,38 @@ class Chunk:
         """Rows ``idx`` of a per-subset tensor (itself, not a copy, when all rows are asked)."""
         return t if len(idx) == len(t) else t[idx]
 
-    def sparsity(self, alpha: Tensor, u: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+    def sparsity(self, alpha: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         """The sparsity term and its gradient in alpha (live numbers)."""
         dims = tuple(range(1, alpha.dim()))
         if self.l1_delta:
             slope = self.rows(self.slope, idx)
             return (alpha * slope).sum(dim=dims), slope
+        u = self.obj.features(alpha)
         value = u.abs().sum(dim=dims) * self.scale
         return value, torch.sign(u) * self.rows(self.df_live, idx) * self.scale
 
     def value_grad(self, alpha: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         obj = self.obj
-        u = torch.addcmul(self.f0, alpha, self.df).requires_grad_(True)
-        images = obj.render(u)
+        alpha = alpha.detach().requires_grad_(True)
         rows = self.rows
-        rec = rows(self.weight, idx) * obj.errors(images.float(), rows(self.masks, idx))
-        (grad_u,) = torch.autograd.grad(rec.sum(), u)
+        rec = rows(self.weight, idx) * obj.errors(obj.render(alpha), rows(self.masks, idx))
+        (grad,) = torch.autograd.grad(rec.sum(), alpha)
         with torch.no_grad():
-            l1, l1_grad = self.sparsity(alpha, u, idx)
-            return rec.detach() + l1, torch.addcmul(l1_grad, grad_u, rows(self.df_live, idx))
+            l1, l1_grad = self.sparsity(alpha, idx)
+            return rec.detach() + l1, torch.addcmul(l1_grad, grad, rows(self.live_weight, idx))
 
     def curvature(self, alpha: Tensor, probes: int = HUTCHINSON_PROBES) -> Tensor:
         """Gauss-Newton diagonal ``2 w diag(J^T J)`` by Hutchinson probes (random signs on the
         masked pixels), floored at 1e-6 of each row's largest."""
         rng = torch.Generator(device=alpha.device).manual_seed(0)
-        u = torch.addcmul(self.f0, alpha, self.df).requires_grad_(True)
-        images = self.obj.render(u)
+        alpha = alpha.detach().requires_grad_(True)
+        images = self.obj.render(alpha)
         total = torch.zeros_like(alpha)
         for k in range(probes):
             signs = torch.randint(0, 2, images.shape, generator=rng, device=images.device)
             v = (2 * signs - 1).to(images.dtype) * self.masks
-            (grad_u,) = torch.autograd.grad(images, u, v, retain_graph=k < probes - 1)
-            total += (grad_u * self.df_live) ** 2
+            (grad,) = torch.autograd.grad(images, alpha, v, retain_graph=k < probes - 1)
+            total += (grad * self.live_weight) ** 2
         d = 2 * self.weight.view(-1, *[1] * (alpha.dim() - 1)) * total / probes
         floor = 1e-6 * d.flatten(1).amax(1).clamp_min(1e-12)
         return d + floor.view(-1, *[1] * (alpha.dim() - 1))
@@ -211,19 +210,18 @@ class PaperSolver:
         cfg = obj.cfg
         n = obj.n
         size = 2**n
-        f0 = obj.full_f0
-        shape = f0.shape
+        shape, device = obj.feature_shape, obj.f0.device
         if resume is None:
-            state = new_state(size, shape, f0.device)
+            state = new_state(size, shape, device)
         else:
-            state = {k: v.to(f0.device) for k, v in resume.items()}
+            state = {k: v.to(device) for k, v in resume.items()}
         full = size - 1
         chunk = cfg.chunk or obj.auto_chunk()
         # u(N) alone first (it starts from alpha = 1 and costs several subsets' worth), then a
         # bar over the other subsets, so that each bar's rate and ETA are honest
         bar = tqdm(total=1, desc="u(N)", unit="subset", disable=not progress)
         bar.update(int(state["solved"][full]))
-        ones = torch.ones(1, *shape, dtype=f0.dtype, device=f0.device)
+        ones = torch.ones(1, *shape, dtype=obj.f0.dtype, device=device)
         if cfg.init_jitter:  # perturbed start of u(N), for stability studies
             rng = torch.Generator().manual_seed(cfg.perturb_seed)
             ones = ones - cfg.init_jitter * torch.rand(ones.shape, generator=rng).to(ones.device)
@@ -261,8 +259,7 @@ def record(
 ) -> None:
     """Put a solved chunk into ``state``: its alphas, the constraint check and diagnostics."""
     idx = subsets.to(state["alpha"].device)
-    u = obj.f0 + obj.crop(alpha) * obj.df
-    state["rel_error"][idx], state["value"][idx] = obj.check(u, subsets)
+    state["rel_error"][idx], state["value"][idx] = obj.check(obj.features(obj.crop(alpha)), subsets)
     state["alpha"][idx] = alpha
     for key in ("passes", "forward_passes", "steps", "residual", "converged"):
         state[key][idx] = getattr(result, key).to(state[key].dtype).to(idx.device)
@@ -271,9 +268,7 @@ def record(
 
 def minimal_features(obj: Objective, state: dict[str, Tensor], chunk: int) -> DenseResult:
     """The finished state as a :class:`DenseResult` (``u`` of every subset, ``u[0] = f0``)."""
-    f0 = obj.full_f0
-    u = f0 + state["alpha"] * obj.full_df
-    u[0] = f0
+    u = obj.features(state["alpha"], full=True)  # alpha of the empty set: 0, never solved
     rel = state["rel_error"]
     forward = state["forward_passes"].cpu() + 1  # the line searches and the final check
     forward[0] = 0  # the empty set is f0 by definition

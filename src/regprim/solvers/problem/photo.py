@@ -30,8 +30,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from regprim.core.adam import cosine
 from regprim.generators.base import SplitGenerator
-from regprim.solvers.adam import cosine
 
 POOL, STARTS, STEPS, LR = 256, 8, 800, 0.1
 NEAR = 0.03  # RMS residual (fraction of the value range) above which a run warns

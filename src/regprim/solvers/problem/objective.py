@@ -10,10 +10,14 @@ baseline. ``reduction="sum"`` uses the raw sums as the paper writes them; ``"mea
 L1 term by D and the squared error by the number of masked values (then ``lambda`` multiplies a
 mean squared error and ``|S|`` is not divided again).
 
-:class:`Objective` holds the fixed tensors, restricted to the players' window where one applies
-(:mod:`regprim.solvers.window`), the masks and weights of a batch of subsets, the masked errors,
-and the relative error that decides whether a subset meets the reconstruction constraint (its
-masked squared error over the baseline image's on the same pixels).
+:class:`Objective` is the game every solver plays: the fixed tensors, restricted to the players'
+window where one applies (:mod:`regprim.solvers.problem.window`), and one way to play it:
+:meth:`Objective.render` makes ``u`` from alphas (:meth:`Objective.features`, the one place it is
+made) and renders it through the memory format, the precision and ``g`` in micro-batches that
+fit; :meth:`Objective.masks` and :meth:`Objective.errors` score a batch of subsets, and
+:meth:`Objective.check` the relative error that decides whether a subset meets the
+reconstruction constraint (its masked squared error over the baseline image's on the same
+pixels). A solver sees the objective and its own settings, never the generator.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -29,12 +32,11 @@ from torch.utils.checkpoint import checkpoint
 
 from regprim.config import SolverConfig
 from regprim.core.regions import subset_masks
-from regprim.solvers.memory import Peak, available_bytes, peak, resident_bytes
-from regprim.solvers.reach import reach_bits, reach_order, reach_sets
-from regprim.solvers.window import find_window
-
-if TYPE_CHECKING:
-    from regprim.explanation.target import Target
+from regprim.solvers.problem.cells import Cells, find_cells
+from regprim.solvers.problem.memory import Peak, available_bytes, peak, resident_bytes
+from regprim.solvers.problem.reach import reach_bits, reach_order, reach_sets
+from regprim.solvers.problem.target import Target
+from regprim.solvers.problem.window import find_window
 
 SLOW_PASS = 5.0  # seconds of a pass of one feature beyond which fit() runs no second one
 CHECK_PASS = 0.56  # a forward-only pass (the constraint check) in forward-and-gradient passes
@@ -67,21 +69,29 @@ class Objective:
         self.gen, self.code, self.cfg = target.gen, target.code, cfg
         self.f0, self.x = target.f0, target.x
         self.df = target.f - target.f0
-        self.full_f0, self.full_df = self.f0, self.df  # the window crops f0 and df below
+        self._full = (self.f0, self.df)  # the window crops f0 and df below; results are full
+        self.feature_shape = self.f0.shape  # the full feature's
         self.player_masks = target.player_masks
         self.n = target.n
         self.channels = target.x.shape[0]
         self.baseline_image = target.baseline_image
         self.memory_format = self.gen.set_memory_format(self.df.dim())  # as build_target set it
         self.numel = self.df.numel()
-        self.full_minimiser = sparsity_minimiser(self.f0, self.df, cfg.sparsity)
+        self._fill = sparsity_minimiser(self.f0, self.df, cfg.sparsity)  # outside the window
         self.micro: int | None = None  # features per pass; None: a whole batch at once
         self.pass_bytes = self.fit(memory_budget)
+        shape = tuple(self.df.shape)
+        self.probed = probe
         if probe:
-            sets = reach_sets(self)
+            sets = reach_sets(self.render, self.player_masks, shape, self.channels)
         else:
-            sets = torch.ones(self.n, *self.df.shape, dtype=torch.bool, device=self.df.device)
-        self.window = find_window(self, sets) if cfg.crop and probe else None
+            sets = torch.ones(self.n, *shape, dtype=torch.bool, device=self.df.device)
+        self.window = None
+        if cfg.crop and probe:
+            rng = torch.Generator(device=self.x.device).manual_seed(1)
+            alpha = torch.rand(2, *shape, generator=rng, device=self.x.device)
+            exact = functools.partial(self.render_features, precise=True)
+            self.window = find_window(exact, self.features(alpha), self.player_masks, sets)
         if self.window is not None:
             w = self.window
             self.f0, self.df, sets = w.crop(self.f0), w.crop(self.df), w.crop(sets)
@@ -96,6 +106,26 @@ class Objective:
         self.reach_bits = reach_bits(sets)  # per number, the players it reaches (bitmask)
 
     @functools.cached_property
+    def cells(self) -> Cells | None:
+        """The game per cell (:mod:`regprim.solvers.problem.cells`) where the reach allows it
+        (and ``crop`` and ``or_cell_rows`` ask for it), found on first use: a solver that
+        never plays per cell never pays for the check."""
+        cfg = self.cfg
+        if not (cfg.crop and cfg.or_cell_rows and self.probed):
+            return None
+        rng = torch.Generator(device=self.x.device).manual_seed(1)
+        alpha = torch.rand(2, *self.df.shape, generator=rng, device=self.x.device)
+        exact = functools.partial(self.render_features, precise=True)
+        found = find_cells(exact, self.features(alpha), self.player_masks, self.reach_sets)
+        if found is not None:  # each cell's crop of the fixed tensors, stacked
+            self._cell_fixed = (found.stack(self.f0), found.stack(self.df))
+            self._cell_x = found.stack(self.x, image=True)
+            self._cell_baseline = found.stack(self.baseline_image, image=True)
+            own = [found.crop_image(self.player_masks[i], i) for i in range(self.n)]
+            self._cell_masks = torch.stack(own)[:, None].to(self.x.dtype)  # each its own cell
+        return found
+
+    @functools.cached_property
     def reach_order(self) -> tuple[Tensor, int]:
         """Each number's players, those of its reach set first (:func:`reach_order`)."""
         return reach_order(self.reach_sets)
@@ -104,13 +134,27 @@ class Objective:
         """A full-size ``(B, *feature_shape)`` tensor restricted to the window."""
         return t if self.window is None else self.window.crop(t)
 
-    def expand(self, alpha: Tensor) -> Tensor:
-        """Window alphas back to full size; outside it, the sparsity minimiser."""
-        return alpha if self.window is None else self.window.expand(alpha, self.full_minimiser)
+    def expand(self, alpha: Tensor, fill: float | None = None) -> Tensor:
+        """Window alphas back to full size; outside it, the sparsity minimiser (or ``fill``)."""
+        if self.window is None:
+            return alpha
+        outside = self._fill if fill is None else torch.full_like(self._fill, fill)
+        return self.window.expand(alpha, outside)
 
     def sparsity_minimiser(self) -> Tensor:
         """The alpha that minimises the sparsity term alone, in the window."""
         return sparsity_minimiser(self.f0, self.df, self.cfg.sparsity)
+
+    def features(self, alpha: Tensor, full: bool = False, cells: Tensor | None = None) -> Tensor:
+        """``u = f0 + alpha * (f - f0)`` of alphas ``(B, *shape)``: in the window (what
+        :meth:`render` takes), with ``full`` of full-size alphas (a run's minimal features), or
+        with ``cells`` ``(B,)`` of alphas on each row's cell crop (:attr:`cells`). The one place
+        a minimal feature is made from its alphas."""
+        if cells is not None:
+            f0, df = (t[cells.to(t.device)] for t in self._cell_fixed)
+            return torch.addcmul(f0, alpha, df)
+        f0, df = self._full if full else (self.f0, self.df)
+        return torch.addcmul(f0[None], alpha, df[None])
 
     def autocast(self):
         """Lower-precision generator passes inside the loop (``precision`` setting)."""
@@ -119,27 +163,40 @@ class Objective:
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[self.cfg.precision]
         return torch.autocast(self.x.device.type, dtype=dtype)
 
-    def _g(self, u: Tensor) -> Tensor:
-        with self.autocast():
+    def _g(self, u: Tensor, precise: bool = False) -> Tensor:
+        with contextlib.nullcontext() if precise else self.autocast():
             return self.gen.g(u, self.code).float()
 
-    def render(self, u: Tensor) -> Tensor:
-        """``g`` of features ``u`` ``(B, ...)`` (window size) in micro-batches of ``micro``:
-        with gradients, each micro-batch is recomputed in the backward pass (checkpointed), so
-        one micro-batch's activations are held at a time (the gradient is the whole batch's,
-        accumulated); without, plain chunks. Images in float32 whatever ``precision``."""
+    def render_features(self, u: Tensor, precise: bool = False) -> Tensor:
+        """``g`` of features ``u`` ``(B, ...)`` in the memory format and micro-batches of
+        ``micro``: with gradients, each micro-batch is recomputed in the backward pass
+        (checkpointed), so one micro-batch's activations are held at a time (the gradient is
+        the whole batch's, accumulated); without, plain chunks. Images in float32 whatever
+        ``precision`` (``precise``: the passes in float32 too)."""
+        u = u.contiguous(memory_format=self.memory_format)
+        g = functools.partial(self._g, precise=precise)
         m = self.micro
         if m is None or len(u) <= m:
-            return self._g(u)
+            return g(u)
         grad = torch.is_grad_enabled() and u.requires_grad
         return torch.cat(
             [
-                checkpoint(self._g, u[i : i + m], use_reentrant=False)
-                if grad
-                else self._g(u[i : i + m])
+                checkpoint(g, u[i : i + m], use_reentrant=False) if grad else g(u[i : i + m])
                 for i in range(0, len(u), m)
             ]
         )
+
+    def render(self, alpha: Tensor, cells: Tensor | None = None) -> Tensor:
+        """The images ``(B, C, H, W)`` of window alphas ``(B, *shape)``, or with ``cells`` the
+        crops' images of alphas on each row's cell crop: the game's one move."""
+        return self.render_features(self.features(alpha, cells=cells))
+
+    def cell_errors(self, images: Tensor, cells: Tensor, baseline: bool = False) -> Tensor:
+        """Squared error ``(B,)`` of crop images ``(B, C, H', W')`` on each row's cell (``cells``
+        ``(B,)``) against the target, or with ``baseline`` against the baseline image."""
+        idx = cells.to(images.device)
+        ref = (self._cell_baseline if baseline else self._cell_x)[idx]
+        return ((images - ref) ** 2 * self._cell_masks[idx]).flatten(1).sum(1)
 
     def measure(self, batch: int) -> tuple[float, Peak]:
         """Seconds and peak memory of one pass (forward and input gradient) of ``batch``
@@ -148,8 +205,7 @@ class Objective:
         hides a pass from the resident high-water mark."""
         rng = torch.Generator().manual_seed(2)
         alpha = torch.rand(batch, *self.df.shape, generator=rng).to(self.df.device)
-        u = (self.f0 + alpha * self.df).contiguous(memory_format=self.memory_format)
-        u.requires_grad_(True)
+        alpha.requires_grad_(True)
         kept: dict[int, int] = {}  # storage -> bytes: a tensor saved twice is held once
 
         def keep(t: Tensor) -> Tensor:
@@ -160,8 +216,8 @@ class Objective:
         with peak(self.x.device) as found:
             start = time.perf_counter()
             with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-                image = self._g(u)
-            torch.autograd.grad(image.square().sum(), u)
+                image = self.render(alpha)  # micro is not set yet: one whole pass
+            torch.autograd.grad(image.square().sum(), alpha)
             seconds = time.perf_counter() - start
         found.bytes = max(found.bytes, sum(kept.values()))
         return seconds, found
@@ -240,7 +296,7 @@ class Objective:
         that of the baseline image (the constraint), and the objective value of Eq. 8 (the
         sparsity term of the window: outside it, every solver leaves the minimiser)."""
         masks, weight = self.masks(subsets)
-        err = self.errors(self.render(u), masks)
+        err = self.errors(self.render_features(u), masks)
         base = self.errors(self.baseline_image[None], masks)
         return err / base.clamp_min(1e-30), weight * err + self.sparsity(u)
 
@@ -261,10 +317,10 @@ class Objective:
         """Seconds of one generator pass (forward and input gradient) per subset, measured on a
         batch of random features in the box."""
         batch = max(1, min(batch, 2**self.n - 1))
-        u = (self.f0 + torch.rand(batch, *self.df.shape) * self.df).requires_grad_(True)
+        alpha = torch.rand(batch, *self.df.shape).to(self.df.device).requires_grad_(True)
         start = time.perf_counter()
         for _ in range(2):
-            torch.autograd.grad(self.gen.g(u, self.code).sum(), u)
+            torch.autograd.grad(self.render(alpha).sum(), alpha)
         return (time.perf_counter() - start) / (2 * batch)
 
     def auto_chunk(self) -> int:
@@ -276,8 +332,8 @@ class Objective:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        u = (self.f0 + torch.ones(2, *self.df.shape, device=device) * self.df).requires_grad_()
-        torch.autograd.grad(self.gen.g(u, self.code).sum(), u)
+        alpha = torch.ones(2, *self.df.shape, device=device).requires_grad_()
+        torch.autograd.grad(self.render(alpha).sum(), alpha)
         per_subset = (torch.cuda.max_memory_allocated(device) - before) / 2
         per_subset += 24 * self.df.numel() * 4  # solver state: alpha, gradient, history, ...
         free, _ = torch.cuda.mem_get_info(device)

@@ -9,14 +9,11 @@ check and runs uncropped). On dcgan-faces n = 9 the window is 12x14 of 16x16.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from regprim.solvers.objective import Objective
 
 
 @dataclass(frozen=True)
@@ -44,18 +41,22 @@ class Window:
 
 
 @torch.no_grad()
-def find_window(obj: Objective, reach: Tensor) -> Window | None:
-    """The window of ``obj`` (full-size tensors) holding every number in ``reach`` (the
-    players' reach sets, ``(n, C, h, w)``), or None when cropping does not apply, does not save
-    (more than 80% of the map) or is not exact."""
-    if obj.df.dim() != 3:
+def find_window(
+    render: Callable[[Tensor], Tensor], u: Tensor, player_masks: Tensor, reach: Tensor
+) -> Window | None:
+    """The window holding every number in ``reach`` (the players' reach sets, ``(n, C, h, w)``),
+    or None when cropping does not apply, does not save (more than 80% of the map) or is not
+    exact: ``render`` (features of any size to images) of the crop of two random features ``u``
+    ``(2, C, h, w)`` must give the crop of their images on the players' pixels
+    (``player_masks`` ``(n, H, W)``)."""
+    if u.dim() != 4:
         return None
-    _, h, w = obj.df.shape
-    height, width = obj.x.shape[1:]
+    _, _, h, w = u.shape
+    height, width = player_masks.shape[1:]
     if height % h or width % w:
         return None
     sy, sx = height // h, width // w
-    union = obj.player_masks.any(0)
+    union = player_masks.any(0)
     live = reach.any(0)
     rows = torch.nonzero(live.any(0).any(1)).flatten()
     cols = torch.nonzero(live.any(0).any(0)).flatten()
@@ -68,13 +69,9 @@ def find_window(obj: Objective, reach: Tensor) -> Window | None:
     window = Window(slice(r0, r1), slice(c0, c1), slice(r0 * sy, r1 * sy), slice(c0 * sx, c1 * sx))
     if window.crop_image(union).sum() != union.sum():
         return None
-    rng = torch.Generator(device=obj.x.device).manual_seed(1)
-    alpha = torch.rand(2, *obj.df.shape, generator=rng, device=obj.x.device)
-    u = (obj.f0 + alpha * obj.df).contiguous(memory_format=obj.memory_format)
-    full = window.crop_image(obj.gen.g(u, obj.code))
-    crop = window.crop(u).contiguous(memory_format=obj.memory_format)
+    full = window.crop_image(render(u))
     try:
-        cropped = obj.gen.g(crop, obj.code)
+        cropped = render(window.crop(u))
     except Exception:  # a generator that only takes its own feature shape: no window
         return None
     if cropped.shape != full.shape:

@@ -11,34 +11,38 @@ solvers hold them at its minimiser.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from regprim.solvers.objective import Objective
-
 POINTS = 4  # alpha = 1, alpha = 0, then uniform random points of the box
 
 
-def reach_sets(obj: Objective, points: int = POINTS, seed: int = 0) -> Tensor:
-    """Bool ``(n, *shape)``: numbers with a path to each player's pixels (module docstring)."""
-    device = obj.x.device
+def reach_sets(
+    render: Callable[[Tensor], Tensor],
+    player_masks: Tensor,
+    shape: tuple[int, ...],
+    channels: int,
+    points: int = POINTS,
+    seed: int = 0,
+) -> Tensor:
+    """Bool ``(n, *shape)``: the numbers of alphas of ``shape`` with a path to each player's
+    pixels (``player_masks`` ``(n, H, W)``), through ``render`` (alphas ``(B, *shape)`` to images
+    ``(B, channels, H, W)``; module docstring)."""
+    device = player_masks.device
     rng = torch.Generator(device=device).manual_seed(seed)
-    probe = torch.randn(obj.x.shape, generator=rng, device=device)
-    masks = obj.player_masks[:, None].to(obj.x.dtype)  # (n, 1, H, W)
+    probe = torch.randn(channels, *player_masks.shape[1:], generator=rng, device=device)
+    masks = player_masks[:, None].float()  # (n, 1, H, W)
     n = masks.shape[0]
-    found = torch.zeros(n, *obj.df.shape, dtype=torch.bool, device=device)
+    found = torch.zeros(n, *shape, dtype=torch.bool, device=device)
     for k in range(points):
         if k < 2:
-            alpha = torch.full((n, *obj.df.shape), 1.0 - k, device=device)
+            alpha = torch.full((n, *shape), 1.0 - k, device=device)
         else:
-            alpha = torch.rand(n, *obj.df.shape, generator=rng, device=device)
+            alpha = torch.rand(n, *shape, generator=rng, device=device)
         alpha.requires_grad_(True)
-        u = (obj.f0 + alpha * obj.df).contiguous(memory_format=obj.memory_format)
-        out = (obj.render(u) * probe * masks).sum()
-        (grad,) = torch.autograd.grad(out, alpha)
+        (grad,) = torch.autograd.grad((render(alpha) * probe * masks).sum(), alpha)
         found |= grad != 0
     return found
 

@@ -16,10 +16,10 @@ from torch import Tensor
 
 from regprim.config import ExplainConfig
 from regprim.core.regions import Grid, choose_players
-from regprim.explanation.baseline import baseline
-from regprim.explanation.photo import fit_code, load_photo
 from regprim.generators.base import SplitGenerator
-from regprim.solvers.memory import batch_that_fits, peak
+from regprim.solvers.problem.baseline import baseline
+from regprim.solvers.problem.memory import batch_that_fits, peak
+from regprim.solvers.problem.photo import fit_code, load_photo
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Target:
             (:meth:`SplitGenerator.check_split`; {} where it has none).
         photo: the photo a run with ``image`` explains the nearest generated image of
             ``(C, H, W)`` (None: a generated image, from the seed).
-        fit: how the code was fitted to the photo (:func:`regprim.explanation.photo.fit_code`).
+        fit: how the code was fitted to the photo (:func:`regprim.solvers.problem.photo.fit_code`).
     """
 
     gen: SplitGenerator
