@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from regprim.solvers.problem.window import bounding_box, pixel_scale
+
 MARGIN = 0  # positions around a cell's reach set: none, as its reach is every number with a
 # path to its pixels (the check below confirms each crop renders them exactly)
 
@@ -61,29 +63,14 @@ def find_cells(
     (a crop of more than half the map) or is not exact: ``render`` (features of any size to
     images) of each cell's crop of two random features ``u`` ``(2, C, h, w)`` must give their
     images on the cell's pixels."""
-    if u.dim() != 4:
+    scale = pixel_scale(u, player_masks)
+    if scale is None:
         return None
-    _, _, h, w = u.shape
-    height, width = player_masks.shape[1:]
-    if height % h or width % w:
-        return None
-    sy, sx = height // h, width // w
+    (sy, sx), (h, w) = scale, u.shape[2:]
     n = reach.shape[0]
-    boxes = []
-    for i in range(n):
-        live = reach[i].any(0)
-        rows = torch.nonzero(live.any(1)).flatten()
-        cols = torch.nonzero(live.any(0)).flatten()
-        if not len(rows):
-            return None
-        boxes.append(
-            (
-                int(rows[0]) - MARGIN,
-                int(rows[-1]) + 1 + MARGIN,
-                int(cols[0]) - MARGIN,
-                int(cols[-1]) + 1 + MARGIN,
-            )
-        )
+    boxes = [bounding_box(reach[i].any(0), MARGIN) for i in range(n)]
+    if any(b is None for b in boxes):
+        return None
     bh = min(max(b[1] - b[0] for b in boxes), h)
     bw = min(max(b[3] - b[2] for b in boxes), w)
     if bh * bw > 0.5 * h * w:
@@ -95,7 +82,7 @@ def find_cells(
     )
     cells = Cells(origins, (bh, bw), (sy, sx), neighbours, bh * bw / (h * w))
     full = render(u)
-    scale = full.abs().max().clamp_min(1e-12)
+    largest = full.abs().max().clamp_min(1e-12)
     for i in range(n):
         mask = cells.crop_image(player_masks[i], i)
         if mask.sum() != player_masks[i].sum():  # the cell is not inside its crop
@@ -106,6 +93,6 @@ def find_cells(
             return None
         if part.shape[-2:] != mask.shape:
             return None
-        if ((part - cells.crop_image(full, i)).abs() * mask).max() > 1e-4 * scale:
+        if ((part - cells.crop_image(full, i)).abs() * mask).max() > 1e-4 * largest:
             return None
     return cells

@@ -40,6 +40,33 @@ class Window:
         return full
 
 
+def pixel_scale(u: Tensor, player_masks: Tensor) -> tuple[int, int] | None:
+    """Image pixels per feature position ``(sy, sx)`` of features ``u`` ``(B, C, h, w)`` over
+    images of ``player_masks``' size, or None where the feature is not such a map or its
+    positions do not divide the image."""
+    if u.dim() != 4:
+        return None
+    (h, w), (height, width) = u.shape[2:], player_masks.shape[1:]
+    if height % h or width % w:
+        return None
+    return height // h, width // w
+
+
+def bounding_box(live: Tensor, margin: int) -> tuple[int, int, int, int] | None:
+    """Rows ``[r0, r1)`` and columns ``[c0, c1)`` of the true positions of ``live`` ``(h, w)``
+    with ``margin`` around them (not clipped), or None where none is true."""
+    rows = torch.nonzero(live.any(1)).flatten()
+    cols = torch.nonzero(live.any(0)).flatten()
+    if not len(rows):
+        return None
+    return (
+        int(rows[0]) - margin,
+        int(rows[-1]) + 1 + margin,
+        int(cols[0]) - margin,
+        int(cols[-1]) + 1 + margin,
+    )
+
+
 @torch.no_grad()
 def find_window(
     render: Callable[[Tensor], Tensor], u: Tensor, player_masks: Tensor, reach: Tensor
@@ -49,21 +76,13 @@ def find_window(
     exact: ``render`` (features of any size to images) of the crop of two random features ``u``
     ``(2, C, h, w)`` must give the crop of their images on the players' pixels
     (``player_masks`` ``(n, H, W)``)."""
-    if u.dim() != 4:
+    scale = pixel_scale(u, player_masks)
+    box = None if scale is None else bounding_box(reach.any(0).any(0), 1)
+    if scale is None or box is None:
         return None
-    _, _, h, w = u.shape
-    height, width = player_masks.shape[1:]
-    if height % h or width % w:
-        return None
-    sy, sx = height // h, width // w
+    (sy, sx), (h, w) = scale, u.shape[2:]
     union = player_masks.any(0)
-    live = reach.any(0)
-    rows = torch.nonzero(live.any(0).any(1)).flatten()
-    cols = torch.nonzero(live.any(0).any(0)).flatten()
-    if not len(rows):
-        return None
-    r0, r1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, h)
-    c0, c1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, w)
+    r0, r1, c0, c1 = max(box[0], 0), min(box[1], h), max(box[2], 0), min(box[3], w)
     if (r1 - r0) * (c1 - c0) > 0.8 * h * w:
         return None
     window = Window(slice(r0, r1), slice(c0, c1), slice(r0 * sy, r1 * sy), slice(c0 * sx, c1 * sx))
