@@ -365,19 +365,21 @@ def test_a_generator_that_mixes_the_whole_feature_has_no_cells():
     from regprim.solvers import Objective
     from regprim.solvers.problem.target import build_target
 
-    class Mix(nn.Module):  # every pixel also sees the feature's mean: no crop renders a cell
+    class Mix(nn.Module):  # every pixel also sees the feature's mean, with no gradient: the
+        # reach sets stay local, and only the check of each crop's pixels can refuse the cells
         def __init__(self):
             super().__init__()
             self.up = nn.ConvTranspose2d(4, 3, 4, 2, 1)
 
         def forward(self, f):
-            return self.up(f) + f.mean((1, 2, 3)).view(-1, 1, 1, 1)
+            return self.up(f) + f.mean((1, 2, 3)).detach().view(-1, 1, 1, 1)
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Unflatten(1, (4, 16, 16)), Mix())
     gen = split_sequential(net, "0", code_dim=4 * 16 * 16, code_to_input=lambda z: z).freeze()
     cfg = ExplainConfig(model="mix", n=4, grid=(4, 4), baseline_count=8)
     obj = Objective(build_target(cfg, gen), SolverConfig())
+    assert obj.reach_sets.flatten(1).sum(1).max() < 0.25 * obj.reach_sets[0].numel()  # local
     assert obj.cells is None and obj.window is None
     local = nn.Sequential(nn.Unflatten(1, (4, 16, 16)), nn.ConvTranspose2d(4, 3, 4, 2, 1))
     gen = split_sequential(local, "0", code_dim=4 * 16 * 16, code_to_input=lambda z: z).freeze()
