@@ -318,14 +318,15 @@ def beta_residual(
     (zero where a bound holds a beta whose gradient pushes it against that bound, and outside
     the reach sets) over the norm of the sparsity term's gradient, the gradient the solve
     followed (``exact``, :func:`alpha_of`). Every subset when n <= 12 (from cell renders where
-    the game has cells, :meth:`CellGame.exact`), else 16 batches drawn from the weights; the
-    exclusivity term on every player."""
+    the game has cells and they render fewer positions, :meth:`CellGame.exact`), else 16
+    batches drawn from the weights; the exclusivity term on every player."""
     n = obj.n
     full = n <= 12
-    if full and obj.cells is not None:
+    game = CellGame(obj, weights) if full and obj.cells is not None else None
+    if game is not None and len(game.cells) * obj.cells.share < 2**n - 1:  # fewer positions
         beta = beta.clone().requires_grad_(True)
         (l1,) = torch.autograd.grad(sparsity(obj, beta), beta)
-        (grad,) = torch.autograd.grad(CellGame(obj, weights).exact(beta, exact), beta)
+        (grad,) = torch.autograd.grad(game.exact(beta, exact), beta)
         return projected_norm(obj, beta.detach(), grad + l1, l1)
     if full:
         groups = list(all_subsets(n).split(chunk))

@@ -89,8 +89,13 @@ def step_draws(
 
 def cell_game(obj: Objective, weights: Tensor, full: bool) -> CellGame | None:
     """The game per cell, where a solve plays it: sampled steps (not every subset each step),
-    n <= 12, ``or_cell_rows`` > 0 and a generator whose cells render from crops."""
-    if full or obj.n > DENSE_MAX_N or obj.cells is None or not obj.cfg.or_cell_rows:
+    n <= 12, ``or_cell_rows`` > 0, a generator whose cells render from crops, and a step of
+    crops that renders fewer positions than a step of whole subsets."""
+    cfg, n = obj.cfg, obj.n
+    if full or n > DENSE_MAX_N or not cfg.or_cell_rows or obj.cells is None:
+        return None
+    whole = cfg.or_batch + (singles_per_step(n, cfg.or_batch) if cfg.or_exclusive else 0)
+    if n * (cfg.or_cell_rows + bool(cfg.or_exclusive)) * obj.cells.share >= whole:
         return None
     return CellGame(obj, weights)
 
