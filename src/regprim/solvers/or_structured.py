@@ -13,7 +13,9 @@ matching holds by construction. ``beta_i`` is held at 0 wherever player i is out
 set of the number (:mod:`regprim.solvers.problem.reach`), at every step.
 
 The objective (:mod:`regprim.solvers.or_objective`) is the paper's Eq. 8 averaged over subsets,
-plus an exclusivity term. Projected Adam with a cosine step minimises it, from ``beta = or_init``
+plus an exclusivity term; where each cell's pixels render from a crop of the feature, each
+step's sample of it is drawn per cell (:class:`~regprim.solvers.or_objective.CellGame`, about a
+quarter of the passes of a sample of whole subsets). Projected Adam with a cosine step minimises it, from ``beta = or_init``
 on the reach sets (a start at exactly 1 has no gradient through the product), and values within
 ``or_snap`` of a bound are set to it at the end (:func:`snap`).
 
@@ -155,7 +157,9 @@ class ORSolver:
         players, :func:`singles`), the KKT residual (every subset
         up to 12 players, else 16 batches) and the constraint check (every subset, or the
         held-out ones), forward-only passes counted as 0.56. The whole grid is sampled, never
-        enumerated, and so is this estimate."""
+        enumerated, and so is this estimate. A game played per cell counts its steps in the
+        same units: :meth:`seconds_per_pass` times one of its steps per pass of a whole-subset
+        step, so that passes times seconds is its time."""
         subsets = 2**n - 1
         batch = min(cfg.or_batch, subsets)
         if cfg.or_exclusive:  # the players whose exclusivity each step scores
