@@ -15,9 +15,10 @@ set of the number (:mod:`regprim.solvers.problem.reach`), at every step.
 The objective (:mod:`regprim.solvers.or_objective`) is the paper's Eq. 8 averaged over subsets,
 plus an exclusivity term; where each cell's pixels render from a crop of the feature, each
 step's sample of it is drawn per cell (:class:`~regprim.solvers.or_objective.CellGame`, about a
-quarter of the passes of a sample of whole subsets). Projected Adam with a cosine step minimises it, from ``beta = or_init``
-on the reach sets (a start at exactly 1 has no gradient through the product), and values within
-``or_snap`` of a bound are set to it at the end (:func:`snap`).
+quarter of the passes of a sample of whole subsets). Projected Adam with a cosine step
+minimises it, from ``beta = or_init`` on the reach sets (a start at exactly 1 has no gradient
+through the product), and values within ``or_snap`` of a bound are set to it at the end
+(:func:`snap`).
 
 ``reach`` is the receptive-field reference: ``beta_i = 1`` exactly on each number's reach set.
 Every subset is reconstructed exactly (the numbers that do not reach S cannot change its
