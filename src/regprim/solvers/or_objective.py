@@ -186,15 +186,14 @@ def exclusivity(obj: Objective, beta: Tensor, players: Tensor, exact: bool = Tru
     others = torch.ones(len(players), obj.n, dtype=torch.bool)
     others[torch.arange(len(players)), players.cpu()] = False
     share = (1 - beta[players]) * alpha_of(beta, others.to(beta.device), exact)
-    masks, _ = obj.masks(1 << players.cpu())
+    masks, weight = obj.masks(1 << players.cpu())
     change = ((obj.render(share) - obj.baseline_image) ** 2 * masks).flatten(1).sum(1)
-    return exclusive_term(obj, change, players)
+    return exclusive_term(obj, change, players, weight)
 
 
-def exclusive_term(obj: Objective, change: Tensor, players: Tensor) -> Tensor:
+def exclusive_term(obj: Objective, change: Tensor, players: Tensor, weight: Tensor) -> Tensor:
     """The exclusivity term from each of ``players``' squared change of its cell against the
-    baseline image (:func:`exclusivity`)."""
-    _, weight = obj.masks(1 << players.cpu())
+    baseline image and its reconstruction weight (:func:`exclusivity`)."""
     base = obj.cell_base
     return obj.cfg.or_exclusive * (weight * change * base.mean() / base[players]).mean()
 
@@ -255,6 +254,7 @@ class CellGame:
         self.groups = [torch.nonzero(self.cells == i).flatten() for i in range(n)]
         self.totals = torch.stack([self.weight[g].sum() for g in self.groups])
         self.others = ~torch.eye(n, dtype=torch.bool)  # N - {i}: exclusivity's rows
+        _, self.single = obj.masks(1 << torch.arange(n))  # each single cell's weight
 
     @property
     def items(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -276,7 +276,7 @@ class CellGame:
         obj, players = self.obj, torch.arange(self.obj.n)
         share = (1 - crops[players, players]) * share_alpha
         change = obj.cell_errors(obj.render(share, players), players, baseline=True)
-        return exclusive_term(obj, change, players)
+        return exclusive_term(obj, change, players, self.single)
 
     def sampled(self, beta: Tensor, picks: Tensor, exact: bool) -> Tensor:
         """An unbiased estimate of the reconstruction term from the rows ``picks`` ``(n, k)``
