@@ -89,6 +89,9 @@ def test_bad_solver_settings():
         SolverConfig(sparsity="l2")
     with pytest.raises(ValueError, match="steps=0 must be at least 1"):
         SolverConfig(steps=0)
+    with pytest.raises(ValueError, match="or_cell_rows=-1 must be >= 0.*0 = whole renders"):
+        SolverConfig(or_cell_rows=-1)
+    assert SolverConfig(or_cell_rows=0).or_cell_rows == 0  # whole renders: allowed
 
 
 def test_bad_class():

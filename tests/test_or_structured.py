@@ -322,6 +322,7 @@ def test_the_game_per_cell_is_the_whole_objective_over_every_subset_and_player()
 
     obj = _faces_problem()
     assert obj.cells is not None and obj.cells.size == (5, 5)  # of the 12x14 window
+    assert _faces_problem(or_cell_rows=0).cells is None  # whole renders, as regprim 0.3
     weights = size_weights(obj.n, "auto")
     game = CellGame(obj, weights)
     cells, rows, weight = game.items
