@@ -24,7 +24,7 @@ from regprim.config import SolverConfig
 from regprim.core.components import ComponentTable
 from regprim.core.interactions import universal_matching_residual
 from regprim.core.reconstruction import reconstruct_features, selection
-from regprim.solvers.or_objective import alpha_of
+from regprim.solvers.or_objective import alpha_of, to_bits
 from regprim.solvers.problem.objective import Objective
 
 
@@ -196,8 +196,7 @@ class CompactResult:
         scale = obj.df.norm().clamp_min(1e-30)
         residuals = []
         for tags in self.heldout_masks.split(self.chunk):
-            bits = (tags[:, None] >> torch.arange(obj.n)) & 1 == 1
-            u = obj.features(alpha_of(beta, bits.to(beta.device)))
+            u = obj.features(alpha_of(beta, to_bits(tags, obj.n).to(beta.device)))
             matched = reconstruct_features(values, obj.f0, selection(self.table.masks, tags))
             residuals.append((matched - u).flatten(1).norm(dim=1) / scale)
         return torch.cat(residuals)

@@ -147,7 +147,11 @@ def sample_subsets(n: int, batch: int, weights: Tensor, rng: torch.Generator) ->
 
 def all_subsets(n: int) -> Tensor:
     """Every non-empty subset as bool ``(2**n - 1, n)``, in bitmask order from 1."""
-    masks = torch.arange(1, 2**n)
+    return to_bits(torch.arange(1, 2**n), n)
+
+
+def to_bits(masks: Tensor, n: int) -> Tensor:
+    """Bitmasks ``(B,)`` as their players, bool ``(B, n)`` (:func:`to_bitmasks` undone)."""
     return (masks[:, None] >> torch.arange(n)) & 1 == 1
 
 
@@ -249,7 +253,7 @@ class CellGame:
             keys.append(found)
             totals.append(total)
         self.cells = torch.cat(cells)  # (K,): each row's cell
-        self.rows = (torch.cat(keys)[:, None] >> torch.arange(n)) & 1 == 1  # (K, n): T
+        self.rows = to_bits(torch.cat(keys), n)  # (K, n): T
         self.weight = torch.cat(totals).to(obj.x.dtype)  # (K,): W_i(T)
         self.groups = [torch.nonzero(self.cells == i).flatten() for i in range(n)]
         self.totals = torch.stack([self.weight[g].sum() for g in self.groups])
@@ -312,7 +316,12 @@ class CellGame:
 
 
 def beta_residual(
-    obj: Objective, beta: Tensor, weights: Tensor, chunk: int, exact: bool = True
+    obj: Objective,
+    beta: Tensor,
+    weights: Tensor,
+    chunk: int,
+    exact: bool = True,
+    game: CellGame | None = None,
 ) -> float:
     """KKT residual of ``beta`` on the whole objective: the norm of its projected gradient
     (zero where a bound holds a beta whose gradient pushes it against that bound, and outside
@@ -322,7 +331,8 @@ def beta_residual(
     batches drawn from the weights; the exclusivity term on every player."""
     n = obj.n
     full = n <= 12
-    game = CellGame(obj, weights) if full and obj.cells is not None else None
+    if game is None and full and obj.cells is not None:  # the solve's, else made here
+        game = CellGame(obj, weights)
     if game is not None and len(game.cells) * obj.cells.share < 2**n - 1:  # fewer positions
         beta = beta.clone().requires_grad_(True)
         (l1,) = torch.autograd.grad(sparsity(obj, beta), beta)

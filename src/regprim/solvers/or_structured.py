@@ -245,7 +245,7 @@ class ORSolver:
         batch = len(everything) if full else cfg.or_batch
         if game is not None:  # a cell render is the share of a pass that its pixels are
             batch = n * (cfg.or_cell_rows + bool(cfg.or_exclusive)) * obj.cells.share
-        residual = beta_residual(obj, beta.detach(), weights, cfg.or_batch, full)  # the optimum's
+        residual = beta_residual(obj, beta.detach(), weights, cfg.or_batch, full, game)
         snapped = snap(beta.detach(), cfg.or_snap)
         passes = steps * batch / (2**n - 1)
         if compact:

@@ -88,10 +88,8 @@ class Objective:
             sets = torch.ones(self.n, *shape, dtype=torch.bool, device=self.df.device)
         self.window = None
         if cfg.crop and probe:
-            rng = torch.Generator(device=self.x.device).manual_seed(1)
-            alpha = torch.rand(2, *shape, generator=rng, device=self.x.device)
-            exact = functools.partial(self.render_features, precise=True)
-            self.window = find_window(exact, self.features(alpha), self.player_masks, sets)
+            exact, u = self._crop_check()
+            self.window = find_window(exact, u, self.player_masks, sets)
         if self.window is not None:
             w = self.window
             self.f0, self.df, sets = w.crop(self.f0), w.crop(self.df), w.crop(sets)
@@ -113,10 +111,8 @@ class Objective:
         cfg = self.cfg
         if not (cfg.crop and cfg.or_cell_rows and self.probed):
             return None
-        rng = torch.Generator(device=self.x.device).manual_seed(1)
-        alpha = torch.rand(2, *self.df.shape, generator=rng, device=self.x.device)
-        exact = functools.partial(self.render_features, precise=True)
-        found = find_cells(exact, self.features(alpha), self.player_masks, self.reach_sets)
+        exact, u = self._crop_check()
+        found = find_cells(exact, u, self.player_masks, self.reach_sets)
         if found is not None:  # each cell's crop of the fixed tensors, stacked
             self._cell_fixed = (found.stack(self.f0), found.stack(self.df))
             self._cell_x = found.stack(self.x, image=True)
@@ -124,6 +120,13 @@ class Objective:
             own = [found.crop_image(self.player_masks[i], i) for i in range(self.n)]
             self._cell_masks = torch.stack(own)[:, None].to(self.x.dtype)  # each its own cell
         return found
+
+    def _crop_check(self) -> tuple[functools.partial, Tensor]:
+        """What the window's and the cells' checks render with: ``g`` in float32, and two
+        seeded random features in the box (of the current, window or full, coordinates)."""
+        rng = torch.Generator(device=self.x.device).manual_seed(1)
+        alpha = torch.rand(2, *self.df.shape, generator=rng, device=self.x.device)
+        return functools.partial(self.render_features, precise=True), self.features(alpha)
 
     @functools.cached_property
     def reach_order(self) -> tuple[Tensor, int]:
